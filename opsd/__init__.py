@@ -1,0 +1,1 @@
+"""opsd: On-Policy Self-Distillation kit."""

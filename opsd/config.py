@@ -1,0 +1,151 @@
+"""Run configuration: dataclasses loaded from YAML profiles, overridden by papermill parameters or the CLI.
+
+A profile (`reproduce/configs/NAME.yaml`) is a flat mapping of config fields, plus an optional `kind`
+(`train`, `sft`, `grpo`). `load_config(kind, profile, overrides)` builds the entry point's dataclass;
+an unknown key is an error that lists the valid ones. YAML is read with `yaml.safe_load` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "reproduce" / "configs"
+DEFAULT_PROFILE = "cpu-tiny"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Keys whose values must never reach a run directory, a log or a notebook output.
+SECRET_KEYS = ("hub_token", "push_to_hub_token", "token", "wandb_api_key", "api_key")
+
+
+@dataclass
+class RunFields:
+    """Fields every entry point shares: model, data, prompts, LoRA. Mixed into the TrainingArguments
+    subclasses (`OPSDConfig`, `SFTRunConfig`, `GRPORunConfig`)."""
+
+    profile: str = field(default="custom", metadata={"help": "Name of the run profile this config came from."})
+    model_name: str = field(default="smollm2-135m-instruct", metadata={"help": "Model alias, local path or Hub id."})
+    torch_dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 for the weights."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. flash_attention_2, sdpa, eager."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Off unless a profile sets it."})
+    dataset: str = field(default="synthetic", metadata={"help": "'synthetic', a Hub id or a local file/folder."})
+    dataset_split: str | None = field(default=None, metadata={"help": "Split to load (synthetic: train)."})
+    dataset_size: int | None = field(default=None, metadata={"help": "Use only the first N rows (None: all)."})
+    prompt_profile: str = field(default="paper", metadata={"help": "Prompt wording: paper | simple."})
+    student_chat_kwargs: dict = field(default_factory=lambda: {"enable_thinking": False})
+    teacher_chat_kwargs: dict = field(default_factory=lambda: {"enable_thinking": True})
+    max_length: int = field(default=2048, metadata={"help": "Prompt + completion tokens per sequence."})
+    on_overflow: str = field(default="error", metadata={"help": "Over-long prompt: error | drop (logged)."})
+    use_lora: bool = True
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.0
+    lora_target_modules: list = field(default_factory=lambda: list(LORA_TARGETS))
+    accelerate_config: str = field(default="ddp", metadata={"help": "reproduce/accelerate/<name>.yaml for multi-process runs."})
+
+    def lora_settings(self):
+        from opsd.models import LoRASettings
+
+        if not self.use_lora:
+            return None
+        return LoRASettings(
+            r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+            target_modules=tuple(self.lora_target_modules),
+        )
+
+
+def profile_path(profile: str | Path) -> Path:
+    """A profile name (`cpu-tiny`) or a path to a YAML file -> the YAML path (error lists valid names)."""
+    path = Path(profile)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = CONFIG_DIR / f"{profile}.yaml"
+    if candidate.exists():
+        return candidate
+    raise ValueError(f"unknown profile {str(profile)!r}; valid profiles: {available_profiles()}")
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def read_profile(profile: str | Path) -> dict[str, Any]:
+    """The profile's mapping (safe_load), `kind` included."""
+    with open(profile_path(profile)) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"profile {profile!r} must be a mapping of config keys, got {type(data).__name__}")
+    data.setdefault("profile", Path(profile).stem)
+    return data
+
+
+def field_names(config_class) -> list[str]:
+    return sorted(f.name for f in dataclasses.fields(config_class) if f.init)
+
+
+def check_keys(config_class, keys, where: str) -> None:
+    """Raise ValueError for keys that are not fields of `config_class`, listing the valid ones."""
+    valid = field_names(config_class)
+    unknown = [k for k in keys if k not in valid]
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
+        hint = "; ".join(f"{k!r}: did you mean {v[0]!r}?" for k, v in hints.items() if v)
+        raise ValueError(
+            f"unknown {where} key(s) {unknown} for {config_class.__name__}. "
+            + (hint + ". " if hint else "")
+            + f"Valid keys: {valid}"
+        )
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """['lr=1e-4', 'clip=null'] -> {'lr': 0.0001, 'clip': None}; values are parsed as YAML scalars."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"override {pair!r} must look like key=value")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def load_config(config_class, profile: str | Path | None = DEFAULT_PROFILE, overrides: Mapping | None = None, **extra):
+    """Build `config_class` from a profile, then `overrides` and `extra` (later wins)."""
+    values: dict[str, Any] = {}
+    if profile is not None:
+        values.update(read_profile(profile))
+    values.pop("kind", None)
+    check_keys(config_class, values, "profile")
+    overrides = dict(overrides or {})
+    overrides.update(extra)
+    check_keys(config_class, overrides, "override")
+    values.update(overrides)
+    return config_class(**values)
+
+
+def config_to_dict(config) -> dict[str, Any]:
+    """Plain, YAML-safe dict of a config with secrets removed."""
+    raw = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
+    clean = {}
+    for key, value in raw.items():
+        if any(key == s or key.endswith("_" + s) for s in SECRET_KEYS):
+            continue
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            clean[key] = value
+        elif isinstance(value, (list, tuple)):
+            clean[key] = [v if isinstance(v, (str, int, float, bool)) or v is None else str(v) for v in value]
+        elif isinstance(value, dict):
+            clean[key] = {str(k): (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in value.items()}
+        else:
+            clean[key] = str(value)
+    return clean
+
+
+def save_config(config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(config), f, sort_keys=True)

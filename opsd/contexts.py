@@ -1,0 +1,345 @@
+"""Dual contexts: the student sees the problem, the teacher also sees the reference solution.
+
+Both roles are chat-formatted with the model's own chat template (separate template kwargs per role,
+e.g. a non-thinking student and a thinking teacher on Qwen3). Prompts are left-padded per role, so the
+rollout starts at the same column for every row of a role:
+
+    student row:  [pad ... pad][student prompt][rollout ŷ_1 .. ŷ_N][pad]
+    teacher row:  [pad ... pad][teacher prompt][rollout ŷ_1 .. ŷ_N][pad]
+
+`join_rollout` appends one rollout to both prompts and builds the loss mask over rollout tokens only.
+Nothing is ever truncated silently: an over-long prompt raises `PromptTooLongError` naming the row,
+unless the caller asked to drop such rows (they are then counted in `DualContexts.dropped_rows`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+_BOXED = BOXED_INSTRUCTION.replace("{", "{{").replace("}", "}}")  # literal braces inside str.format templates
+
+# The transition paragraph of the `paper` teacher prompt (the reference configuration's intent, in our words):
+# understand every step of the reference, do not copy or paraphrase it, and re-derive the same answer.
+PAPER_TRANSITION = (
+    "\nRead the reference solution above carefully and make sure you understand why each of its steps "
+    "holds. Do not copy it and do not paraphrase it. Instead, solve the problem yourself, in your own "
+    "words and step by step, arriving at the same final answer; if a step of yours does not work out, "
+    "go back and reconsider it.\n"
+)
+
+PROMPT_PROFILES: dict[str, dict[str, str]] = {
+    # Reference configuration (DESIGN.md section 1).
+    "paper": {
+        "student": "Problem: {problem}\n\n" + _BOXED,
+        "teacher": (
+            "Problem: {problem}\n\n"
+            "Here is a reference solution to this problem:\n"
+            "=== Reference Solution Begin ===\n{solution}\n=== Reference Solution End ===\n"
+            + PAPER_TRANSITION
+            + "\n"
+            + _BOXED
+        ),
+    },
+    # Figure-2 style of the paper: problem, reference solution, a one-line instruction.
+    "simple": {
+        "student": "Problem: {problem}\n\n" + _BOXED,
+        "teacher": (
+            "Problem: {problem}\n\nReference solution: {solution}\n\n"
+            "Now solve the problem yourself, step by step, and put your final answer within \\boxed{{}}."
+        ),
+    },
+}
+
+
+class PromptTooLongError(ValueError):
+    """A prompt would not fit in `max_prompt_length`; DESIGN.md forbids silent truncation."""
+
+
+def _check_profile(profile: str) -> dict[str, str]:
+    if profile not in PROMPT_PROFILES:
+        raise ValueError(f"unknown prompt profile {profile!r}; valid profiles: {sorted(PROMPT_PROFILES)}")
+    return PROMPT_PROFILES[profile]
+
+
+def build_student_messages(problem: str, profile: str = "paper") -> list[dict[str, str]]:
+    """The student's chat: one user turn with the problem and the boxed-answer instruction."""
+    template = _check_profile(profile)["student"]
+    return [{"role": "user", "content": template.format(problem=problem)}]
+
+
+def build_teacher_messages(problem: str, solution: str, profile: str = "paper") -> list[dict[str, str]]:
+    """The teacher's chat: the student's problem plus the privileged reference solution."""
+    template = _check_profile(profile)["teacher"]
+    return [{"role": "user", "content": template.format(problem=problem, solution=solution)}]
+
+
+def build_eval_messages(problem: str) -> list[dict[str, str]]:
+    """Evaluation prompt of the reference evaluation: the problem, then the step-by-step / boxed line."""
+    return build_student_messages(problem, profile="paper")
+
+
+def apply_chat(tokenizer, messages: list[dict[str, str]], chat_kwargs: Mapping | None = None) -> str:
+    """Chat-template `messages` as text ending in the assistant generation prompt.
+
+    `chat_kwargs` go to the template (e.g. ``{"enable_thinking": False}`` for Qwen3); templates ignore
+    variables they do not use.
+    """
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **dict(chat_kwargs or {})
+    )
+
+
+def legacy_student_text(tokenizer, messages, chat_kwargs: Mapping | None = None) -> str:
+    """The earlier reference code's student prompt: the chat-templated ids decoded with special tokens
+    skipped, i.e. the role names and content without the template's control tokens."""
+    ids = tokenizer(apply_chat(tokenizer, messages, chat_kwargs), add_special_tokens=False)["input_ids"]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@dataclass
+class RoleBatch:
+    """One role's left-padded prompts. input_ids, attention_mask: [B, P]; prompt_lengths: [B]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_lengths: torch.Tensor
+    texts: list[str]
+
+    @property
+    def width(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+@dataclass
+class DualContexts:
+    """Student and teacher prompts for the same problems; row i of each role is problem kept_rows[i]."""
+
+    student: RoleBatch
+    teacher: RoleBatch
+    kept_rows: list[int]
+    dropped_rows: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.kept_rows)
+
+    def repeat_interleave(self, n: int) -> "DualContexts":
+        """Each row repeated n times (rollout i*n + j belongs to prompt i), for n samples per prompt."""
+        if n == 1:
+            return self
+
+        def rep(role: RoleBatch) -> RoleBatch:
+            return RoleBatch(
+                role.input_ids.repeat_interleave(n, 0),
+                role.attention_mask.repeat_interleave(n, 0),
+                role.prompt_lengths.repeat_interleave(n, 0),
+                [t for t in role.texts for _ in range(n)],
+            )
+
+        return DualContexts(
+            rep(self.student), rep(self.teacher), [r for r in self.kept_rows for _ in range(n)], self.dropped_rows
+        )
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists to [B, max_len]; returns (ids, attention_mask)."""
+    width = max((len(s) for s in sequences), default=0)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if len(seq):
+            ids[i, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
+            mask[i, width - len(seq):] = 1
+    return ids, mask
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    return int(pad)
+
+
+def role_texts(
+    tokenizer,
+    problems: Sequence[str],
+    solutions: Sequence[str],
+    *,
+    profile: str = "paper",
+    student_chat_kwargs: Mapping | None = None,
+    teacher_chat_kwargs: Mapping | None = None,
+    legacy_mismatch: bool = False,
+) -> tuple[list[str], list[str]]:
+    """The chat-formatted prompt strings of both roles (what the model reads, special tokens included)."""
+    if len(problems) != len(solutions):
+        raise ValueError(f"got {len(problems)} problems but {len(solutions)} solutions")
+    students, teachers = [], []
+    for problem, solution in zip(problems, solutions):
+        s_msgs = build_student_messages(problem, profile)
+        if legacy_mismatch:
+            students.append(legacy_student_text(tokenizer, s_msgs, student_chat_kwargs))
+        else:
+            students.append(apply_chat(tokenizer, s_msgs, student_chat_kwargs))
+        teachers.append(apply_chat(tokenizer, build_teacher_messages(problem, solution, profile), teacher_chat_kwargs))
+    return students, teachers
+
+
+def audit_prompt_lengths(
+    tokenizer, problems: Sequence[str], solutions: Sequence[str], *, max_prompt_length: int | None = None, **kwargs
+) -> list[dict]:
+    """Token length of each row's student and teacher prompt, and whether it would exceed the limit.
+
+    Returns one dict per row: {"row", "student_tokens", "teacher_tokens", "too_long"}.
+    """
+    students, teachers = role_texts(tokenizer, problems, solutions, **kwargs)
+    s_ids = tokenizer(students, add_special_tokens=False)["input_ids"]
+    t_ids = tokenizer(teachers, add_special_tokens=False)["input_ids"]
+    rows = []
+    for i, (s, t) in enumerate(zip(s_ids, t_ids)):
+        too_long = max_prompt_length is not None and max(len(s), len(t)) > max_prompt_length
+        rows.append({"row": i, "student_tokens": len(s), "teacher_tokens": len(t), "too_long": too_long})
+    return rows
+
+
+def build_dual_contexts(
+    tokenizer,
+    problems: Sequence[str],
+    solutions: Sequence[str],
+    *,
+    profile: str = "paper",
+    student_chat_kwargs: Mapping | None = None,
+    teacher_chat_kwargs: Mapping | None = None,
+    max_prompt_length: int | None = None,
+    legacy_mismatch: bool = False,
+    on_overflow: str = "error",
+    row_ids: Sequence | None = None,
+) -> DualContexts:
+    """Tokenize both roles' prompts, left-padded per role.
+
+    A row whose student or teacher prompt is longer than `max_prompt_length` raises
+    `PromptTooLongError` naming it (`on_overflow="error"`), or is dropped from both roles and listed in
+    `dropped_rows` (`on_overflow="drop"`). `row_ids` name rows in messages (default: their index).
+    """
+    if on_overflow not in ("error", "drop"):
+        raise ValueError(f"on_overflow must be 'error' or 'drop', got {on_overflow!r}")
+    students, teachers = role_texts(
+        tokenizer,
+        problems,
+        solutions,
+        profile=profile,
+        student_chat_kwargs=student_chat_kwargs,
+        teacher_chat_kwargs=teacher_chat_kwargs,
+        legacy_mismatch=legacy_mismatch,
+    )
+    s_ids = tokenizer(students, add_special_tokens=False)["input_ids"]
+    t_ids = tokenizer(teachers, add_special_tokens=False)["input_ids"]
+    names = list(row_ids) if row_ids is not None else list(range(len(problems)))
+    kept, dropped = [], []
+    for i, (s, t) in enumerate(zip(s_ids, t_ids)):
+        if max_prompt_length is not None and max(len(s), len(t)) > max_prompt_length:
+            if on_overflow == "drop":
+                dropped.append(i)
+                continue
+            role, n = ("teacher", len(t)) if len(t) >= len(s) else ("student", len(s))
+            raise PromptTooLongError(
+                f"row {names[i]!r}: the {role} prompt has {n} tokens but max_prompt_length is {max_prompt_length} "
+                f"(problem starts {problems[i][:60]!r}). Raise max_length / lower max_completion_length, "
+                "or set on_overflow='drop' to skip such rows."
+            )
+        kept.append(i)
+    if not kept:
+        raise PromptTooLongError(f"all {len(problems)} rows were dropped for exceeding max_prompt_length")
+    pad = _pad_id(tokenizer)
+
+    def role(ids_list, texts) -> RoleBatch:
+        ids, mask = left_pad([ids_list[i] for i in kept], pad)
+        lengths = torch.tensor([len(ids_list[i]) for i in kept], dtype=torch.long)
+        return RoleBatch(ids, mask, lengths, [texts[i] for i in kept])
+
+    return DualContexts(role(s_ids, students), role(t_ids, teachers), kept, dropped)
+
+
+@dataclass
+class JoinedBatch:
+    """Both roles' full sequences [prompt][rollout] aligned on the rollout.
+
+    *_input_ids, *_attention_mask, *_position_ids: [B, P_role + N]; completion_ids, loss_mask: [B, N].
+    The logits at column P_role - 1 + n predict rollout token n in either role.
+    """
+
+    student_input_ids: torch.Tensor
+    student_attention_mask: torch.Tensor
+    student_position_ids: torch.Tensor
+    teacher_input_ids: torch.Tensor
+    teacher_attention_mask: torch.Tensor
+    teacher_position_ids: torch.Tensor
+    completion_ids: torch.Tensor
+    loss_mask: torch.Tensor
+    student_prompt_width: int
+    teacher_prompt_width: int
+
+    @property
+    def completion_length(self) -> int:
+        return int(self.completion_ids.shape[1])
+
+    def student_inputs(self) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.student_input_ids,
+            "attention_mask": self.student_attention_mask,
+            "position_ids": self.student_position_ids,
+        }
+
+    def teacher_inputs(self) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.teacher_input_ids,
+            "attention_mask": self.teacher_attention_mask,
+            "position_ids": self.teacher_position_ids,
+        }
+
+    def rollout_slice(self, logits: torch.Tensor, role: str) -> torch.Tensor:
+        """[B, P_role + N, V] (or the last N+1 positions only) -> [B, N, V] predicting the rollout tokens."""
+        n = self.completion_length
+        if logits.shape[1] == n + 1:  # computed with logits_to_keep = N + 1
+            return logits[:, :-1]
+        width = self.student_prompt_width if role == "student" else self.teacher_prompt_width
+        return logits[:, width - 1 : width - 1 + n]
+
+    def to(self, device) -> "JoinedBatch":
+        moved = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()}
+        return JoinedBatch(**moved)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counting only attended tokens, so left padding does not shift the prompt: [B, L]."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def join_rollout(contexts: DualContexts, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> JoinedBatch:
+    """Append rollouts [B, N] (mask: eos kept, everything after it False) to both roles' prompts.
+
+    Masked completion positions are excluded from attention and from the loss, so padding (even when
+    pad == eos, as in SmolLM2) never enters the objective; prompts never do either.
+    """
+    if completion_ids.shape != completion_mask.shape:
+        raise ValueError(f"completion ids {tuple(completion_ids.shape)} and mask {tuple(completion_mask.shape)} differ")
+    if completion_ids.shape[0] != len(contexts):
+        raise ValueError(f"{completion_ids.shape[0]} rollouts for {len(contexts)} prompts; repeat the contexts first")
+    completion_mask = completion_mask.bool()
+    cm = completion_mask.long().to(contexts.student.attention_mask.device)
+    completion_ids = completion_ids.to(contexts.student.input_ids.device)
+
+    def role(batch: RoleBatch):
+        ids = torch.cat([batch.input_ids, completion_ids], dim=1)
+        mask = torch.cat([batch.attention_mask, cm], dim=1)
+        return ids, mask, position_ids_from_mask(mask)
+
+    s_ids, s_mask, s_pos = role(contexts.student)
+    t_ids, t_mask, t_pos = role(contexts.teacher)
+    return JoinedBatch(
+        s_ids, s_mask, s_pos, t_ids, t_mask, t_pos,
+        completion_ids, completion_mask.to(completion_ids.device),
+        contexts.student.width, contexts.teacher.width,
+    )

@@ -1,0 +1,123 @@
+"""Dual contexts: prompt wording, chat templates per role, padding, truncation audit, rollout joining."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from opsd.contexts import (
+    PROMPT_PROFILES,
+    PromptTooLongError,
+    apply_chat,
+    audit_prompt_lengths,
+    build_dual_contexts,
+    build_student_messages,
+    build_teacher_messages,
+    join_rollout,
+    legacy_student_text,
+)
+from opsd.rollout import completion_mask_from_eos
+
+PROBLEMS = ["What is 2 + 3?", "Compute 12 + 30, then add {x}."]
+SOLUTIONS = ["2 + 3 = 5. The answer is \\boxed{5}.", "12 + 30 = 42. \\boxed{42}"]
+
+
+def test_paper_profile_wording():
+    student = build_student_messages("P?", "paper")
+    assert student == [{"role": "user", "content": "Problem: P?\n\nPlease reason step by step, and put your final answer within \\boxed{}."}]
+    teacher = build_teacher_messages("P?", "SOL", "paper")[0]["content"]
+    assert teacher.startswith("Problem: P?\n\nHere is a reference solution to this problem:\n=== Reference Solution Begin ===\nSOL\n=== Reference Solution End ===\n")
+    assert teacher.endswith("\nPlease reason step by step, and put your final answer within \\boxed{}.")
+    assert "copy" in teacher and "paraphrase" in teacher and "own words" in teacher
+    assert set(PROMPT_PROFILES) >= {"paper", "simple"}
+    # braces in the problem survive formatting
+    assert "{x}" in build_student_messages(PROBLEMS[1])[0]["content"]
+
+
+def test_unknown_profile_lists_valid():
+    with pytest.raises(ValueError, match="valid profiles"):
+        build_student_messages("x", "nope")
+
+
+def test_dual_contexts_left_padded_and_aligned(embedded_tokenizer):
+    tok = embedded_tokenizer
+    ctx = build_dual_contexts(tok, PROBLEMS, SOLUTIONS)
+    for role in (ctx.student, ctx.teacher):
+        assert role.input_ids.shape == role.attention_mask.shape
+        assert (role.attention_mask[:, -1] == 1).all()  # left padding: last column is real for every row
+        assert torch.equal(role.attention_mask.sum(-1), role.prompt_lengths)
+        for row, text in enumerate(role.texts):
+            real = role.input_ids[row][role.attention_mask[row].bool()].tolist()
+            assert real == tok(text, add_special_tokens=False)["input_ids"]
+    assert ctx.teacher.width > ctx.student.width
+    assert "Reference Solution Begin" in ctx.teacher.texts[0] and "Reference Solution" not in ctx.student.texts[0]
+    assert ctx.student.texts[0].rstrip().endswith("<|im_start|>assistant")
+
+
+def test_chat_kwargs_reach_the_template_separately():
+    class RecordingTokenizer:
+        def __init__(self):
+            self.calls = []
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt, **kwargs):
+            self.calls.append(kwargs)
+            return "T:" + messages[0]["content"]
+
+    tok = RecordingTokenizer()
+    apply_chat(tok, build_student_messages("x"), {"enable_thinking": False})
+    apply_chat(tok, build_teacher_messages("x", "y"), {"enable_thinking": True})
+    assert tok.calls == [{"enable_thinking": False}, {"enable_thinking": True}]
+
+
+def test_legacy_mismatch_student_has_no_control_tokens(embedded_tokenizer):
+    tok = embedded_tokenizer
+    fixed = build_dual_contexts(tok, PROBLEMS, SOLUTIONS)
+    legacy = build_dual_contexts(tok, PROBLEMS, SOLUTIONS, legacy_mismatch=True)
+    assert "<|im_start|>" in fixed.student.texts[0]
+    assert "<|im_start|>" not in legacy.student.texts[0] and "Problem: What is 2 + 3?" in legacy.student.texts[0]
+    assert legacy.student.texts[0] == legacy_student_text(tok, build_student_messages(PROBLEMS[0]))
+    assert legacy.teacher.texts == fixed.teacher.texts  # only the student changes
+
+
+def test_no_silent_truncation(embedded_tokenizer):
+    tok = embedded_tokenizer
+    long_problem = "add " * 400
+    with pytest.raises(PromptTooLongError, match=r"row 'long'.*max_prompt_length is 200"):
+        build_dual_contexts(tok, [PROBLEMS[0], long_problem], SOLUTIONS, max_prompt_length=200, row_ids=["short", "long"])
+    dropped = build_dual_contexts(tok, [PROBLEMS[0], long_problem], SOLUTIONS, max_prompt_length=200, on_overflow="drop")
+    assert dropped.kept_rows == [0] and dropped.dropped_rows == [1]
+    audit = audit_prompt_lengths(tok, [PROBLEMS[0], long_problem], SOLUTIONS, max_prompt_length=200)
+    assert [a["too_long"] for a in audit] == [False, True]
+    assert audit[1]["teacher_tokens"] > audit[1]["student_tokens"] > 400
+
+
+def test_join_rollout_masks_prompt_padding_and_after_eos(embedded_tokenizer):
+    tok = embedded_tokenizer
+    eos = tok.eos_token_id
+    assert tok.pad_token_id == eos  # SmolLM2: the mask must not rely on pad != eos
+    ctx = build_dual_contexts(tok, PROBLEMS, SOLUTIONS)
+    completion = torch.tensor([[100, 101, eos, eos, eos], [102, 103, 104, 105, 106]])
+    mask = completion_mask_from_eos(completion, [eos])
+    assert mask.tolist() == [[True, True, True, False, False], [True] * 5]
+    joined = join_rollout(ctx, completion, mask)
+    ps, pt = ctx.student.width, ctx.teacher.width
+    assert torch.equal(joined.student_input_ids[:, ps:], completion)
+    assert torch.equal(joined.teacher_input_ids[:, pt:], completion)
+    assert torch.equal(joined.loss_mask, mask)
+    assert joined.student_attention_mask[0, ps + 3:].sum() == 0  # after-eos padding not attended
+    # positions count only real tokens: the first rollout token sits right after each row's prompt
+    for row in range(2):
+        assert joined.student_position_ids[row, ps] == ctx.student.prompt_lengths[row]
+        assert joined.teacher_position_ids[row, pt] == ctx.teacher.prompt_lengths[row]
+    # logits slicing: column P-1+n predicts rollout token n
+    logits = torch.arange(joined.student_input_ids.shape[1]).view(1, -1, 1).float().expand(2, -1, 3)
+    sliced = joined.rollout_slice(logits, "student")
+    assert sliced.shape == (2, 5, 3) and sliced[0, 0, 0] == ps - 1
+    assert torch.equal(joined.rollout_slice(logits[:, -6:], "student"), sliced)  # logits_to_keep = N + 1
+
+
+def test_join_rollout_with_repeated_contexts(embedded_tokenizer):
+    ctx = build_dual_contexts(embedded_tokenizer, PROBLEMS, SOLUTIONS).repeat_interleave(3)
+    assert len(ctx) == 6 and ctx.kept_rows == [0, 0, 0, 1, 1, 1]
+    with pytest.raises(ValueError, match="rollouts for"):
+        join_rollout(build_dual_contexts(embedded_tokenizer, PROBLEMS, SOLUTIONS), torch.zeros(6, 2, dtype=torch.long), torch.ones(6, 2, dtype=torch.bool))
