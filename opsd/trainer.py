@@ -1,0 +1,476 @@
+"""`OPSDConfig` and `OPSDTrainer`: on-policy self-distillation on `transformers.Trainer`.
+
+One training step (per micro-batch of problems):
+
+    1. contexts   student prompt = problem; teacher prompt = problem + reference solution
+    2. rollout    the current student samples ŷ from its own prompt (no grad, KV cache on)
+    3. teacher    one forward over [teacher prompt][ŷ] under no_grad, inside the teacher context
+                  (fixed: LoRA adapters disabled; ema: EMA weights swapped in; dynamic: as is)
+    4. student    one forward over [student prompt][ŷ] with grad
+    5. objective  per-token divergence on the rollout positions (opsd.divergence), backward
+
+Gradient accumulation, checkpointing, mixed precision and DDP / DeepSpeed come from `Trainer`
+and accelerate. The run directory receives config.yaml, metrics.jsonl, rollouts.jsonl and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from opsd.config import RunFields
+from opsd.contexts import build_dual_contexts, join_rollout
+from opsd.divergence import (
+    distillation_loss,
+    distillation_loss_from_hidden,
+    divergence_diagnostics,
+    sampled_token_loss,
+    token_divergence,
+)
+from opsd.rollout import SamplingParams, make_rollout_backend
+from opsd.runlog import RunDirectoryCallback, append_jsonl, last_checkpoint
+from opsd.teacher import EMATeacher, teacher_context
+
+TEACHER_MODES = ("fixed", "ema", "dynamic")
+LOSS_TYPES = ("full", "sampled_token")
+CLIP_MODES = ("pointwise", "token", "none")
+LARGE_VOCAB = 65_536
+OPSD_STATE_FILE = "opsd_state.pt"
+
+
+@dataclass
+class OPSDConfig(RunFields, TrainingArguments):
+    """Every knob of the OPSD method (DESIGN.md section 1) on top of `TrainingArguments`.
+
+    Defaults are the reference run's where it has one (beta 0, clip 0.05 point-wise, fixed teacher,
+    temperature 1.1, top_p 0.95, top_k 20, 1024 completion tokens); profiles override them.
+    """
+
+    # objective
+    beta: float = field(default=0.0, metadata={"help": "Generalized JSD weight: 0 forward KL(T||S), 1 reverse KL."})
+    loss_temperature: float | None = field(default=None, metadata={"help": "Temperature on both logits (None: sampling temperature)."})
+    top_k_loss: int | None = field(default=None, metadata={"help": "Restrict the divergence to the teacher's top-k entries."})
+    clip: float | None = field(default=0.05, metadata={"help": "Clip threshold c (None: no clipping)."})
+    clip_mode: str = field(default="pointwise", metadata={"help": "pointwise | token | none."})
+    loss_type: str = field(default="full", metadata={"help": "full (vocabulary divergence) | sampled_token."})
+    divergence_chunk_size: int | None = field(default=None, metadata={"help": "Positions per chunk (None: 512 when vocab > 65,536, else unchunked; 0: never chunk)."})
+    fused_hidden_loss: bool = field(default=False, metadata={"help": "Compute student logits chunk by chunk from hidden states."})
+    # teacher
+    teacher_mode: str = field(default="fixed", metadata={"help": "fixed (adapters off) | ema | dynamic."})
+    ema_decay: float = 0.999
+    legacy_mismatch: bool = field(default=False, metadata={"help": "Student prompt without chat template (earlier reference code)."})
+    # rollout
+    rollout_backend: str = field(default="hf", metadata={"help": "hf | vllm."})
+    temperature: float = 1.1
+    top_p: float = 0.95
+    top_k: int = 20
+    max_completion_length: int = 1024
+    num_generations: int = field(default=1, metadata={"help": "Rollouts per problem."})
+    vllm_gpu_memory_utilization: float = 0.6
+    vllm_sleep: bool = False
+    # logging
+    log_rollouts_every: int = field(default=10, metadata={"help": "Write sample rollouts every N steps (0: never)."})
+    num_logged_rollouts: int = 2
+
+    def __post_init__(self):
+        self.remove_unused_columns = False
+        super().__post_init__()
+        if self.teacher_mode not in TEACHER_MODES:
+            raise ValueError(f"teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+        if self.teacher_mode == "fixed" and not self.use_lora:
+            raise ValueError(
+                "teacher_mode='fixed' is the base model with LoRA adapters disabled, so it needs use_lora=True; "
+                "use teacher_mode='dynamic' or 'ema' for full fine-tuning"
+            )
+        if self.max_completion_length >= self.max_length:
+            raise ValueError(
+                f"max_completion_length ({self.max_completion_length}) must be below max_length ({self.max_length}) "
+                "to leave room for the prompt"
+            )
+
+    @property
+    def effective_loss_temperature(self) -> float:
+        return self.loss_temperature if self.loss_temperature is not None else self.temperature
+
+    @property
+    def max_prompt_length(self) -> int:
+        return self.max_length - self.max_completion_length
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            max_new_tokens=self.max_completion_length, n=self.num_generations,
+        )
+
+    def divergence_kwargs(self) -> dict[str, Any]:
+        return dict(
+            beta=self.beta, temperature=self.effective_loss_temperature, top_k=self.top_k_loss,
+            clip=self.clip, clip_mode=self.clip_mode,
+        )
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The objective produced NaN/inf; raised before the optimizer step so the last checkpoint is intact."""
+
+
+def collate_rows(rows: list[dict]) -> dict[str, list]:
+    """Keep problems as text: the trainer tokenizes them into both roles itself."""
+    return {
+        "problem": [r["problem"] for r in rows],
+        "solution": [r["solution"] for r in rows],
+        "row_id": [r.get("row_id", i) for i, r in enumerate(rows)],
+    }
+
+
+def resolve_chunk_size(config: OPSDConfig, vocab_size: int) -> int | None:
+    if config.divergence_chunk_size == 0:
+        return None
+    if config.divergence_chunk_size is not None:
+        return config.divergence_chunk_size
+    return 512 if vocab_size > LARGE_VOCAB else None
+
+
+def combine_diagnostics(parts: list[tuple[dict, int]]) -> dict[str, float]:
+    """Token-weighted average of per-row diagnostics; category means weighted by category counts."""
+    out: dict[str, float] = {}
+    total = sum(n for _, n in parts)
+    if total == 0:
+        return out
+    keys = {k for d, _ in parts for k in d}
+    for key in keys:
+        if key.startswith("count_"):
+            out[key] = float(sum(d.get(key, 0) for d, _ in parts))
+            continue
+        if key.startswith("kl_"):
+            cat = key[3:]
+            pairs = [(d[key], d.get(f"count_{cat}", 0)) for d, _ in parts if key in d]
+            weight = sum(c for _, c in pairs)
+            out[key] = sum(v * c for v, c in pairs if c) / weight if weight else float("nan")
+            continue
+        pairs = [(d[key], n) for d, n in parts if key in d and d[key] is not None]
+        if pairs:
+            out[key] = sum(v * n for v, n in pairs) / max(1, sum(n for _, n in pairs))
+    return out
+
+
+class _EMAUpdateCallback(TrainerCallback):
+    def __init__(self, trainer: "OPSDTrainer"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer.ema is not None:
+            self.trainer.ema.update(self.trainer.accelerator.unwrap_model(self.trainer.model))
+
+
+class OPSDTrainer(Trainer):
+    """On-policy self-distillation. `train_dataset` needs `problem` and `solution` columns."""
+
+    def __init__(self, model, args: OPSDConfig, train_dataset, processing_class, callbacks=None, rollout_backend=None):
+        from opsd.data import require_columns
+
+        require_columns(train_dataset, ["problem", "solution"], args.dataset)
+        if "row_id" not in train_dataset.column_names:
+            train_dataset = train_dataset.add_column("row_id", list(range(len(train_dataset))))
+        # Fail before training, not at step 1, when the teacher mode does not fit the model.
+        self.ema = EMATeacher(model, decay=args.ema_decay) if args.teacher_mode == "ema" else None
+        with teacher_context(model, args.teacher_mode, self.ema):
+            pass
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            data_collator=collate_rows,
+            processing_class=processing_class,
+            callbacks=[RunDirectoryCallback(extra={"run_kind": "opsd"})] + list(callbacks or []),
+        )
+        self.add_callback(_EMAUpdateCallback(self))
+        self.model_accepts_loss_kwargs = False  # the loss is a per-batch mean: Trainer divides by grad-accum
+        self.tokenizer = processing_class
+        self.sampling = args.sampling_params()
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.chunk_size = resolve_chunk_size(args, vocab)
+        if rollout_backend is None:
+            backend_kwargs = {}
+            if args.rollout_backend == "vllm":
+                backend_kwargs = dict(
+                    model_name=args.model_name, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                    max_model_len=args.max_length, sleep=args.vllm_sleep, seed=args.seed,
+                    dtype=args.torch_dtype,
+                )
+            rollout_backend = make_rollout_backend(args.rollout_backend, model, processing_class, **backend_kwargs)
+        self.rollout_backend = rollout_backend
+        self._weights_synced_at = -1
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._step_times: dict[str, float] = {}
+        self.tokens_generated = 0
+        self.seen_row_ids: list[list] = []
+
+    # ------------------------------------------------------------------------------------- one step
+
+    def _sample(self, model, contexts) -> Any:
+        """Rollouts from the current student (weights copied to vLLM once per optimizer step)."""
+        from trl.models.utils import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(model, self.accelerator) as gen_model:
+            if self._weights_synced_at != self.state.global_step:
+                self.rollout_backend.sync_weights(gen_model)
+                self._weights_synced_at = self.state.global_step
+            return self.rollout_backend.generate(
+                contexts.student.input_ids, contexts.student.attention_mask, self.sampling
+            )
+
+    def _forward_rollout_logits(self, model, inputs: dict, n: int, *, hidden: bool):
+        """Logits [B, N, V] (or last hidden states [B, N, H]) at the positions predicting the rollout."""
+        if hidden:
+            out = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+            return out.hidden_states[-1]
+        return model(**inputs, logits_to_keep=n + 1).logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args: OPSDConfig = self.args
+        step = self.state.global_step + 1
+        unwrapped = self.accelerator.unwrap_model(model)
+        device = self.accelerator.device
+        contexts = build_dual_contexts(
+            self.tokenizer, inputs["problem"], inputs["solution"], profile=args.prompt_profile,
+            student_chat_kwargs=args.student_chat_kwargs, teacher_chat_kwargs=args.teacher_chat_kwargs,
+            max_prompt_length=args.max_prompt_length, legacy_mismatch=args.legacy_mismatch,
+            on_overflow=args.on_overflow, row_ids=inputs["row_id"],
+        )
+        row_ids = [inputs["row_id"][i] for i in contexts.kept_rows]
+        self.seen_row_ids.append(list(inputs["row_id"]))
+        if contexts.dropped_rows:
+            self._metrics["dropped_rows"].append(float(len(contexts.dropped_rows)))
+
+        t0 = time.perf_counter()
+        rollout = self._sample(model, contexts)
+        t1 = time.perf_counter()
+        contexts = contexts.repeat_interleave(args.num_generations)
+        batch = join_rollout(contexts, rollout.completion_ids, rollout.completion_mask).to(device)
+        n = batch.completion_length
+        mask = batch.loss_mask
+        fused = args.fused_hidden_loss and args.loss_type == "full"
+
+        was_training = unwrapped.training
+        unwrapped.eval()  # no dropout in the teacher pass
+        try:
+            with torch.no_grad(), teacher_context(unwrapped, args.teacher_mode, self.ema):
+                teacher_out = self._forward_rollout_logits(unwrapped, batch.teacher_inputs(), n, hidden=fused)
+        finally:
+            unwrapped.train(was_training)
+        teacher_out = batch.rollout_slice(teacher_out, "teacher")
+        t2 = time.perf_counter()
+
+        student_out = batch.rollout_slice(self._forward_rollout_logits(model, batch.student_inputs(), n, hidden=fused), "student")
+        self._check_finite(student_out, "student logits" if not fused else "student hidden states", step, row_ids, mask)
+        self._check_finite(teacher_out, "teacher logits" if not fused else "teacher hidden states", step, row_ids, mask)
+        kwargs = args.divergence_kwargs()
+        if args.loss_type == "sampled_token":
+            tau = kwargs["temperature"]
+            ids = batch.completion_ids.unsqueeze(-1)
+            s_logp = torch.log_softmax(student_out.float() / tau, -1).gather(-1, ids).squeeze(-1)
+            t_logp = torch.log_softmax(teacher_out.float() / tau, -1).gather(-1, ids).squeeze(-1)
+            loss = sampled_token_loss(s_logp, t_logp, mask)
+        elif fused:
+            weight = unwrapped.get_output_embeddings().weight
+            loss = distillation_loss_from_hidden(
+                student_out, teacher_out, weight, mask, chunk_size=self.chunk_size or 512, **kwargs
+            )
+        else:
+            loss = distillation_loss(student_out, teacher_out, mask, chunk_size=self.chunk_size, **kwargs)
+        if not torch.isfinite(loss):
+            self._raise_nonfinite(f"the OPSD loss is {loss.item()}", step, row_ids)
+        if student_out.requires_grad:
+            student_out.register_hook(self._zero_grad_hook(mask))
+        t3 = time.perf_counter()
+
+        self._step_times["rollout"] = self._step_times.get("rollout", 0.0) + (t1 - t0)
+        self._step_times["teacher"] = self._step_times.get("teacher", 0.0) + (t2 - t1)
+        self._record(batch, rollout, student_out.detach(), teacher_out, contexts, step, fused, loss)
+        return loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._step_times = {}
+        start = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        total = time.perf_counter() - start
+        rollout, teacher = self._step_times.get("rollout", 0.0), self._step_times.get("teacher", 0.0)
+        self._metrics["time_rollout_s"].append(rollout)
+        self._metrics["time_teacher_s"].append(teacher)
+        self._metrics["time_student_s"].append(max(0.0, total - rollout - teacher))
+        return loss
+
+    # ----------------------------------------------------------------------------------- bookkeeping
+
+    def _zero_grad_hook(self, mask: torch.Tensor):
+        def hook(grad: torch.Tensor):
+            m = mask.bool()
+            if m.any():
+                zero = grad.detach().abs().amax(-1) == 0
+                self._metrics["zero_grad_fraction"].append((zero & m).sum().item() / m.sum().item())
+            return grad
+
+        return hook
+
+    def _check_finite(self, tensor, what, step, row_ids, mask):
+        if mask.any() and not torch.isfinite(tensor[mask.bool()]).all():
+            self._raise_nonfinite(f"the {what} contain NaN/inf", step, row_ids)
+
+    def _raise_nonfinite(self, what: str, step: int, row_ids) -> None:
+        ckpt = last_checkpoint(self.args.output_dir)
+        raise NonFiniteLossError(
+            f"step {step}: {what} for the batch with dataset rows {row_ids}. Training stopped before the "
+            f"optimizer step; the last good checkpoint is {ckpt if ckpt else '(none yet)'}. Lower the learning "
+            "rate, check the dtype (bf16 overflow), or inspect these rows."
+        )
+
+    def _record(self, batch, rollout, student_logits, teacher_logits, contexts, step, fused, loss) -> None:
+        args: OPSDConfig = self.args
+        mask = batch.loss_mask
+        lengths = mask.sum(-1).float()
+        generated = self.accelerator.reduce(lengths.sum().to(self.accelerator.device), reduction="sum")
+        self.tokens_generated += int(generated.item())
+        self._metrics["rollout_length_mean"].append(lengths.mean().item())
+        self._metrics["rollout_length_max"].append(lengths.max().item())
+        eos = torch.tensor(self.rollout_backend.eos_ids, device=mask.device)
+        truncated = mask[:, -1] & ~torch.isin(batch.completion_ids[:, -1], eos)
+        self._metrics["truncated_fraction"].append(truncated.float().mean().item())
+        self._metrics["objective"].append(loss.detach().item())
+        if fused:
+            return  # full logits never exist on this path; diagnostics come from the divergence module alone
+        parts = []
+        kwargs = args.divergence_kwargs()
+        with torch.no_grad():
+            for row in range(mask.shape[0]):
+                count = int(mask[row].sum())
+                if count == 0:
+                    continue
+                tokens = [self.tokenizer.decode([t]) for t in batch.completion_ids[row].tolist()]
+                diag = divergence_diagnostics(
+                    student_logits[row : row + 1], teacher_logits[row : row + 1], mask[row : row + 1],
+                    token_strings=[tokens], **kwargs,
+                )
+                parts.append((diag, count))
+        for key, value in combine_diagnostics(parts).items():
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                self._metrics[key].append(float(value))
+        if (
+            args.log_rollouts_every
+            and step % args.log_rollouts_every == 0
+            and self.accelerator.is_main_process
+            and step not in getattr(self, "_rollouts_logged", set())
+        ):
+            self._rollouts_logged = getattr(self, "_rollouts_logged", set()) | {step}
+            self._write_rollouts(batch, student_logits, teacher_logits, contexts, step, kwargs)
+
+    def _write_rollouts(self, batch, student_logits, teacher_logits, contexts, step, kwargs) -> None:
+        path = Path(self.args.output_dir) / "rollouts.jsonl"
+        with torch.no_grad():
+            for row in range(min(self.args.num_logged_rollouts, batch.loss_mask.shape[0])):
+                m = batch.loss_mask[row]
+                ids = batch.completion_ids[row][m].tolist()
+                div = token_divergence(student_logits[row][m].float(), teacher_logits[row][m].float(), **kwargs)
+                append_jsonl(path, {
+                    "step": step,
+                    "prompt": contexts.student.texts[row],
+                    "teacher_prompt": contexts.teacher.texts[row],
+                    "completion": self.tokenizer.decode(ids),
+                    "tokens": [self.tokenizer.decode([t]) for t in ids],
+                    "divergence": [round(float(d), 6) for d in div.tolist()],
+                })
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for key, values in self._metrics.items():
+            if values:
+                logs[key] = sum(values) / len(values)
+        if "divergence_mean" in logs:
+            logs.setdefault("divergence", logs["divergence_mean"])
+        logs["tokens_generated"] = self.tokens_generated
+        self._metrics.clear()
+        super().log(logs, start_time)
+
+    # --------------------------------------------------------------------------- checkpoint / resume
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if not self.accelerator.is_main_process:
+            return
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        state = {"tokens_generated": self.tokens_generated, "ema": self.ema.state_dict() if self.ema else None}
+        torch.save(state, folder / OPSD_STATE_FILE)
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if resume_from_checkpoint in (True, "auto"):
+            found = last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = str(found) if found else None
+        if resume_from_checkpoint:
+            state_file = Path(resume_from_checkpoint) / OPSD_STATE_FILE
+            if state_file.exists():
+                state = torch.load(state_file, map_location="cpu", weights_only=False)
+                self.tokens_generated = int(state.get("tokens_generated", 0))
+                if self.ema is not None and state.get("ema") is not None:
+                    self.ema.load_state_dict(state["ema"])
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------- entry point
+
+
+def build_trainer(config: OPSDConfig, *, callbacks=None, model=None, tokenizer=None) -> OPSDTrainer:
+    """Model (with LoRA), tokenizer and data from the config -> a ready `OPSDTrainer`."""
+    from opsd.data import load_problems
+    from opsd.models import load_model_and_tokenizer
+
+    if model is None:
+        dtype = getattr(torch, config.torch_dtype)
+        model, tokenizer = load_model_and_tokenizer(
+            config.model_name, dtype=dtype, lora=config.lora_settings(),
+            attn_implementation=config.attn_implementation, trust_remote_code=config.trust_remote_code,
+        )
+    if config.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    dataset = load_problems(config.dataset, config.dataset_split, n=config.dataset_size, seed=config.seed)
+    return OPSDTrainer(model, config, dataset, tokenizer, callbacks=callbacks)
+
+
+def run_training(config: OPSDConfig, *, resume: bool | str = "auto", callbacks=None) -> OPSDTrainer:
+    """Train with OPSD and save the final model; resumes from the last checkpoint in output_dir by default.
+    Returns the trainer (its `.model` is the trained student)."""
+    trainer = build_trainer(config, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=resume if resume else None)
+    trainer.save_model(config.output_dir)
+    if trainer.is_world_process_zero():
+        with open(Path(config.output_dir) / "run_info.json", "w") as f:
+            json.dump({"tokens_generated": trainer.tokens_generated, "global_step": trainer.state.global_step}, f)
+    return trainer
+
+
+def main(argv: list[str]) -> int:
+    """`python -m opsd train --config reproduce/configs/NAME.yaml [key=value ...]`."""
+    import argparse
+
+    from opsd.config import DEFAULT_PROFILE, load_config, parse_overrides
+
+    parser = argparse.ArgumentParser(prog="python -m opsd train", description=main.__doc__)
+    parser.add_argument("--config", default=DEFAULT_PROFILE, help="profile name or YAML path")
+    parser.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of config fields")
+    ns = parser.parse_args(argv)
+    config = load_config(OPSDConfig, ns.config, parse_overrides(ns.overrides))
+    run_training(config, resume=not ns.no_resume and "auto")
+    print(f"run directory: {config.output_dir}")
+    return 0

@@ -1,0 +1,181 @@
+"""OPSDTrainer end to end on the embedded model: a real step, run files, resume, errors, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from opsd.config import load_config, parse_overrides
+from opsd.contexts import PromptTooLongError
+from opsd.data import synthetic_math
+from opsd.divergence import distillation_loss
+from opsd.models import load_model_and_tokenizer
+from opsd.runlog import read_jsonl, read_metrics
+from opsd.trainer import NonFiniteLossError, OPSDConfig, OPSDTrainer, combine_diagnostics
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(
+    max_steps=2, per_device_train_batch_size=2, max_completion_length=6, save_steps=1, logging_steps=1,
+    log_rollouts_every=1, lora_r=4, lora_alpha=8, learning_rate=1e-3, max_length=256, dataset_size=16,
+)
+
+
+def make_trainer(tmp_path, callbacks=None, data=None, model=None, **overrides):
+    config = load_config(OPSDConfig, "cpu-tiny", {**TINY, "output_dir": str(tmp_path), **overrides})
+    if model is None:
+        torch.manual_seed(0)
+        model, tok = load_model_and_tokenizer(lora=config.lora_settings())
+    else:
+        model, tok = model
+    data = data if data is not None else synthetic_math(16)
+    return OPSDTrainer(model, config, data, tok, callbacks=callbacks)
+
+
+def test_two_steps_write_a_complete_run_directory(tmp_path):
+    trainer = make_trainer(tmp_path)
+    lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    assert trainer.state.global_step == 2
+    changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, lora_before[n])]
+    assert changed, "the optimizer step must change the LoRA weights"
+    metrics = read_metrics(tmp_path)
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        for key in ["loss", "divergence_mean", "clipped_fraction", "negative_token_fraction", "rollout_length_mean",
+                    "tokens_generated", "time_rollout_s", "time_teacher_s", "time_student_s", "grad_norm",
+                    "learning_rate", "zero_grad_fraction"]:
+            assert key in m, key
+        assert m["loss"] > 0 and abs(m["loss"] - m["divergence_mean"]) < 1e-4  # clip off: loss = mean D_n
+    assert metrics[1]["tokens_generated"] > metrics[0]["tokens_generated"] > 0
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "checkpoint-2" / "adapter_config.json").exists()
+    rollouts = read_jsonl(tmp_path / "rollouts.jsonl")
+    assert rollouts and len(rollouts[0]["tokens"]) == len(rollouts[0]["divergence"]) > 0
+    assert "token" not in (tmp_path / "config.yaml").read_text().replace("tokens", "").replace("_token", "")
+
+
+def test_loss_is_the_objective_on_the_rollout(tmp_path):
+    """The trainer's loss equals distillation_loss computed by hand from the same rollout."""
+    trainer = make_trainer(tmp_path, clip=0.05, clip_mode="pointwise")
+    captured = {}
+    original = trainer.rollout_backend.generate
+
+    def spy(*args, **kwargs):
+        captured["rollout"] = original(*args, **kwargs)
+        return captured["rollout"]
+
+    trainer.rollout_backend.generate = spy
+    batch = trainer.data_collator([synthetic_math(16)[i] | {"row_id": i} for i in range(2)])
+    model = trainer.model
+    loss = trainer.compute_loss(model, batch)
+    from opsd.contexts import build_dual_contexts, join_rollout
+    from opsd.teacher import teacher_context
+
+    ctx = build_dual_contexts(trainer.tokenizer, batch["problem"], batch["solution"], max_prompt_length=250)
+    r = captured["rollout"]
+    joined = join_rollout(ctx, r.completion_ids, r.completion_mask)
+    with torch.no_grad():
+        s = joined.rollout_slice(model(**joined.student_inputs()).logits, "student")
+        with teacher_context(model, "fixed"):
+            t = joined.rollout_slice(model(**joined.teacher_inputs()).logits, "teacher")
+    expected = distillation_loss(s, t, joined.loss_mask, beta=0.0, temperature=1.0, clip=0.05, clip_mode="pointwise")
+    assert torch.allclose(loss.detach(), expected, atol=1e-5)
+
+
+class StopAfter(TrainerCallback):
+    """Simulates an interrupted run: raise after the checkpoint of step `step` was written."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_steps_data_order_ema_and_metrics(tmp_path):
+    settings = dict(max_steps=4, save_steps=2, teacher_mode="ema", ema_decay=0.5, seed=3)
+    full = make_trainer(tmp_path / "full", **settings)
+    full.train()
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(tmp_path / "cut", callbacks=[StopAfter(2)], **settings).train()
+    assert (tmp_path / "cut" / "checkpoint-2").exists()
+    resumed = make_trainer(tmp_path / "cut", **settings)
+    resumed.train(resume_from_checkpoint="auto")
+    assert resumed.state.global_step == 4
+    assert resumed.seen_row_ids == full.seen_row_ids[2:]  # the data order continues
+    steps = [m["step"] for m in read_metrics(tmp_path / "cut")]
+    assert steps == [1, 2, 3, 4]
+    assert read_metrics(tmp_path / "cut")[-1]["tokens_generated"] > read_metrics(tmp_path / "cut")[1]["tokens_generated"]
+    for name, value in full.ema.shadow.items():  # EMA state restored then updated identically
+        assert torch.allclose(value, resumed.ema.shadow[name], atol=1e-6), name
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="needs use_lora=True"):
+        load_config(OPSDConfig, "cpu-tiny", {"use_lora": False, "output_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="unknown override key.*'learning_rat'.*did you mean 'learning_rate'"):
+        load_config(OPSDConfig, "cpu-tiny", parse_overrides(["learning_rat=1"]))
+    base = load_model_and_tokenizer()
+    with pytest.raises(ValueError, match="LoRA adapters"):
+        config = load_config(OPSDConfig, "cpu-tiny", {**TINY, "output_dir": str(tmp_path)})
+        OPSDTrainer(base[0], config, synthetic_math(4), base[1])
+    bad = synthetic_math(4).remove_columns(["solution"])
+    with pytest.raises(ValueError, match="solution"):
+        make_trainer(tmp_path, data=bad)
+
+
+def test_overlong_prompt_is_an_error_naming_the_row(tmp_path):
+    data = synthetic_math(4)
+    data = data.map(lambda row, i: {"problem": row["problem"] + " pad" * (400 if i == 1 else 0)}, with_indices=True)
+    trainer = make_trainer(tmp_path, data=data, per_device_train_batch_size=4, max_steps=1)
+    with pytest.raises(PromptTooLongError, match="row 1"):
+        trainer.train()
+
+
+def test_nan_logits_stop_with_step_and_rows_and_keep_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=3)
+    head = trainer.model.get_output_embeddings()
+
+    def poison(module, args, output):
+        if trainer.state.global_step >= 1 and module.training is True and torch.is_grad_enabled():
+            return output * float("nan")
+        return output
+
+    head.register_forward_hook(poison)
+    with pytest.raises(NonFiniteLossError, match=r"step 2: .*student logits.*dataset rows .*checkpoint-1"):
+        trainer.train()
+    assert (tmp_path / "checkpoint-1").exists() and not (tmp_path / "checkpoint-2").exists()
+
+
+def test_combine_diagnostics_weights():
+    parts = [({"divergence_mean": 1.0, "kl_style": 2.0, "count_style": 1.0}, 1),
+             ({"divergence_mean": 4.0, "kl_style": 5.0, "count_style": 3.0}, 3)]
+    out = combine_diagnostics(parts)
+    assert out["divergence_mean"] == pytest.approx(13 / 4)
+    assert out["kl_style"] == pytest.approx((2 + 15) / 4)
+    assert out["count_style"] == 4
+
+
+def test_two_process_run(tmp_path):
+    """2 CPU ranks (gloo) on a tiny random Qwen3: both train, gradients are synchronised, one checkpoint."""
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "reproduce" / "accelerate" / "cpu-ddp.yaml"), "--num_processes", "2",
+           str(REPO / "tests" / "dist_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world_size"] for r in reports] == [2, 2]
+    assert [r["rank"] for r in reports] == [0, 1]
+    assert reports[0]["seen_rows"] != reports[1]["seen_rows"]  # different data per rank ...
+    assert reports[0]["weights_changed"] and reports[1]["weights_changed"]
+    assert reports[0]["checksum"] == pytest.approx(reports[1]["checksum"], abs=0, rel=1e-7)  # ... same weights
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
