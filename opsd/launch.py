@@ -40,15 +40,19 @@ def train_command(profile: str, overrides: Mapping[str, Any], num_processes: int
     if not config_file.exists():
         valid = sorted(p.stem for p in ACCELERATE_DIR.glob("*.yaml"))
         raise ValueError(f"unknown accelerate config {config_name!r}; valid: {valid}")
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-        "--num_processes", str(num_processes), "-m", "opsd", "train", "--config", str(profile),
-    ]
-    for key, value in overrides.items():
-        cmd.append(f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
     env = dict(os.environ)
     if config_name.startswith("cpu"):
+        # `accelerate launch --cpu --num_processes N` was seen to start a single process; torchrun with
+        # ACCELERATE_USE_CPU=true starts N real gloo ranks that accelerate picks up as MULTI_CPU.
         env["ACCELERATE_USE_CPU"] = "true"
+        env.setdefault("OMP_NUM_THREADS", "1")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes)]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+               "--num_processes", str(num_processes)]
+    cmd += ["-m", "opsd", "train", "--config", str(profile)]
+    for key, value in overrides.items():
+        cmd.append(f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
     env.update(extra_env or {})
     return cmd, env
 

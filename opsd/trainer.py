@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.utils import logging
 
 from opsd.config import RunFields
 from opsd.contexts import build_dual_contexts, join_rollout
@@ -38,6 +39,8 @@ from opsd.divergence import (
 from opsd.rollout import SamplingParams, make_rollout_backend
 from opsd.runlog import RunDirectoryCallback, append_jsonl, last_checkpoint
 from opsd.teacher import EMATeacher, teacher_context
+
+logger = logging.get_logger(__name__)
 
 TEACHER_MODES = ("fixed", "ema", "dynamic")
 LOSS_TYPES = ("full", "sampled_token")
@@ -418,16 +421,35 @@ class OPSDTrainer(Trainer):
             found = last_checkpoint(self.args.output_dir)
             resume_from_checkpoint = str(found) if found else None
         if resume_from_checkpoint:
-            state_file = Path(resume_from_checkpoint) / OPSD_STATE_FILE
+            done = _checkpoint_step(resume_from_checkpoint)
+            if self.args.max_steps > 0 and done >= self.args.max_steps:
+                # A finished run: load its final weights instead of training past max_steps.
+                logger.warning("run already finished at step %d (%s); nothing to train", done, resume_from_checkpoint)
+                self._load_from_checkpoint(resume_from_checkpoint)
+                self.state.global_step = done
+                self._load_opsd_state(resume_from_checkpoint)
+                return None
+            self._load_opsd_state(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _load_opsd_state(self, checkpoint) -> None:
+        if checkpoint:
+            state_file = Path(checkpoint) / OPSD_STATE_FILE
             if state_file.exists():
                 state = torch.load(state_file, map_location="cpu", weights_only=False)
                 self.tokens_generated = int(state.get("tokens_generated", 0))
                 if self.ema is not None and state.get("ema") is not None:
                     self.ema.load_state_dict(state["ema"])
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------- entry point
+
+
+def _checkpoint_step(checkpoint) -> int:
+    state = Path(checkpoint) / "trainer_state.json"
+    if state.exists():
+        return int(json.loads(state.read_text()).get("global_step", 0))
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1])
 
 
 def build_trainer(config: OPSDConfig, *, callbacks=None, model=None, tokenizer=None) -> OPSDTrainer:

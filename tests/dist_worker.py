@@ -31,6 +31,8 @@ def main(out_dir: str) -> None:
     report = {
         "rank": rank,
         "world_size": world,
+        "num_processes": trainer.accelerator.num_processes,
+        "distributed_type": str(trainer.accelerator.distributed_type),
         "seen_rows": trainer.seen_row_ids,
         "weights_changed": any(not torch.equal(params[n], before[n]) for n in before),
         "checksum": float(sum(p.double().sum() for p in params.values())),

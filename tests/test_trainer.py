@@ -116,6 +116,13 @@ def test_resume_continues_steps_data_order_ema_and_metrics(tmp_path):
     assert read_metrics(tmp_path / "cut")[-1]["tokens_generated"] > read_metrics(tmp_path / "cut")[1]["tokens_generated"]
     for name, value in full.ema.shadow.items():  # EMA state restored then updated identically
         assert torch.allclose(value, resumed.ema.shadow[name], atol=1e-6), name
+    again = make_trainer(tmp_path / "cut", **settings)  # a finished run is not trained past max_steps
+    again.train(resume_from_checkpoint="auto")
+    assert again.state.global_step == 4 and [m["step"] for m in read_metrics(tmp_path / "cut")] == [1, 2, 3, 4]
+    trained = {n: p for n, p in resumed.model.named_parameters() if p.requires_grad}
+    for n, p in again.model.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, trained[n]), n
 
 
 def test_clear_errors(tmp_path):
@@ -166,16 +173,31 @@ def test_combine_diagnostics_weights():
 
 def test_two_process_run(tmp_path):
     """2 CPU ranks (gloo) on a tiny random Qwen3: both train, gradients are synchronised, one checkpoint."""
+    # `accelerate launch --cpu --num_processes 2` was seen to start one process; torchrun with
+    # ACCELERATE_USE_CPU starts two real gloo ranks (the same launcher train.ipynb uses for CPU configs).
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "reproduce" / "accelerate" / "cpu-ddp.yaml"), "--num_processes", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            str(REPO / "tests" / "dist_worker.py"), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world_size"] for r in reports] == [2, 2]
+    assert all(r["num_processes"] == 2 and r["distributed_type"].endswith("MULTI_CPU") for r in reports)
     assert [r["rank"] for r in reports] == [0, 1]
     assert reports[0]["seen_rows"] != reports[1]["seen_rows"]  # different data per rank ...
     assert reports[0]["weights_changed"] and reports[1]["weights_changed"]
     assert reports[0]["checksum"] == pytest.approx(reports[1]["checksum"], abs=0, rel=1e-7)  # ... same weights
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_train_command_for_cpu_and_gpu_configs():
+    from opsd.launch import train_command
+
+    cmd, env = train_command("cpu-tiny", {"max_steps": 2, "clip": None}, 2, "cpu-ddp")
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node"] and env["ACCELERATE_USE_CPU"] == "true"
+    assert cmd[-2:] == ["max_steps=2", "clip=null"]
+    cmd, env = train_command("qwen3-1.7b-4xh100", {}, 4)
+    assert "accelerate.commands.launch" in cmd and cmd[cmd.index("--config_file") + 1].endswith("zero2-offload.yaml")
+    assert cmd[cmd.index("--num_processes") + 1] == "4"
+    with pytest.raises(ValueError, match="unknown accelerate config"):
+        train_command("cpu-tiny", {}, 2, "nope")
