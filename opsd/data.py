@@ -1,0 +1,312 @@
+"""Problem sets: the synthetic offline math set, local files, Hub datasets; column validation.
+
+Every loader returns a ``datasets.Dataset`` with a ``problem`` column and, where the source has them,
+``solution`` (the reference solution the OPSD teacher sees) and ``answer`` (a string, for grading).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "heldout")
+HELDOUT_EVERY = 8  # one problem in 8 (by a hash of its key) belongs to the held-out split
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic arithmetic
+# ----------------------------------------------------------------------------------------------
+
+
+def _operands(kind: str, digits: int) -> Iterable[tuple[str, int, int]]:
+    """All problem keys ``(op, a, b)`` of a kind; commutative ops list each unordered pair once."""
+    lo, hi = 10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1
+    if kind == "add":
+        for a in range(lo, hi + 1):
+            for b in range(a, hi + 1):
+                yield ("+", a, b)
+    elif kind == "sub":
+        for a in range(lo, hi + 1):
+            for b in range(lo, a + 1):
+                yield ("-", a, b)
+    elif kind == "mul_small":
+        for a in range(2, 10):
+            for b in range(lo, hi + 1):
+                yield ("*", a, b)
+    else:
+        raise ValueError(f"unknown synthetic kind {kind!r}; choose from {SYNTHETIC_KINDS}")
+
+
+SYNTHETIC_KINDS = ("add", "sub", "mul_small")
+
+
+def _key_hash(op: str, a: int, b: int) -> int:
+    """A stable 64-bit hash of a problem key (independent of PYTHONHASHSEED, n and seed)."""
+    return int.from_bytes(hashlib.sha256(f"{op}|{a}|{b}".encode()).digest()[:8], "big")
+
+
+def _split_of(op: str, a: int, b: int) -> str:
+    return "heldout" if _key_hash(op, a, b) % HELDOUT_EVERY == 0 else "train"
+
+
+def _render(op: str, a: int, b: int) -> dict[str, str]:
+    """Problem text, a worked solution (split by place value) ending in ``\\boxed{answer}``, the answer."""
+    if op == "+":
+        if _key_hash(op, a, b) >> 8 & 1:  # show commutative pairs in either order, fixed per key
+            a, b = b, a
+        c = a + b
+        ta, tb, oa, ob = a // 10 * 10, b // 10 * 10, a % 10, b % 10
+        problem = f"What is {a} + {b}?"
+        steps = f"Add the tens and the ones: {ta} + {tb} = {ta + tb} and {oa} + {ob} = {oa + ob}, so {a} + {b} = {c}."
+    elif op == "-":
+        c = a - b
+        tb, ob = b // 10 * 10, b % 10
+        problem = f"What is {a} - {b}?"
+        steps = f"Subtract the tens, then the ones: {a} - {tb} = {a - tb} and {a - tb} - {ob} = {c}, so {a} - {b} = {c}."
+    elif op == "*":
+        c = a * b
+        tb, ob = b // 10 * 10, b % 10
+        problem = f"What is {a} \\times {b}?"
+        steps = (f"Multiply the tens and the ones: {a} \\times {tb} = {a * tb} and {a} \\times {ob} = {a * ob}, "
+                 f"so {a} \\times {b} = {a * tb} + {a * ob} = {c}.")
+    else:  # pragma: no cover - keys come from _operands
+        raise ValueError(op)
+    return {"problem": problem, "solution": f"{steps}\n\nThe answer is \\boxed{{{c}}}.", "answer": str(c)}
+
+
+def synthetic_problem_keys(split: str = "train", *, kind: str = "add", digits: int = 2) -> list[tuple[str, int, int]]:
+    """All ``(op, a, b)`` keys of one split, in a fixed order. Train and held-out never share a key."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return [k for k in _operands(kind, digits) if _split_of(*k) == split]
+
+
+def synthetic_math(n: int, seed: int = 0, split: str = "train", *, kind: str = "add",
+                   digits: int = 2) -> datasets.Dataset:
+    """``n`` arithmetic problems with columns ``problem``, ``solution``, ``answer`` (all strings).
+
+    Default: additions of two 2-digit numbers. Problem ``"What is 18 + 55?"``; solution (worked by place
+    value) ``"Add the tens and the ones: 10 + 50 = 60 and 8 + 5 = 13, so 18 + 55 = 73.\\n\\nThe answer
+    is \\boxed{73}."``; answer ``"73"``. Extra kinds: ``"sub"`` (a - b, a >= b) and ``"mul_small"`` (a
+    one-digit number times a ``digits``-digit number), with the same kind of worked solution.
+
+    Deterministic for ``(n, seed, split, kind, digits)``. A problem's split is decided by a hash of its
+    key ``(op, a, b)`` alone (1 key in 8 is ``"heldout"``; ``18 + 55`` and ``55 + 18`` are one key), so
+    train and held-out sets never share a problem, whatever ``n`` and ``seed``. Asking for more
+    problems than a split holds raises (2-digit add: 3,562 train / 533 held-out).
+
+    Why this set: SmolLM2-135M-Instruct is poor at it as a student and much better when it sees the
+    solution, the gap OPSD closes on a CPU. Measured on the embedded model, greedy decoding, chat
+    template, the ``paper`` prompt profile of ``opsd.contexts`` (default ``add``):
+
+    - full answers (max_new_tokens=64, 16 problems, correct ``\\boxed{}``): student 0/16 on each of
+      train seed 0, train seed 1 and held-out seed 0 (it often computes the sum, then writes an empty
+      ``\\boxed{}`` or none); teacher 8/16, 2/16 and 3/16 (its misses are mostly a missing box).
+    - at the answer slot (assistant text forced to ``"The answer is \\boxed{"``, 64 problems, seed 0):
+      student 0/64 train and 1/64 held-out continue with the right number, teacher 64/64 and 64/64;
+      after ``"18 + 55 = "``: student 14/64 and 26/64, teacher 54/64 and 60/64.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    keys = synthetic_problem_keys(split, kind=kind, digits=digits)
+    if n > len(keys):
+        raise ValueError(f"synthetic_math(kind={kind!r}, digits={digits}) has only {len(keys)} distinct "
+                         f"{split!r} problems; asked for n={n}")
+    chosen = random.Random(f"{seed}|{split}|{kind}|{digits}").sample(keys, n)
+    rows = [_render(*k) for k in chosen]
+    return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in ("problem", "solution", "answer")})
+
+
+# ----------------------------------------------------------------------------------------------
+# Files, folders and Hub datasets
+# ----------------------------------------------------------------------------------------------
+
+DEFAULT_SYNTHETIC_SIZES = {"train": 512, "heldout": 64}
+DATA_FILE_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}  # preferred first
+_COLUMN_ALIASES = {  # canonical name <- other spellings seen in public math sets
+    "problem": ("Problem", "question", "Question"),
+    "solution": ("Solution",),
+    "answer": ("Answer", "final_answer", "expected_answer"),
+}
+
+
+def require_columns(dataset: datasets.Dataset, columns: Sequence[str], source: str = "dataset") -> datasets.Dataset:
+    """Return ``dataset`` if it has every column in ``columns``, else raise ValueError naming both sides."""
+    found = list(dataset.column_names)
+    missing = [c for c in columns if c not in found]
+    if missing:
+        raise ValueError(f"{source}: missing columns {missing} (need {list(columns)}); found {found}")
+    return dataset
+
+
+def normalize_columns(dataset: datasets.Dataset) -> datasets.Dataset:
+    """Rename known spellings to ``problem`` / ``solution`` / ``answer``; answers become strings.
+
+    Integer answers (AIME, HMMT sometimes store ints) become ``"70"``, integral floats ``27.0`` -> ``"27"``.
+    """
+    names = set(dataset.column_names)
+    renames = {}
+    for canonical, aliases in _COLUMN_ALIASES.items():
+        if canonical in names:
+            continue
+        alias = next((a for a in aliases if a in names), None)
+        if alias is not None:
+            renames[alias] = canonical
+    if renames:
+        dataset = dataset.rename_columns(renames)
+    if "answer" in dataset.column_names and dataset.features["answer"] != datasets.Value("string"):
+        dataset = dataset.map(lambda row: {"answer": _answer_text(row["answer"])},
+                              features=_with_string(dataset.features, "answer"))
+    return dataset
+
+
+def _answer_text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _with_string(features: datasets.Features, column: str) -> datasets.Features:
+    features = features.copy()
+    features[column] = datasets.Value("string")
+    return features
+
+
+def _data_files(folder: Path, split: str | None) -> tuple[str, list[str]]:
+    """The data files of a folder (recursively), all of one format; filtered by split name if given."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                            p.relative_to(folder).parts))
+    by_format = {ext: [p for p in files if p.suffix == ext] for ext in DATA_FILE_FORMATS}
+    ext = next((e for e, found in by_format.items() if found), None)
+    if ext is None:
+        raise FileNotFoundError(f"{folder}: no data files ({', '.join(DATA_FILE_FORMATS)}) found")
+    chosen = by_format[ext]
+    if split is not None:
+        def in_split(p: Path) -> bool:
+            return p.name.startswith((f"{split}-", f"{split}.", f"{split}_")) or split in p.relative_to(folder).parts[:-1]
+        matching = [p for p in chosen if in_split(p)]
+        split_named = [p for p in chosen if p.name.split("-")[0].split(".")[0] in {"train", "test", "validation", "dev"}]
+        if matching:
+            chosen = matching
+        elif split_named:
+            raise ValueError(f"{folder}: no {split!r} files; found {[str(p.relative_to(folder)) for p in chosen]}")
+    return DATA_FILE_FORMATS[ext], [str(p) for p in chosen]
+
+
+def _load_local(path: Path, split: str | None) -> datasets.Dataset:
+    if path.is_dir():
+        builder, files = _data_files(path, split)
+    elif path.suffix in DATA_FILE_FORMATS:
+        builder, files = DATA_FILE_FORMATS[path.suffix], [str(path)]
+    else:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {list(DATA_FILE_FORMATS)}")
+    return datasets.load_dataset(builder, data_files=files, split="train")
+
+
+def load_problems(source: str | os.PathLike, split: str | None = None, *, n: int | None = None, seed: int = 0,
+                  require: Sequence[str] = ("problem",)) -> datasets.Dataset:
+    """Load problems from ``"synthetic"``, a local file/folder or a Hub id; normalise and validate columns.
+
+    - ``"synthetic"``: :func:`synthetic_math` (``split`` "train" (default) or "heldout"; ``n`` defaults to
+      512 / 64).
+    - a ``.parquet`` / ``.jsonl`` / ``.json`` file, or a folder of them (e.g. the Hub's ``data/train-*.parquet``
+      layout; with ``split``, only files named after that split).
+    - anything else: ``datasets.load_dataset(source, split=split or "train")`` (needs network).
+
+    Columns are normalised (``Problem`` -> ``problem``, ``question`` -> ``problem``, ``Answer`` -> ``answer``,
+    answers cast to str), then ``require`` is checked (ValueError naming missing and found columns).
+    With ``n``, the first ``n`` rows after a shuffle with ``seed`` (all rows if fewer).
+    """
+    if str(source) == "synthetic":
+        split = split or "train"
+        return synthetic_math(DEFAULT_SYNTHETIC_SIZES.get(split, 64) if n is None else n, seed=seed, split=split)
+    path = Path(source).expanduser()
+    if path.exists():
+        dataset = _load_local(path, split)
+    elif str(source).endswith(tuple(DATA_FILE_FORMATS)) or ("/" in str(source) and not _looks_like_hub_id(str(source))):
+        raise FileNotFoundError(f"no such data file or folder: {source}")
+    else:
+        dataset = datasets.load_dataset(str(source), split=split or "train")
+    dataset = require_columns(normalize_columns(dataset), require, str(source))
+    if n is not None:
+        dataset = dataset.shuffle(seed=seed).select(range(min(n, len(dataset))))
+    return dataset
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Named benchmarks and the training set: local copy first, then the Hub
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchmarkSource:
+    hub_id: str
+    split: str
+    local_name: str  # folder under a data dir, e.g. "eval/aime24"
+
+
+BENCHMARKS: dict[str, BenchmarkSource] = {
+    "aime24": BenchmarkSource("HuggingFaceH4/aime_2024", "train", "eval/aime24"),
+    "aime25": BenchmarkSource("yentinglin/aime_2025", "train", "eval/aime25"),
+    "hmmt25": BenchmarkSource("MathArena/hmmt_feb_2025", "train", "eval/hmmt25"),
+    "math500": BenchmarkSource("HuggingFaceH4/MATH-500", "test", "eval/math500"),
+    # 40 AMC 2023 problems; a `question` column (normalised to `problem`) and float answers (cast to "27").
+    "amc23": BenchmarkSource("math-ai/amc23", "test", "eval/amc23"),
+    "openthoughts": BenchmarkSource("siyanzhao/Openthoughts_math_30k_opsd", "train", "train/openthoughts_math_30k_opsd"),
+}
+
+
+def local_benchmark_dir(name: str, local_dir: str | os.PathLike | None = None) -> Path | None:
+    """A local copy of benchmark ``name`` under ``local_dir`` or ``$OPSD_DATA_DIR``, else None.
+
+    Looked up as ``<dir>/<local_name>`` (``eval/aime24``) or ``<dir>/<name>``.
+    Raises FileNotFoundError if ``local_dir`` was given explicitly and holds no copy.
+    """
+    source = _benchmark(name)
+    root = local_dir if local_dir is not None else os.environ.get("OPSD_DATA_DIR")
+    if not root:
+        return None
+    root = Path(root).expanduser()
+    candidates = [root / source.local_name, root / name, root / Path(source.local_name).name]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    if local_dir is not None:
+        raise FileNotFoundError(f"no local copy of {name!r}: tried {[str(c) for c in candidates]}")
+    logger.info("no local copy of %s under $OPSD_DATA_DIR=%s; using the Hub", name, root)
+    return None
+
+
+def _benchmark(name: str) -> BenchmarkSource:
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
+    return BENCHMARKS[name]
+
+
+def load_benchmark(name: str, *, local_dir: str | os.PathLike | None = None, n: int | None = None,
+                   seed: int = 0, require: Sequence[str] | None = None) -> datasets.Dataset:
+    """Load a named set from :data:`BENCHMARKS`: a local copy if there is one, else the Hub.
+
+    Benchmarks need ``problem`` and ``answer``; ``openthoughts`` (training data) ``problem`` and ``solution``.
+    """
+    source = _benchmark(name)
+    if require is None:
+        require = ("problem", "solution") if name == "openthoughts" else ("problem", "answer")
+    folder = local_benchmark_dir(name, local_dir)
+    where = folder if folder is not None else source.hub_id
+    return load_problems(where, source.split, n=n, seed=seed, require=require)
