@@ -1,0 +1,1 @@
+"""Benchmarks of opsd components (run as modules: python -m benchmarks.divergence)."""
