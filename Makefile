@@ -43,7 +43,7 @@ figures: setup
 	$(PY) -m papermill reproduce/figures.ipynb runs/figures.ipynb -k opsd-kit
 
 benchmark: setup
-	$(PY) benchmarks/divergence.py
+	$(PY) -m benchmarks.divergence
 
 clean-runs:
 	rm -rf runs/

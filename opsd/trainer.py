@@ -34,7 +34,9 @@ from opsd.divergence import (
     distillation_loss_from_hidden,
     divergence_diagnostics,
     sampled_token_loss,
+    suggest_chunk_size,
     token_divergence,
+    token_logprobs,
 )
 from opsd.rollout import SamplingParams, make_rollout_backend
 from opsd.runlog import RunDirectoryCallback, append_jsonl, last_checkpoint
@@ -64,7 +66,7 @@ class OPSDConfig(RunFields, TrainingArguments):
     clip: float | None = field(default=0.05, metadata={"help": "Clip threshold c (None: no clipping)."})
     clip_mode: str = field(default="pointwise", metadata={"help": "pointwise | token | none."})
     loss_type: str = field(default="full", metadata={"help": "full (vocabulary divergence) | sampled_token."})
-    divergence_chunk_size: int | None = field(default=None, metadata={"help": "Positions per chunk (None: 512 when vocab > 65,536, else unchunked; 0: never chunk)."})
+    divergence_chunk_size: int | None = field(default=None, metadata={"help": "Positions per chunk (None: automatic when vocab > 65,536, else unchunked; 0: never chunk)."})
     fused_hidden_loss: bool = field(default=False, metadata={"help": "Compute student logits chunk by chunk from hidden states."})
     # teacher
     teacher_mode: str = field(default="fixed", metadata={"help": "fixed (adapters off) | ema | dynamic."})
@@ -139,12 +141,13 @@ def collate_rows(rows: list[dict]) -> dict[str, list]:
     }
 
 
-def resolve_chunk_size(config: OPSDConfig, vocab_size: int) -> int | None:
+def resolve_chunk_size(config: OPSDConfig, vocab_size: int, device=None) -> int | None:
+    """Positions per divergence chunk: the config's value, or (None) a size suggested for large vocabularies."""
     if config.divergence_chunk_size == 0:
         return None
     if config.divergence_chunk_size is not None:
         return config.divergence_chunk_size
-    return 512 if vocab_size > LARGE_VOCAB else None
+    return suggest_chunk_size(vocab_size, device=device) if vocab_size > LARGE_VOCAB else None
 
 
 def combine_diagnostics(parts: list[tuple[dict, int]]) -> dict[str, float]:
@@ -205,7 +208,7 @@ class OPSDTrainer(Trainer):
         self.tokenizer = processing_class
         self.sampling = args.sampling_params()
         vocab = model.get_output_embeddings().weight.shape[0]
-        self.chunk_size = resolve_chunk_size(args, vocab)
+        self.chunk_size = resolve_chunk_size(args, vocab, device=args.device)
         if rollout_backend is None:
             backend_kwargs = {}
             if args.rollout_backend == "vllm":
@@ -284,14 +287,13 @@ class OPSDTrainer(Trainer):
         kwargs = args.divergence_kwargs()
         if args.loss_type == "sampled_token":
             tau = kwargs["temperature"]
-            ids = batch.completion_ids.unsqueeze(-1)
-            s_logp = torch.log_softmax(student_out.float() / tau, -1).gather(-1, ids).squeeze(-1)
-            t_logp = torch.log_softmax(teacher_out.float() / tau, -1).gather(-1, ids).squeeze(-1)
+            s_logp = token_logprobs(student_out, batch.completion_ids, tau)
+            t_logp = token_logprobs(teacher_out, batch.completion_ids, tau)
             loss = sampled_token_loss(s_logp, t_logp, mask)
         elif fused:
             weight = unwrapped.get_output_embeddings().weight
             loss = distillation_loss_from_hidden(
-                student_out, teacher_out, weight, mask, chunk_size=self.chunk_size or 512, **kwargs
+                student_out, teacher_out, weight, mask, chunk_size=self.chunk_size, **kwargs
             )
         else:
             loss = distillation_loss(student_out, teacher_out, mask, chunk_size=self.chunk_size, **kwargs)

@@ -89,6 +89,36 @@ def test_loss_is_the_objective_on_the_rollout(tmp_path):
     assert torch.allclose(loss.detach(), expected, atol=1e-5)
 
 
+def test_efficient_paths_and_loss_types_on_one_rollout(tmp_path):
+    """Chunked and fused-from-hidden objectives equal the plain one inside the trainer; the sampled-token
+    and EMA/dynamic variants run on the same rollout."""
+    batch = None
+    losses = {}
+    fixed_rollout = None
+    for name, extra in [("plain", {}), ("chunked", {"divergence_chunk_size": 3}),
+                        ("fused", {"fused_hidden_loss": True, "divergence_chunk_size": 4}),
+                        ("sampled", {"loss_type": "sampled_token"}),
+                        ("ema", {"teacher_mode": "ema"}), ("dynamic", {"teacher_mode": "dynamic"})]:
+        trainer = make_trainer(tmp_path / name, **extra)
+        if fixed_rollout is None:
+            batch = trainer.data_collator([synthetic_math(16)[i] | {"row_id": i} for i in range(2)])
+            from opsd.contexts import build_dual_contexts
+            ctx = build_dual_contexts(trainer.tokenizer, batch["problem"], batch["solution"])
+            fixed_rollout = trainer.rollout_backend.generate(ctx.student.input_ids, ctx.student.attention_mask,
+                                                             trainer.sampling)
+        trainer.rollout_backend.generate = lambda *a, **k: fixed_rollout
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        grads = [p.grad.norm() for p in trainer.model.parameters() if p.requires_grad and p.grad is not None]
+        assert grads and all(torch.isfinite(g) for g in grads)
+        losses[name] = loss.item()
+    assert losses["chunked"] == pytest.approx(losses["plain"], rel=1e-4)
+    assert losses["fused"] == pytest.approx(losses["plain"], rel=1e-4)
+    # LoRA B starts at zero, so before any step EMA and dynamic teachers equal the fixed (base) teacher
+    assert losses["ema"] == pytest.approx(losses["plain"], rel=1e-5)
+    assert losses["dynamic"] == pytest.approx(losses["plain"], rel=1e-5)
+
+
 class StopAfter(TrainerCallback):
     """Simulates an interrupted run: raise after the checkpoint of step `step` was written."""
 
