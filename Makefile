@@ -39,7 +39,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=.
 
 figures: setup
-	$(PY) -m opsd.figures_runs
+	$(PY) -m opsd.figure_runs
 	$(PY) -m papermill reproduce/figures.ipynb runs/figures.ipynb -k opsd-kit
 
 benchmark: setup

@@ -1,0 +1,434 @@
+"""opsd/paper_figures.py, opsd/figure_runs.py and reproduce/figures.ipynb.
+
+Unit tests build run directories by hand (config.yaml, metrics.jsonl, eval JSON as runs write them);
+the notebook test trains two real 2-step OPSD runs, evaluates them on 2 problems and executes the notebook.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+import yaml
+
+from opsd import figure_runs
+from opsd import paper_figures as pf
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = "synthetic"
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+# ------------------------------------------------------------------------------------------ fake runs
+
+OPSD_CONFIG = {
+    "model_name": "smollm2-135m-instruct", "beta": 0.0, "clip": None, "clip_mode": "none", "teacher_mode": "fixed",
+    "max_completion_length": 48, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "num_generations": 1,
+    "use_lora": True, "lora_r": 16, "learning_rate": 3e-4, "max_steps": 4, "temperature": 1.0,
+}
+GRPO_CONFIG = {
+    "model_name": "smollm2-135m-instruct", "reward_functions": ["boxed_answer"], "num_generations": 4,
+    "max_completion_length": 48, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "use_lora": True,
+    "lora_r": 16, "learning_rate": 3e-4, "max_steps": 4, "temperature": 1.2, "beta": 0.0,
+}
+SFT_CONFIG = {"model_name": "smollm2-135m-instruct", "per_device_train_batch_size": 8, "use_lora": True, "lora_r": 16,
+                  "learning_rate": 3e-4, "max_steps": 4, "completion_only_loss": None}
+
+
+def eval_json(step: int, avg: float, benchmark: str = BENCH, k: int = 1) -> dict:
+    return {
+        "benchmark": benchmark, "step": step, "k": k, "checkpoint": None if step == 0 else f"checkpoint-{step}",
+        "settings": {"k": k, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 96, "thinking": False,
+                     "backend": "hf", "seed": 0, "n_problems": 64, "model": "smollm2-135m-instruct", "batch_size": 32},
+        "summary": {"avg_at_k": avg, "pass_at_k": {"1": avg}, "boxed_rate": 1.0, "mean_completion_tokens": 30.0,
+                    "n_problems": 64, "k": k},
+        "records": [{"problem_id": "0", "sample_index": 0, "correct": True}],
+    }
+
+
+def write_run(path: Path, config: dict | None, metrics: list[dict] | None = None,
+              evals: dict[int, float] | None = None, benchmark: str = BENCH) -> Path:
+    """A run directory as the trainers and evaluate_run write it."""
+    path.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (path / "config.yaml").write_text(yaml.safe_dump(config))
+    if metrics:
+        (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    for step, avg in (evals or {}).items():
+        p = path / "eval" / benchmark / f"step-{step}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(eval_json(step, avg, benchmark)))
+    return path
+
+
+def opsd_metrics(n: int = 4, clipped: float = 0.0, length: float = 30.0) -> list[dict]:
+    return [{"step": s, "loss": 0.5 / s, "divergence_mean": 0.5 / s, "clipped_fraction": clipped,
+             "negative_token_fraction": 0.0, "rollout_length_mean": length, "tokens_generated": 240 * s,
+             "kl_style": 1.0 * s, "kl_math": 0.1, "kl_other": 0.3, "count_style": float(s), "count_math": 10.0,
+             "count_other": 5.0, "run_kind": "opsd"} for s in range(1, n + 1)]
+
+
+def grpo_metrics(n: int = 4) -> list[dict]:
+    return [{"step": s, "loss": 0.0, "reward_mean": 0.25, "reward_std_zero_fraction": 1.0 - 0.25 * (s % 2),
+             "tokens_generated": 300 * s, "run_kind": "grpo"} for s in range(1, n + 1)]
+
+
+@pytest.fixture()
+def full_runs(tmp_path) -> Path:
+    """Every run of the campaign, 4 steps, evaluated at 0, 2, 4."""
+    root = tmp_path / "runs"
+    write_run(root / "OPSD", OPSD_CONFIG, opsd_metrics(), {0: 0.25, 2: 0.5, 4: 0.75})
+    write_run(root / "OPSD-clip", {**OPSD_CONFIG, "clip": 0.05, "clip_mode": "pointwise"},
+              opsd_metrics(clipped=0.01), {0: 0.25, 2: 0.3, 4: 0.25})
+    write_run(root / "OPSD-reverse-KL", {**OPSD_CONFIG, "beta": 1.0}, opsd_metrics(), {0: 0.25, 2: 0.4, 4: 0.45})
+    write_run(root / "OPSD-JSD", {**OPSD_CONFIG, "beta": 0.5}, opsd_metrics(), {0: 0.25, 2: 0.35, 4: 0.5})
+    write_run(root / "OPSD-long", {**OPSD_CONFIG, "max_completion_length": 96}, opsd_metrics(length=60.0),
+              {0: 0.25, 2: 0.55, 4: 0.6})
+    write_run(root / "SFT", SFT_CONFIG, [{"step": s, "loss": 1.0 / s, "run_kind": "sft"} for s in (1, 2, 3, 4)],
+              {0: 0.25, 2: 0.2, 4: 0.125})
+    write_run(root / "GRPO", GRPO_CONFIG, grpo_metrics(), {0: 0.25, 2: 0.25, 4: 0.375})
+    return root
+
+
+# ------------------------------------------------------------------------------------------ readers
+
+
+def test_read_run_reads_config_metrics_and_eval_summaries(full_runs):
+    rec = pf.read_run("OPSD", full_runs / "OPSD")
+    assert rec.config["beta"] == 0.0 and rec.kind == "opsd"
+    assert [m["step"] for m in rec.metrics] == [1, 2, 3, 4]
+    assert rec.curve(BENCH) == ([0, 2, 4], [25.0, 50.0, 75.0])
+    assert rec.final_accuracy(BENCH) == (4, 75.0)
+    assert all("records" not in e for e in rec.evals)  # per-sample records are not kept in memory
+    assert rec.metric("tokens_generated") == ([1, 2, 3, 4], [240.0, 480.0, 720.0, 960.0])
+    assert rec.benchmarks() == [BENCH]
+
+
+def test_read_run_tolerates_a_directory_with_only_eval(tmp_path):
+    write_run(tmp_path / "base", None, None, {0: 0.5})
+    rec = pf.read_run("base", tmp_path / "base")
+    assert rec.config == {} and rec.metrics == [] and rec.curve(BENCH) == ([0], [50.0])
+    with pytest.raises(FileNotFoundError):
+        pf.read_run("x", tmp_path / "missing")
+
+
+def test_metric_series_skip_missing_and_nan(tmp_path):
+    write_run(tmp_path / "r", OPSD_CONFIG, [{"step": 1, "loss": 1.0}, {"step": 2}, {"step": 3, "loss": float("nan")}])
+    rec = pf.read_run("r", tmp_path / "r")
+    assert rec.metric("loss") == ([1], [1.0])
+
+
+def test_resolve_runs_accepts_mapping_json_string_and_directory(full_runs):
+    as_dir = pf.resolve_runs(str(full_runs))
+    assert list(as_dir) == ["OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO"]
+    as_json = pf.resolve_runs(json.dumps({"OPSD": str(full_runs / "OPSD"), "GRPO": None}))
+    assert as_json == {"OPSD": full_runs / "OPSD", "GRPO": None}
+    assert pf.resolve_runs({"OPSD": full_runs / "OPSD"}) == {"OPSD": full_runs / "OPSD"}
+    with pytest.raises(ValueError, match="neither a mapping"):
+        pf.resolve_runs(str(full_runs / "nope"))
+
+
+def test_missing_run_is_left_out_with_a_note_and_its_figures_are_skipped(full_runs, tmp_path, capsys):
+    records = pf.load_runs({"OPSD": full_runs / "OPSD", "GRPO": tmp_path / "never-trained", "OPSD-clip": None})
+    out = capsys.readouterr().out
+    assert list(records) == ["OPSD"]
+    assert "run 'GRPO': no run directory" in out and "run 'OPSD-clip'" in out
+    assert pf.fig3_avg_vs_step(records, [BENCH]) is None
+    assert pf.fig4_clipping(records, [BENCH]) is None
+    assert pf.fig3_grpo_zero_std(records) is None
+    assert pf.table3(records, [BENCH]) is None
+    out = capsys.readouterr().out
+    assert "skipped Fig 3 (Avg@k vs step): missing runs ['GRPO']" in out
+    assert "skipped Fig 4: missing runs ['OPSD-clip']" in out
+    assert "skipped Table 3: missing runs ['OPSD-reverse-KL', 'OPSD-JSD']" in out
+    assert pf.save_figure(None, "fig4_clipping", tmp_path / "figs") == []
+    assert pf.save_table(None, "table3", tmp_path / "figs") == []
+    assert not (tmp_path / "figs").exists()
+
+
+def test_a_run_without_eval_results_is_skipped_not_drawn(full_runs, tmp_path, capsys):
+    write_run(tmp_path / "clip", {**OPSD_CONFIG, "clip": 0.05, "clip_mode": "pointwise"}, opsd_metrics())
+    records = pf.load_runs({"OPSD": full_runs / "OPSD", "OPSD-clip": tmp_path / "clip"})
+    assert pf.fig4_clipping(records, [BENCH]) is None
+    assert "skipped Fig 4: no ['synthetic'] eval results in runs ['OPSD-clip']" in capsys.readouterr().out
+
+
+def test_default_runs_are_the_campaign_directory(monkeypatch, full_runs, tmp_path, capsys):
+    monkeypatch.setattr(pf, "DEFAULT_RUNS_ROOT", full_runs)
+    assert set(pf.resolve_runs(None)) == {"OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO"}
+    monkeypatch.setattr(pf, "DEFAULT_RUNS_ROOT", tmp_path / "none")
+    assert pf.resolve_runs(None) == {}
+    assert "make figures" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ labels
+
+
+def test_labels_come_from_the_run_config():
+    assert pf.clip_label({"clip": 0.05, "clip_mode": "pointwise"}) == "point-wise clip 0.05"
+    assert pf.clip_label({"clip": None, "clip_mode": "none"}) == "no clip"
+    assert pf.clip_label({"clip": 0.05, "clip_mode": "none"}) == "no clip"
+    assert pf.clip_label({"clip": 0.06, "clip_mode": "token"}) == "token clip 0.06"
+    assert [pf.objective_label({"beta": b}) for b in (0.0, 1.0, 0.5)] == ["forward KL", "reverse KL", "JSD(0.5)"]
+    assert pf.train_label(OPSD_CONFIG, "opsd") == "8 problems x <=48 tokens/step, LoRA r16, lr 0.0003, 4 steps"
+    assert pf.train_label(GRPO_CONFIG).startswith("2 prompts x 4 samples x <=48 tokens/step")
+    assert pf.model_label({"model_name": "Qwen/Qwen3-1.7B"}) == "Qwen3-1.7B"
+    assert pf.eval_label(eval_json(0, 0.5)) == "synthetic held-out, 64 problems, greedy, <=96 tokens, Avg@1"
+    assert pf.run_kind(GRPO_CONFIG) == "grpo" and pf.run_kind(OPSD_CONFIG) == "opsd" and pf.run_kind(SFT_CONFIG) == "sft"
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def _titles(fig) -> list[str]:
+    return [ax.get_title("left") or ax.get_title() for ax in fig.axes]
+
+
+def _legend_texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def test_fig4_labels_clip_settings_and_plots_the_eval_curves(full_runs):
+    records = pf.load_runs(str(full_runs))
+    fig = pf.fig4_clipping(records, [BENCH])
+    assert _legend_texts(fig) == ["point-wise clip 0.05 (OPSD-clip)", "no clip (OPSD)"]
+    lines = fig.axes[0].get_lines()
+    assert list(lines[0].get_ydata()) == [25.0, 30.0, 25.0] and list(lines[1].get_xdata()) == [0, 2, 4]
+    assert "smollm2-135m-instruct" in fig._suptitle.get_text() and "greedy" in fig._suptitle.get_text()
+
+
+def test_fig5_labels_generation_lengths(full_runs):
+    records = pf.load_runs(str(full_runs))
+    fig = pf.fig5_generation_length(records, [BENCH])
+    assert _legend_texts(fig) == ["generation length 48 (OPSD)", "generation length 96 (OPSD-long)"]
+
+
+def test_fig3_panels_per_benchmark_and_tokens_axis(tmp_path):
+    root = tmp_path / "runs"
+    for bench in ("aime24", "aime25"):
+        write_run(root / "OPSD", OPSD_CONFIG, opsd_metrics(), {0: 0.25, 2: 0.5, 4: 0.75}, benchmark=bench)
+        write_run(root / "GRPO", GRPO_CONFIG, grpo_metrics(), {0: 0.25, 4: 0.5}, benchmark=bench)
+    records = pf.load_runs(str(root))
+    fig = pf.fig3_avg_vs_step(records, pf.select_benchmarks(records, None))
+    assert _titles(fig) == ["AIME24", "AIME25"]
+    fig = pf.fig3_avg_vs_tokens(records, ["aime24", "aime25"])
+    opsd, grpo = fig.axes[0].get_lines()
+    assert list(opsd.get_xdata()) == [0.0, 480.0, 960.0] and list(opsd.get_ydata()) == [25.0, 50.0, 75.0]
+    assert list(grpo.get_xdata()) == [0.0, 1200.0]
+    assert "mean Avg@1 (%) over 2 benchmarks" == fig.axes[0].get_ylabel()
+
+
+def test_fig3_grpo_zero_std_plots_the_logged_fraction(full_runs):
+    records = pf.load_runs(str(full_runs))
+    fig = pf.fig3_grpo_zero_std(records)
+    line = fig.axes[0].get_lines()[0]
+    assert list(line.get_ydata()) == [0.75, 1.0, 0.75, 1.0]
+
+
+def test_diagnostics_overlays_opsd_runs(full_runs):
+    records = pf.load_runs(str(full_runs))
+    fig = pf.diagnostics(records)
+    assert _titles(fig) == list(pf.DIAGNOSTIC_KEYS)
+    assert len(fig.axes[0].get_lines()) >= 5  # one line per OPSD-family run (+ zero line)
+    assert pf.diagnostics({"SFT": records["SFT"]}) is None
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+
+def test_table2_has_ours_and_the_papers_numbers_side_by_side(full_runs, tmp_path):
+    records = pf.load_runs({n: full_runs / n for n in ("OPSD", "GRPO")})
+    df = pf.table2(records, [BENCH])
+    paper = yaml.safe_load((REPO / "reproduce" / "paper_results.yaml").read_text())["table2"]
+    assert list(df.index) == ["base", "SFT", "GRPO", "OPSD"]
+    assert df.loc["OPSD", "ours: synthetic"] == 75.0 and df.loc["GRPO", "ours: synthetic"] == 37.5
+    assert df.loc["base", "ours: synthetic"] == 25.0 and df.loc["base", "ours: step"] == 0
+    assert math.isnan(df.loc["SFT", "ours: synthetic"])  # no SFT run: shown as --, not invented
+    assert df.loc["OPSD", "paper Qwen3-1.7B: aime24"] == paper["Qwen3-1.7B"]["OPSD"][0]
+    assert "not comparable" in df.attrs["note"] and "CPU edition" in df.attrs["note"]
+    paths = pf.save_table(df, "table2", tmp_path / "figs")
+    md = (tmp_path / "figs" / "table2.md").read_text()
+    assert [p.name for p in paths] == ["table2.csv", "table2.md"]
+    assert "| OPSD | 75.0 | 4 |" in md and "| SFT | -- |" in md and "Paper scale vs CPU edition" in md
+    assert pf.table2(records, [BENCH], paper_model="Qwen3-8B").loc["OPSD", "paper Qwen3-8B: aime24"] == 77.8
+    with pytest.raises(ValueError, match="valid"):
+        pf.table2(records, [BENCH], paper_model="Qwen3-70B")
+
+
+def test_table2_base_row_prefers_a_base_run(full_runs, tmp_path):
+    write_run(tmp_path / "base", None, None, {0: 0.125})
+    records = pf.load_runs({"OPSD": full_runs / "OPSD", "base": tmp_path / "base"})
+    assert pf.table2(records, [BENCH]).loc["base", "ours: synthetic"] == 12.5
+
+
+def test_table3_rows_per_objective_with_paper_columns(full_runs):
+    records = pf.load_runs(str(full_runs))
+    df = pf.table3(records, [BENCH])
+    assert list(df.index) == ["forward KL (OPSD)", "reverse KL (OPSD-reverse-KL)", "JSD(0.5) (OPSD-JSD)"]
+    assert list(df.columns) == ["ours: step 0", "ours: step 2", "ours: step 4",
+                                "paper: step 0", "paper: step 50", "paper: step 100"]
+    assert df.loc["JSD(0.5) (OPSD-JSD)", "ours: step 4"] == 50.0
+    assert df.loc["reverse KL (OPSD-reverse-KL)", "paper: step 100"] == 35.0
+    assert df.loc["JSD(0.5) (OPSD-JSD)", "paper: step 100"] == 39.0
+    assert pf.table3_figure(records, [BENCH]) is not None
+
+
+def test_table5_category_means_first_step_and_count_weighted(full_runs):
+    records = pf.load_runs(str(full_runs))
+    df = pf.table5(records)
+    first, mean = df.iloc[0], df.iloc[1]
+    assert first["style"] == 1.0 and first["math"] == pytest.approx(0.1)
+    # kl_style = s with weight count_style = s over s = 1..4: sum(s^2) / sum(s) = 30 / 10
+    assert mean["style"] == pytest.approx(3.0)
+    assert df.loc["paper: Qwen3-1.7B", "style"] == 0.85
+    assert pf.table5_figure(records) is not None
+    assert pf.table5({"SFT": records["SFT"]}) is None
+
+
+# ------------------------------------------------------------------------------------------ saving
+
+
+def test_build_all_writes_every_file_with_the_shared_style(full_runs, tmp_path):
+    out = tmp_path / "figs"
+    written = pf.build_all(str(full_runs), out, BENCH)
+    assert all(written.values()), [k for k, v in written.items() if not v]
+    for name in ("fig3_avg_vs_step", "fig3_avg_vs_tokens", "fig3_grpo_zero_std", "fig4_clipping",
+                 "fig5_generation_length", "table3_objectives", "table5_kl_by_category", "diagnostics"):
+        assert (out / f"{name}.png").stat().st_size > 1000 and (out / f"{name}.pdf").is_file(), name
+    for name in ("table2", "table3", "table5_kl_by_category"):
+        assert (out / f"{name}.csv").is_file() and (out / f"{name}.md").is_file(), name
+    assert set(pf.FIGURES) == {p.stem for p in out.iterdir()}
+
+
+def test_style_file_parses():
+    params = matplotlib.rc_params_from_file(str(pf.STYLE_PATH), use_default_template=False)
+    assert params["savefig.bbox"] == "tight" and params["axes.grid"] is True
+
+
+# ------------------------------------------------------------------------------------------ campaign
+
+
+def test_campaign_has_every_run_the_figures_need():
+    names = [r.name for r in figure_runs.campaign()]
+    assert set(names) == set(pf.RUN_NAMES) - {"base"}
+    runs = {r.name: r for r in figure_runs.campaign()}
+    assert runs["OPSD-clip"].overrides["clip"] == 0.05 and runs["OPSD-clip"].overrides["clip_mode"] == "pointwise"
+    assert runs["OPSD-reverse-KL"].overrides["beta"] == 1.0 and runs["OPSD-JSD"].overrides["beta"] == 0.5
+    assert runs["OPSD-long"].overrides["max_completion_length"] > 48
+    assert all(r.overrides["max_steps"] == figure_runs.STEPS for r in runs.values())
+    assert figure_runs.EVAL["n_problems"] >= 64
+    assert sum(figure_runs.estimate_seconds(figure_runs.campaign()).values()) < 60 * 60
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_campaign_configs_load(quick, tmp_path):
+    for run in figure_runs.campaign(quick):
+        config = figure_runs.load_run_config(run, tmp_path)
+        assert config.output_dir == str(tmp_path / run.name)
+        assert config.max_steps == (2 if quick else figure_runs.STEPS)
+        assert config.max_steps % config.save_steps == 0  # the last step is a checkpoint, so it is evaluated
+        assert run.command(tmp_path).startswith(f"python -m opsd {run.kind} --config {run.profile} ")
+
+
+def test_campaign_entry_mismatch_is_an_error(tmp_path):
+    run = figure_runs.campaign()[0]
+    figure_runs._check_campaign_entry(run, tmp_path / run.name, fresh=False)
+    changed = figure_runs.CampaignRun(run.name, run.kind, run.profile, {**run.overrides, "beta": 1.0})
+    with pytest.raises(RuntimeError, match="another campaign entry"):
+        figure_runs._check_campaign_entry(changed, tmp_path / run.name, fresh=False)
+    figure_runs._check_campaign_entry(changed, tmp_path / run.name, fresh=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x").write_text("")
+    with pytest.raises(RuntimeError, match="not made by"):
+        figure_runs._check_campaign_entry(figure_runs.CampaignRun("other", "train", "cpu-tiny"), tmp_path / "other", False)
+
+
+def test_share_base_eval_copies_step_0_once(tmp_path):
+    write_run(tmp_path / "a", OPSD_CONFIG, None, {0: 0.5})
+    assert figure_runs.share_base_eval(tmp_path / "a", tmp_path / "b")
+    copied = json.loads((tmp_path / "b" / "eval" / BENCH / "step-0.json").read_text())
+    assert copied["copied_from"].endswith("a/eval/synthetic/step-0.json") and copied["summary"]["avg_at_k"] == 0.5
+    assert not figure_runs.share_base_eval(tmp_path / "a", tmp_path / "b")
+
+
+def test_plan_prints_commands(capsys, tmp_path):
+    assert figure_runs.main(["--plan", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "python -m opsd train --config cpu-tiny" in out and "clip=0.05" in out and "estimate" in out
+
+
+# ------------------------------------------------------------------------------------------ notebook
+
+
+def _kernel() -> str:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return "opsd-kit" if "opsd-kit" in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def test_notebook_is_committed_clean():
+    nb = json.loads((REPO / "reproduce" / "figures.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    params = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+    assert len(params) == 1
+    for name in ("runs = None", 'figures_dir = "figures"', 'benchmark = "synthetic"', "_names_before_injection"):
+        assert name in "".join(params[0]["source"])
+
+
+TINY_TRAINING = {"max_steps": 2, "per_device_train_batch_size": 2, "max_completion_length": 6, "save_steps": 1,
+                     "logging_steps": 1, "log_rollouts_every": 1, "lora_r": 4, "lora_alpha": 8, "learning_rate": 1e-3,
+                     "max_length": 256, "dataset_size": 8}
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_notebook_draws_figures_from_real_tiny_runs(tmp_path):
+    """Two real 2-step OPSD runs (no clip, point-wise clip), a 2-problem evaluation of each checkpoint,
+    then the notebook: Fig 4, Table 2, Table 5 and the diagnostics are drawn, the rest skipped."""
+    papermill = pytest.importorskip("papermill")
+    from opsd.config import load_config
+    from opsd.evaluate import evaluate_run
+    from opsd.trainer import OPSDConfig, run_training
+
+    runs = {}
+    for name, extra in (("OPSD", {}), ("OPSD-clip", {"clip": 0.05, "clip_mode": "pointwise"})):
+        config = load_config(OPSDConfig, "cpu-tiny", {**TINY_TRAINING, **extra, "output_dir": str(tmp_path / name)})
+        run_training(config)
+        if name != "OPSD":  # the base model (step 0) is evaluated once, as the campaign does
+            figure_runs.share_base_eval(tmp_path / "OPSD", tmp_path / name)
+        evaluate_run(tmp_path / name, BENCH, steps=[2], n_problems=2, k=1, temperature=0.0, top_p=1.0,
+                     max_new_tokens=8, batch_size=2, progress=False)
+        runs[name] = str(tmp_path / name)
+    assert json.loads((tmp_path / "OPSD-clip" / "eval" / BENCH / "step-0.json").read_text())["copied_from"]
+    runs["GRPO"] = str(tmp_path / "never-trained")
+    out = tmp_path / "figures"
+    papermill.execute_notebook(
+        str(REPO / "reproduce" / "figures.ipynb"), str(tmp_path / "figures.ipynb"), kernel_name=_kernel(),
+        cwd=str(REPO), progress_bar=False, parameters={"runs": json.dumps(runs), "figures_dir": str(out)},
+    )
+    for name in ("fig4_clipping", "table5_kl_by_category", "diagnostics"):
+        assert (out / f"{name}.png").is_file() and (out / f"{name}.pdf").is_file(), name
+    assert (out / "table2.csv").is_file() and (out / "table2.md").is_file()
+    assert not (out / "fig3_avg_vs_step.png").exists() and not (out / "fig5_generation_length.png").exists()
+    executed = (tmp_path / "figures.ipynb").read_text()
+    assert "skipped Fig 3 (Avg@k vs step): missing runs ['GRPO']" in executed
+    assert "skipped Fig 5: missing runs ['OPSD-long']" in executed
+    table2 = (out / "table2.md").read_text()
+    assert "| OPSD |" in table2 and "paper Qwen3-1.7B" in table2
+    with pytest.raises(papermill.PapermillExecutionError, match="valid parameters"):
+        papermill.execute_notebook(
+            str(REPO / "reproduce" / "figures.ipynb"), str(tmp_path / "bad.ipynb"), kernel_name=_kernel(),
+            cwd=str(REPO), progress_bar=False, parameters={"figure_dir": str(out)},
+        )
