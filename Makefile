@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
+	mkdir -p runs
 	$(PY) -m papermill reproduce/train.ipynb runs/train-demo.ipynb -k opsd-kit
 
 test: setup
@@ -40,6 +41,7 @@ lab: setup
 
 figures: setup
 	$(PY) -m opsd.figure_runs
+	mkdir -p runs
 	$(PY) -m papermill reproduce/figures.ipynb runs/figures.ipynb -k opsd-kit
 
 benchmark: setup
