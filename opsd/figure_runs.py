@@ -12,7 +12,7 @@ synthetic additions, each into ``<root>/<name>/``:
     OPSD-clip         cpu-tiny + point-wise clip 0.05 (the paper's)         Fig 4
     OPSD-reverse-KL   cpu-tiny + beta 1                                     Table 3
     OPSD-JSD          cpu-tiny + beta 0.5                                   Table 3
-    OPSD-long         cpu-tiny + max_completion_length 96 (vs 48)           Fig 5
+    OPSD-long         cpu-tiny + max_completion_length 128 (vs 64)          Fig 5
     SFT               sft-cpu-tiny                                          Table 2
     GRPO              grpo-cpu-tiny                                         Fig 3, Table 2
 
@@ -52,17 +52,17 @@ BENCHMARK = "synthetic"
 #: Table 2 reads its final accuracy, no figure draws its curve).
 STEPS, SAVE_EVERY = 12, 4
 #: Evaluation settings shared by every run (opsd.evaluate.evaluate_run keyword arguments): 96 new
-#: tokens, so that OPSD-long's answers (trained at 96) fit as well as the others'.
+#: tokens, room for the worked answer of every run (the base model's greedy answers average ~50 tokens,
+#: trained ones ~90) at a cost the 60-minute budget allows; the same budget for OPSD and OPSD-long.
 EVAL: dict[str, Any] = {"n_problems": 64, "k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 96,
                         "batch_size": 64}
 QUICK_EVAL: dict[str, Any] = {"n_problems": 4, "k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16,
                               "batch_size": 4}
 
 #: Wall seconds on 2 otherwise idle CPU cores with torch's default 2 threads, for the printed estimate.
-#: Measured on the kit's shared 2-core machine with 1 thread (CPU seconds, which contention does not
-#: inflate): an OPSD step (8 problems x 48 tokens) 36 s, an evaluation pass of EVAL on the base model
-#: 80 s; 2 threads on free cores are assumed ~1.5x faster. figures/README.md has the measured campaign.
-SECONDS_PER_STEP = {"train": 24.0, "train-long": 38.0, "sft": 4.0, "grpo": 20.0}
+#: Measured: an OPSD step of cpu-tiny (8 problems x 64 tokens) ~19 s, an evaluation pass of EVAL ~50 s;
+#: the others are scaled from those. figures/README.md has the measured campaign.
+SECONDS_PER_STEP = {"train": 19.0, "train-long": 35.0, "sft": 4.0, "grpo": 25.0}
 SECONDS_PER_EVAL = 50.0
 SECONDS_PER_RUN_START = 15.0
 
@@ -112,7 +112,7 @@ def campaign(quick: bool = False, *, steps: int = STEPS, save_every: int = SAVE_
         grpo = {**common, "per_device_train_batch_size": 4, "num_generations": 2, "max_completion_length": 8}
     else:
         common = {"max_steps": steps, "save_steps": save_every, "save_total_limit": None, "logging_steps": 1}
-        opsd, long, sft, grpo = dict(common), 96, {**common, "save_steps": steps}, dict(common)
+        opsd, long, sft, grpo = dict(common), 128, {**common, "save_steps": steps}, dict(common)
     return [
         CampaignRun("OPSD", "train", "cpu-tiny", dict(opsd), "forward KL, no clip (cpu-tiny): Fig 3, 5, Tables 2, 3, 5"),
         CampaignRun("OPSD-clip", "train", "cpu-tiny", {**opsd, "clip": 0.05, "clip_mode": "pointwise"},
@@ -145,7 +145,7 @@ def estimate_seconds(runs: Sequence[CampaignRun], quick: bool = False) -> dict[s
         return {"train": 25.0 * len(runs), "eval": 8.0 * len(runs)}
     train = evals = 0.0
     for run in runs:
-        key = "train-long" if run.kind == "train" and run.overrides.get("max_completion_length", 48) > 48 else run.kind
+        key = "train-long" if run.kind == "train" and run.overrides.get("max_completion_length", 64) > 64 else run.kind
         steps = int(run.overrides.get("max_steps", STEPS))
         train += SECONDS_PER_RUN_START + steps * SECONDS_PER_STEP[key]
         evals += steps // int(run.overrides.get("save_steps", SAVE_EVERY)) * SECONDS_PER_EVAL

@@ -467,24 +467,37 @@ def _need_evals(what: str, records: Mapping[str, RunRecord], names: Sequence[str
     return usable
 
 
+#: Summary keys drawn under the accuracy row when every run has them: at CPU scale the accuracy can sit
+#: at zero while the format the teacher demonstrates (a final ``\\boxed{}``) is being learned.
+SECONDARY_METRICS = {"boxed_rate": "boxed answers (%)"}
+
+
 def _accuracy_panels(lines: Sequence[tuple[str, RunRecord]], benchmarks: Sequence[str], title: str,
                      styles: Sequence[dict] | None = None):
-    """One panel per benchmark, one line per (label, run): accuracy (%) vs training step."""
+    """One column per benchmark, one line per (label, run): accuracy (%) vs training step in the first
+    row; one more row per ``SECONDARY_METRICS`` key that every run's evaluations report."""
+    rows = [("avg_at_k", _accuracy_label([rec for _, rec in lines]))]
+    rows += [(key, label) for key, label in SECONDARY_METRICS.items()
+             if all(rec.curve(b, key)[0] for _, rec in lines for b in benchmarks)]
     with _styled():
         n = len(benchmarks)
-        fig, axes = plt.subplots(1, n, figsize=(4.6 * n if n > 1 else 6.4, 3.8), squeeze=False)
-        for ax, b in zip(axes[0], benchmarks):
-            shown = []
-            for i, (label, rec) in enumerate(lines):
-                steps, values = rec.curve(b)
-                style = {"marker": _MARKERS[i % len(_MARKERS)], **(styles[i] if styles else {})}
-                ax.plot(steps, values, label=label, **style)
-                shown += values
-            _integer_steps(ax)
-            _accuracy_limits(ax, shown)
-            ax.set_title(_bench(b))
-            ax.set_xlabel("training step")
-            ax.set_ylabel(_accuracy_label([rec for _, rec in lines]))
+        fig, axes = plt.subplots(len(rows), n, figsize=(4.6 * n if n > 1 else 6.4, 3.8 + 2.6 * (len(rows) - 1)),
+                                 squeeze=False, sharex="col")
+        for r, (metric, ylabel) in enumerate(rows):
+            for ax, b in zip(axes[r], benchmarks):
+                shown = []
+                for i, (label, rec) in enumerate(lines):
+                    steps, values = rec.curve(b, metric)
+                    style = {"marker": _MARKERS[i % len(_MARKERS)], **(styles[i] if styles else {})}
+                    ax.plot(steps, values, label=label, **style)
+                    shown += values
+                _integer_steps(ax)
+                _accuracy_limits(ax, shown)
+                if r == 0:
+                    ax.set_title(_bench(b))
+                if r == len(rows) - 1:
+                    ax.set_xlabel("training step")
+                ax.set_ylabel(ylabel)
         axes[0][0].legend(loc="best")
         fig.suptitle(title)
         fig.tight_layout()

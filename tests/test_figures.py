@@ -205,7 +205,18 @@ def test_fig4_labels_clip_settings_and_plots_the_eval_curves(full_runs):
     assert _legend_texts(fig) == ["point-wise clip 0.05 (OPSD-clip)", "no clip (OPSD)"]
     lines = fig.axes[0].get_lines()
     assert list(lines[0].get_ydata()) == [25.0, 30.0, 25.0] and list(lines[1].get_xdata()) == [0, 2, 4]
+    # second row: the boxed-answer rate of the same evaluations (every fixture eval reports 1.0)
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "boxed answers (%)"
+    assert list(fig.axes[1].get_lines()[0].get_ydata()) == [100.0, 100.0, 100.0]
     assert "smollm2-135m-instruct" in fig._suptitle.get_text() and "greedy" in fig._suptitle.get_text()
+
+
+def test_secondary_row_only_when_every_run_reports_the_metric(full_runs):
+    records = pf.load_runs(str(full_runs))
+    for evaluation in records["OPSD"].evals:
+        evaluation["summary"].pop("boxed_rate")
+    fig = pf.fig4_clipping(records, [BENCH])
+    assert len(fig.axes) == 1 and fig.axes[0].get_ylabel() == "Avg@1 (%)"
 
 
 def test_fig5_labels_generation_lengths(full_runs):
@@ -221,7 +232,7 @@ def test_fig3_panels_per_benchmark_and_tokens_axis(tmp_path):
         write_run(root / "GRPO", GRPO_CONFIG, grpo_metrics(), {0: 0.25, 4: 0.5}, benchmark=bench)
     records = pf.load_runs(str(root))
     fig = pf.fig3_avg_vs_step(records, pf.select_benchmarks(records, None))
-    assert _titles(fig) == ["AIME24", "AIME25"]
+    assert _titles(fig) == ["AIME24", "AIME25", "", ""]  # accuracy row, then the boxed-rate row
     fig = pf.fig3_avg_vs_tokens(records, ["aime24", "aime25"])
     opsd, grpo = fig.axes[0].get_lines()
     assert list(opsd.get_xdata()) == [0.0, 480.0, 960.0] and list(opsd.get_ydata()) == [25.0, 50.0, 75.0]
