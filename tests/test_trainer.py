@@ -61,6 +61,28 @@ def test_two_steps_write_a_complete_run_directory(tmp_path):
     assert "token" not in (tmp_path / "config.yaml").read_text().replace("tokens", "").replace("_token", "")
 
 
+def test_report_to_tensorboard_receives_the_opsd_diagnostics(tmp_path, monkeypatch):
+    """report_to goes through transformers' integrations: the diagnostics logged per step (not only the
+    loss) land in the TensorBoard event file, with the same values as metrics.jsonl."""
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator",
+        reason="tensorboard is not installed (it is in the dev extra: pip install -e '.[dev]')",
+    )
+    logs = tmp_path / "tb"
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(logs))  # transformers 5: the writer's directory
+    trainer = make_trainer(tmp_path / "run", max_steps=1, report_to=["tensorboard"])
+    trainer.train()
+    events = [p for p in logs.rglob("events.out.tfevents.*")]
+    assert events, "no TensorBoard event file written"
+    acc = event_accumulator.EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    metrics = read_metrics(tmp_path / "run")[0]
+    for key in ("loss", "divergence_mean", "negative_token_fraction", "rollout_length_mean", "time_rollout_s"):
+        assert f"train/{key}" in tags, (key, sorted(tags))
+        assert acc.Scalars(f"train/{key}")[0].value == pytest.approx(metrics[key], rel=1e-5)
+
+
 def test_loss_is_the_objective_on_the_rollout(tmp_path):
     """The trainer's loss equals distillation_loss computed by hand from the same rollout."""
     trainer = make_trainer(tmp_path, clip=0.05, clip_mode="pointwise")
