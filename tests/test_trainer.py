@@ -107,7 +107,9 @@ def test_loss_is_the_objective_on_the_rollout(tmp_path):
         s = joined.rollout_slice(model(**joined.student_inputs()).logits, "student")
         with teacher_context(model, "fixed"):
             t = joined.rollout_slice(model(**joined.teacher_inputs()).logits, "teacher")
-    expected = distillation_loss(s, t, joined.loss_mask, beta=0.0, temperature=1.0, clip=0.05, clip_mode="pointwise")
+    # the loss temperature defaults to the sampling temperature (cpu-tiny: 0.7)
+    assert trainer.args.effective_loss_temperature == trainer.args.temperature == 0.7
+    expected = distillation_loss(s, t, joined.loss_mask, beta=0.0, temperature=0.7, clip=0.05, clip_mode="pointwise")
     assert torch.allclose(loss.detach(), expected, atol=1e-5)
 
 
