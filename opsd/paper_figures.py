@@ -451,7 +451,10 @@ def _need_runs(what: str, records: Mapping[str, RunRecord], names: Sequence[str]
 
 
 def _need_evals(what: str, records: Mapping[str, RunRecord], names: Sequence[str], benchmarks: Sequence[str]) -> list[str]:
-    """The benchmarks every named run has eval results for; prints a skip note and returns [] when none."""
+    """The benchmarks every named run has eval results for; prints a skip note and returns [] when a
+    run is missing or no benchmark is usable."""
+    if not _need_runs(what, records, names):
+        return []
     if not benchmarks:
         _skip(what, "no benchmark with eval results")
         return []
@@ -508,7 +511,7 @@ def fig3_avg_vs_step(records: Mapping[str, RunRecord], benchmarks: Sequence[str]
     """Fig 3 (left): Avg@k vs training step for OPSD and GRPO, one panel per benchmark."""
     what = "Fig 3 (Avg@k vs step)"
     names = ("OPSD", "GRPO")
-    if not _need_runs(what, records, names) or not (bs := _need_evals(what, records, names, benchmarks)):
+    if not (bs := _need_evals(what, records, names, benchmarks)):
         return None
     lines = [(f"{n}: {train_label(records[n].config, records[n].kind)}", records[n]) for n in names]
     return _accuracy_panels(lines, bs, _title("Fig 3 analogue: accuracy vs training step", [records[n] for n in names]))
@@ -527,7 +530,7 @@ def fig3_avg_vs_tokens(records: Mapping[str, RunRecord], benchmarks: Sequence[st
     """Fig 3 (middle): accuracy averaged over benchmarks vs cumulative tokens generated in training."""
     what = "Fig 3 (accuracy vs tokens generated)"
     names = ("OPSD", "GRPO")
-    if not _need_runs(what, records, names) or not (bs := _need_evals(what, records, names, benchmarks)):
+    if not (bs := _need_evals(what, records, names, benchmarks)):
         return None
     lacking = [n for n in names if not records[n].metric("tokens_generated")[0]]
     if lacking:
@@ -591,7 +594,7 @@ def fig4_clipping(records: Mapping[str, RunRecord], benchmarks: Sequence[str]):
     """Fig 4: accuracy vs step with the point-wise clip (OPSD-clip) and without (OPSD)."""
     what = "Fig 4"
     names = ("OPSD-clip", "OPSD")
-    if not _need_runs(what, records, names) or not (bs := _need_evals(what, records, names, benchmarks)):
+    if not (bs := _need_evals(what, records, names, benchmarks)):
         return None
     lines = [(f"{clip_label(records[n].config)} ({n})", records[n]) for n in names]
     title = _title("Fig 4 analogue: point-wise clipping", [records[n] for n in names])
@@ -603,7 +606,7 @@ def fig5_generation_length(records: Mapping[str, RunRecord], benchmarks: Sequenc
     """Fig 5: accuracy vs step for two generation lengths (OPSD vs OPSD-long)."""
     what = "Fig 5"
     names = ("OPSD", "OPSD-long")
-    if not _need_runs(what, records, names) or not (bs := _need_evals(what, records, names, benchmarks)):
+    if not (bs := _need_evals(what, records, names, benchmarks)):
         return None
     lines = [(f"{generation_label(records[n].config)} ({n})", records[n]) for n in names]
     title = _title("Fig 5 analogue: generation length", [records[n] for n in names])
@@ -671,7 +674,7 @@ def table2(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
     import pandas as pd
 
     what = "Table 2"
-    if not _need_runs(what, records, ("OPSD",)) or not (bs := _need_evals(what, records, ("OPSD",), benchmarks)):
+    if not (bs := _need_evals(what, records, ("OPSD",), benchmarks)):
         return None
     paper = paper if paper is not None else load_paper_results()
     section = paper["table2"]
@@ -723,7 +726,7 @@ def table3(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
 
     what = "Table 3"
     names = ("OPSD", "OPSD-reverse-KL", "OPSD-JSD")
-    if not _need_runs(what, records, names) or not (bs := _need_evals(what, records, names, benchmarks)):
+    if not (bs := _need_evals(what, records, names, benchmarks)):
         return None
     bench = "aime25" if "aime25" in bs else bs[0]
     paper = paper if paper is not None else load_paper_results()
@@ -754,7 +757,7 @@ def table3_figure(records: Mapping[str, RunRecord], benchmarks: Sequence[str], p
     """Table 3 as curves: ours (left) and the paper's (right), accuracy vs step per objective."""
     what = "Table 3 figure"
     names = ("OPSD", "OPSD-reverse-KL", "OPSD-JSD")
-    if not _need_runs(what, records, names) or not (bs := _need_evals(what, records, names, benchmarks)):
+    if not (bs := _need_evals(what, records, names, benchmarks)):
         return None
     bench = "aime25" if "aime25" in bs else bs[0]
     paper = paper if paper is not None else load_paper_results()
