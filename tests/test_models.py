@@ -1,6 +1,5 @@
 """Tests for opsd.models: embedded model conversion and loading, tokenizer, LoRA, tiny Qwen3."""
 
-import time
 
 import pytest
 import torch
@@ -86,12 +85,15 @@ def test_embedded_folder_is_a_plain_checkpoint(embedded):
     assert "quantization_config" not in (folder / "config.json").read_text()
 
 
-def test_second_load_is_fast_and_identical(embedded):
+def test_second_load_reads_the_folder_and_is_identical(embedded, monkeypatch):
+    """A later load reads the converted folder (no GGUF conversion); its speed is not asserted here."""
     model, _ = embedded
-    start = time.perf_counter()
+
+    def no_conversion(gguf, out):
+        raise AssertionError("the second load converted the GGUF again")
+
+    monkeypatch.setattr(models, "_convert_gguf", no_conversion)
     again, _ = load_model_and_tokenizer()
-    elapsed = time.perf_counter() - start
-    assert elapsed < 15, f"reloading the converted folder took {elapsed:.1f} s"  # ~1 s; generous for shared CPUs
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert model.config.vocab_size == 49152 and model.config.num_hidden_layers == 30
     with torch.no_grad():
