@@ -77,9 +77,27 @@ def build_teacher_messages(problem: str, solution: str, profile: str = "paper") 
     return [{"role": "user", "content": template.format(problem=problem, solution=solution)}]
 
 
-def build_eval_messages(problem: str) -> list[dict[str, str]]:
-    """Evaluation prompt of the reference evaluation: the problem, then the step-by-step / boxed line."""
-    return build_student_messages(problem, profile="paper")
+#: Evaluation prompt profiles: the single user turn an evaluated model reads (format fields: problem).
+#: ``reference`` is the form of the reference evaluation (the bare problem text, one blank line, the
+#: instruction); ``student`` is the training student prompt of the ``paper`` profile, with its
+#: ``Problem: `` prefix, kept to compare with evaluations made before the two were separated.
+EVAL_PROMPT_PROFILES: dict[str, str] = {
+    "reference": "{problem}\n\n" + _BOXED,
+    "student": PROMPT_PROFILES["paper"]["student"],
+}
+DEFAULT_EVAL_PROMPT = "reference"
+
+
+def build_eval_messages(problem: str, profile: str = DEFAULT_EVAL_PROMPT) -> list[dict[str, str]]:
+    """The evaluation chat: one user turn, by default the reference form ``{problem}\\n\\n{instruction}``.
+
+    Separate from the training prompts on purpose: the ``Problem: `` prefix belongs to training only.
+    """
+    if profile not in EVAL_PROMPT_PROFILES:
+        raise ValueError(
+            f"unknown evaluation prompt {profile!r}; valid evaluation prompts: {sorted(EVAL_PROMPT_PROFILES)}"
+        )
+    return [{"role": "user", "content": EVAL_PROMPT_PROFILES[profile].format(problem=problem)}]
 
 
 def apply_chat(tokenizer, messages: list[dict[str, str]], chat_kwargs: Mapping | None = None) -> str:

@@ -50,6 +50,10 @@ SYNTHETIC_EVAL_SIZE = 64
 #: The paper's evaluation settings (DESIGN.md section 1).
 PAPER_SETTINGS = dict(k=12, temperature=1.0, top_p=0.95, max_new_tokens=38912, thinking=True, backend="vllm")
 
+#: The evaluation prompt used unless one is named (``opsd.contexts.EVAL_PROMPT_PROFILES``).
+DEFAULT_EVAL_PROMPT = "reference"
+EVAL_PROMPTS: tuple[str, ...] = ("reference", "student")
+
 _ID_COLUMNS = ("id", "problem_idx", "unique_id", "idx", "problem_id")
 
 
@@ -304,15 +308,21 @@ def make_record(
 
 
 def eval_prompts(
-    tokenizer, problems: Sequence[str], *, thinking: bool, chat_kwargs: dict | None = None
+    tokenizer,
+    problems: Sequence[str],
+    *,
+    thinking: bool,
+    chat_kwargs: dict | None = None,
+    prompt: str = DEFAULT_EVAL_PROMPT,
 ) -> list[str]:
-    """Chat-formatted eval prompts (``opsd.contexts.build_eval_messages``: the problem followed by
-    the step-by-step / boxed instruction), with ``enable_thinking=thinking`` for the template
-    (``chat_kwargs``, when given, replaces that)."""
+    """Chat-formatted eval prompts (``opsd.contexts.build_eval_messages`` with the evaluation prompt
+    ``prompt``: by default the reference form, the problem text, a blank line, the step-by-step /
+    boxed instruction), with ``enable_thinking=thinking`` for the template (``chat_kwargs``, when
+    given, replaces that)."""
     from opsd.contexts import apply_chat, build_eval_messages
 
     kwargs = {"enable_thinking": thinking} if chat_kwargs is None else dict(chat_kwargs)
-    return [apply_chat(tokenizer, build_eval_messages(p), kwargs) for p in problems]
+    return [apply_chat(tokenizer, build_eval_messages(p, prompt), kwargs) for p in problems]
 
 
 def _model_device(model):
@@ -391,6 +401,7 @@ def _evaluate_vllm(
     lora_adapter=None,
     vllm_kwargs=None,
     chat_kwargs=None,
+    prompt=DEFAULT_EVAL_PROMPT,
 ):
     """vLLM backend: ``model`` is a ``vllm.LLM`` or a model path/Hub id (an ``LLM`` is built)."""
     import vllm
@@ -399,7 +410,9 @@ def _evaluate_vllm(
         model if isinstance(model, vllm.LLM) else vllm.LLM(model=str(model), seed=seed, **(vllm_kwargs or {}))
     )
     tokenizer = tokenizer or llm.get_tokenizer()
-    prompts = eval_prompts(tokenizer, list(dataset["problem"]), thinking=thinking, chat_kwargs=chat_kwargs)
+    prompts = eval_prompts(
+        tokenizer, list(dataset["problem"]), thinking=thinking, chat_kwargs=chat_kwargs, prompt=prompt
+    )
     greedy = temperature is None or temperature <= 0
     params = vllm.SamplingParams(
         n=k,
@@ -438,6 +451,7 @@ def evaluate(
     lora_adapter: str | os.PathLike | None = None,
     vllm_kwargs: dict | None = None,
     chat_kwargs: dict | None = None,
+    prompt: str = DEFAULT_EVAL_PROMPT,
 ) -> tuple[list[dict], dict]:
     """Sample k completions per problem, grade them, and summarise.
 
@@ -447,7 +461,8 @@ def evaluate(
     ``torch.manual_seed(seed)``; ``backend="vllm"`` takes a ``vllm.LLM`` (or a model path) as
     ``model``, and optionally a peft adapter directory ``lora_adapter`` (the LLM needs
     ``enable_lora=True``). ``chat_kwargs`` (default ``{"enable_thinking": thinking}``) go to the chat
-    template.
+    template. ``prompt`` names the evaluation prompt (``reference``: the problem, a blank line, the
+    instruction, as the reference evaluation; ``student``: the training student prompt).
 
     Returns (records, summary): one record per (problem, sample) with ``problem_id``,
     ``sample_index``, ``completion``, ``extracted_answer``, ``answer``, ``correct``,
@@ -455,6 +470,8 @@ def evaluate(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if prompt not in EVAL_PROMPTS:
+        raise ValueError(f"unknown evaluation prompt {prompt!r}: use one of {list(EVAL_PROMPTS)}")
     if backend not in ("hf", "vllm"):
         raise ValueError(f"unknown backend {backend!r}: use 'hf' or 'vllm'")
     if "problem" not in dataset.column_names or "answer" not in dataset.column_names:
@@ -479,6 +496,7 @@ def evaluate(
             lora_adapter=lora_adapter,
             vllm_kwargs=vllm_kwargs,
             chat_kwargs=chat_kwargs,
+            prompt=prompt,
         )
         return records, summarize(records, k)
 
@@ -496,7 +514,7 @@ def evaluate(
     try:
         for start in range(0, len(problems), batch_size):
             chunk = problems[start : start + batch_size]
-            prompts = eval_prompts(tokenizer, chunk, thinking=thinking, chat_kwargs=chat_kwargs)
+            prompts = eval_prompts(tokenizer, chunk, thinking=thinking, chat_kwargs=chat_kwargs, prompt=prompt)
             samples = _generate_hf(
                 model,
                 tokenizer,
@@ -527,6 +545,7 @@ def heldout_accuracy(
     chat_kwargs: dict | None = None,
     batch_size: int = 16,
     seed: int = 0,
+    prompt: str = DEFAULT_EVAL_PROMPT,
 ) -> dict:
     """Greedy accuracy of ``model`` on the first ``n`` held-out synthetic problems (one sample each):
     ``{"n", "correct", "accuracy", "boxed_rate", "mean_completion_tokens"}``. The quick before/after
@@ -543,6 +562,7 @@ def heldout_accuracy(
         seed=seed,
         progress=False,
         chat_kwargs=chat_kwargs,
+        prompt=prompt,
     )
     correct = sum(bool(r["correct"]) for r in records)
     return {
@@ -620,9 +640,11 @@ def benchmark_slug(benchmark: str) -> str:
 
 
 def _settings(
-    *, k, temperature, top_p, max_new_tokens, thinking, backend, seed, n_problems, model, batch_size
+    *, k, temperature, top_p, max_new_tokens, thinking, backend, seed, n_problems, model, batch_size,
+    prompt=DEFAULT_EVAL_PROMPT,
 ) -> dict:
     return {
+        "prompt": str(prompt),
         "k": int(k),
         "temperature": float(temperature),
         "top_p": float(top_p),
@@ -701,6 +723,7 @@ def evaluate_run(
     progress: bool = True,
     vllm_kwargs: dict | None = None,
     model_name: str | None = None,
+    prompt: str = DEFAULT_EVAL_PROMPT,
 ) -> list[dict]:
     """Evaluate every checkpoint of a training run on each benchmark.
 
@@ -737,6 +760,7 @@ def evaluate_run(
         thinking=thinking,
         backend=backend,
         seed=seed,
+        prompt=prompt,
     )
     settings = {
         b: _settings(**gen, n_problems=len(ds), model=model_name, batch_size=batch_size)
@@ -1013,6 +1037,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="chat template enable_thinking (Qwen3; paper: on)",
     )
+    p.add_argument(
+        "--prompt",
+        choices=EVAL_PROMPTS,
+        default=DEFAULT_EVAL_PROMPT,
+        help="evaluation prompt: reference = the problem, a blank line, the instruction (the reference "
+        "evaluation; default); student = the training student prompt with its 'Problem: ' prefix",
+    )
     p.add_argument("--backend", choices=("hf", "vllm"), default="hf")
     p.add_argument("--batch-size", type=int, default=8, help="problems per generate call (hf backend)")
     p.add_argument("--steps", default=None, help="comma-separated checkpoint steps (0 = base); default all")
@@ -1048,6 +1079,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
         thinking=args.thinking,
+        prompt=args.prompt,
         backend=args.backend,
         batch_size=args.batch_size,
         seed=args.seed,

@@ -6,11 +6,14 @@ import pytest
 import torch
 
 from opsd.contexts import (
+    DEFAULT_EVAL_PROMPT,
+    EVAL_PROMPT_PROFILES,
     PROMPT_PROFILES,
     PromptTooLongError,
     apply_chat,
     audit_prompt_lengths,
     build_dual_contexts,
+    build_eval_messages,
     build_student_messages,
     build_teacher_messages,
     join_rollout,
@@ -32,6 +35,21 @@ def test_paper_profile_wording():
     assert set(PROMPT_PROFILES) >= {"paper", "simple"}
     # braces in the problem survive formatting
     assert "{x}" in build_student_messages(PROBLEMS[1])[0]["content"]
+
+
+def test_eval_prompt_is_the_reference_form_by_default():
+    instruction = "Please reason step by step, and put your final answer within \\boxed{}."
+    assert DEFAULT_EVAL_PROMPT == "reference"
+    msgs = build_eval_messages("Find $x$ if {x} + 1 = 3.")
+    # the problem text itself, one blank line, the instruction: no "Problem: " prefix, nothing else
+    assert msgs == [{"role": "user", "content": "Find $x$ if {x} + 1 = 3.\n\n" + instruction}]
+    assert build_eval_messages("P?", "reference")[0]["content"] == "P?\n\n" + instruction
+    # the training prompts keep their prefix; the evaluation prompt is not the student prompt
+    assert build_student_messages("P?", "paper")[0]["content"].startswith("Problem: P?")
+    assert build_eval_messages("P?", "student") == build_student_messages("P?", "paper")
+    assert set(EVAL_PROMPT_PROFILES) == {"reference", "student"}
+    with pytest.raises(ValueError, match="valid evaluation prompts"):
+        build_eval_messages("P?", "paper")
 
 
 def test_unknown_profile_lists_valid():

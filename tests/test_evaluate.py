@@ -367,6 +367,30 @@ def test_eval_json_round_trip_and_summary_table(tmp_path):
         assert row["pass@2"] == res["summary"]["pass_at_k"]["2"]
 
 
+def test_eval_prompts_use_the_evaluation_profile():
+    from opsd import contexts
+
+    class Tok:
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt, **kwargs):
+            return f"<{kwargs}>" + messages[0]["content"]
+
+    instruction = contexts.BOXED_INSTRUCTION
+    ref = ev.eval_prompts(Tok(), ["What is 1 + 1?"], thinking=True)
+    assert ref == ["<{'enable_thinking': True}>What is 1 + 1?\n\n" + instruction]
+    old = ev.eval_prompts(Tok(), ["What is 1 + 1?"], thinking=False, prompt="student")
+    assert old == ["<{'enable_thinking': False}>Problem: What is 1 + 1?\n\n" + instruction]
+    # the names known to the command line are the profiles of opsd.contexts, same default
+    assert set(ev.EVAL_PROMPTS) == set(contexts.EVAL_PROMPT_PROFILES)
+    assert ev.DEFAULT_EVAL_PROMPT == contexts.DEFAULT_EVAL_PROMPT
+    # the prompt is part of the settings, so a file evaluated with the other prompt is not reused
+    common = dict(k=1, temperature=0.0, top_p=1.0, max_new_tokens=8, thinking=False, backend="hf", seed=0,
+                  n_problems=1, model="m", batch_size=1)
+    assert ev._settings(**common)["prompt"] == "reference"
+    assert not ev._same_settings(ev._settings(**common), ev._settings(**common, prompt="student"))
+    assert ev.build_parser().parse_args(["--model", "m"]).prompt == "reference"
+    assert ev.build_parser().parse_args(["--model", "m", "--prompt", "student"]).prompt == "student"
+
+
 def test_cli_parser_options():
     args = ev.build_parser().parse_args(
         [
