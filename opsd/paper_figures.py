@@ -28,6 +28,10 @@ from ``reproduce/paper_results.yaml``; they are printed beside ours, never mixed
     table5_kl_by_category (+ .csv)   table5, table5_figure   OPSD (kl_style / kl_math / kl_other)
     diagnostics                      diagnostics             any OPSD-family run (metrics)
 
+Tables 2 and 3 report, per benchmark, the checkpoint ``select`` picks: ``best`` (default, the paper's
+rule: the best evaluated checkpoint of the run, e.g. its 1.7B AIME25 value 43.9 is step 50, not step
+100) or ``last``; the chosen step is printed beside each value and the note names the rule.
+
 ``python -m opsd.paper_figures --runs runs/figures --figures-dir figures`` builds them all (the
 notebook ``reproduce/figures.ipynb`` does the same, one cell per figure).
 """
@@ -49,6 +53,8 @@ from opsd.config import REPO_ROOT
 
 __all__ = [
     "DEFAULT_RUNS_ROOT",
+    "DEFAULT_SELECTION",
+    "SELECTION_RULES",
     "FIGURES",
     "OPSD_FAMILY",
     "PAPER_RESULTS_PATH",
@@ -79,6 +85,7 @@ __all__ = [
     "save_figure",
     "save_table",
     "select_benchmarks",
+    "selection_label",
     "table2",
     "table3",
     "table3_figure",
@@ -96,6 +103,10 @@ STYLE_PATH = REPO_ROOT / "reproduce" / "opsd.mplstyle"
 DEFAULT_PAPER_MODEL = "Qwen3-1.7B"
 DIAGNOSTIC_KEYS = ("loss", "clipped_fraction", "negative_token_fraction", "rollout_length_mean")
 CATEGORIES = ("style", "math", "other")
+#: Which checkpoint of a run a table reports. ``best``: the paper's rule, the highest accuracy over the
+#: run's evaluated checkpoints, per benchmark; ``last``: the latest evaluated checkpoint.
+SELECTION_RULES = ("best", "last")
+DEFAULT_SELECTION = "best"
 
 #: Output file stem -> what it shows (figures/README.md describes them at length).
 FIGURES: dict[str, str] = {
@@ -113,6 +124,20 @@ FIGURES: dict[str, str] = {
 
 _BENCH_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "hmmt25": "HMMT25", "math500": "MATH-500",
                 "amc23": "AMC23", "synthetic": "synthetic held-out"}
+
+
+def _check_select(select: str) -> None:
+    if select not in SELECTION_RULES:
+        raise ValueError(f"unknown checkpoint selection {select!r}; valid: {list(SELECTION_RULES)}")
+
+
+def selection_label(select: str) -> str:
+    """How a table picked its checkpoints, in words (goes into the tables' notes)."""
+    _check_select(select)
+    if select == "best":
+        return ("best evaluated checkpoint per benchmark (the paper's rule; its step beside each value, "
+                "chosen on the same evaluation it reports)")
+    return "last evaluated checkpoint (its step beside each value)"
 
 
 def _skip(what: str, reason: str) -> None:
@@ -164,6 +189,23 @@ class RunRecord:
     def final_accuracy(self, benchmark: str, metric: str = "avg_at_k") -> tuple[int | None, float | None]:
         steps, values = self.curve(benchmark, metric)
         return (steps[-1], values[-1]) if steps else (None, None)
+
+    def selected_accuracy(self, benchmark: str, select: str = DEFAULT_SELECTION,
+                          metric: str = "avg_at_k") -> tuple[int | None, float | None]:
+        """(step, accuracy in %) of the checkpoint a table reports for ``benchmark``.
+
+        ``last``: the latest evaluated step. ``best``: argmax of the accuracy over the evaluated
+        checkpoints (steps > 0; step 0 is the base model, used only when nothing else was evaluated),
+        the earliest step on ties. (None, None) without evaluations.
+        """
+        _check_select(select)
+        if select == "last":
+            return self.final_accuracy(benchmark, metric)
+        points = list(zip(*self.curve(benchmark, metric)))
+        trained = [p for p in points if p[0] > 0] or points
+        if not trained:
+            return None, None
+        return max(trained, key=lambda p: (p[1], -p[0]))
 
     def metric(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of one ``metrics.jsonl`` key, skipping records without it (or NaN)."""
@@ -663,17 +705,19 @@ def _base_eval_source(records: Mapping[str, RunRecord], benchmarks: Sequence[str
 
 
 def table2(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: Mapping | None = None,
-           paper_model: str | None = None):
+           paper_model: str | None = None, select: str = DEFAULT_SELECTION):
     """Table 2: accuracy (%) of base / SFT / GRPO / OPSD per benchmark, the paper's beside.
 
-    Ours: the last evaluated checkpoint of each run (its step in ``ours: step``); base: the step-0
-    evaluation of ``base`` (else of OPSD). Paper: ``paper_results.yaml`` table2 for ``paper_model``
+    Ours: per benchmark the checkpoint ``select`` picks (``best``, the paper's rule: the highest
+    accuracy over the run's evaluated checkpoints; ``last``: the latest), with its step in the column
+    ``ours: <benchmark> step`` beside the value; base: the step-0 evaluation of ``base`` (else of OPSD). Paper: ``paper_results.yaml`` table2 for ``paper_model``
     (default: the run's model if the paper has it, else Qwen3-1.7B). A method without a run shows --.
     ``df.attrs["note"]`` says what the columns are.
     """
     import pandas as pd
 
     what = "Table 2"
+    _check_select(select)
     if not (bs := _need_evals(what, records, ("OPSD",), benchmarks)):
         return None
     paper = paper if paper is not None else load_paper_results()
@@ -687,18 +731,16 @@ def table2(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
     rows = {}
     for method in ("base", "SFT", "GRPO", "OPSD"):
         row: dict[str, Any] = {}
-        step_seen = None
         for b in bs:
-            value = None
+            step, value = None, None
             if method == "base":
                 e = base_src.eval_at(b, 0) if base_src else None
-                value = 100.0 * e["summary"]["avg_at_k"] if e else None
-                step_seen = 0 if e else step_seen
+                if e:
+                    step, value = 0, 100.0 * e["summary"]["avg_at_k"]
             elif method in records:
-                s, value = records[method].final_accuracy(b)
-                step_seen = s if s is not None else step_seen
+                step, value = records[method].selected_accuracy(b, select)
             row[f"ours: {b}"] = value
-        row["ours: step"] = step_seen
+            row[f"ours: {b} step"] = step
         for i, b in enumerate(pbench):
             row[f"paper {pmodel}: {b}"] = float(section[pmodel][method][i])
         rows[method] = row
@@ -707,25 +749,30 @@ def table2(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
     first = records["OPSD"].first_eval()
     df.attrs["note"] = (
         f"ours = CPU edition: {model_label(records['OPSD'].config)}, {eval_label(first)}, accuracy in %, "
-        f"last evaluated checkpoint (base = step 0 of the {base_src.name if base_src else '?'} run). "
+        f"{selection_label(select)} (base = step 0 of the {base_src.name if base_src else '?'} run). "
         f"paper = arXiv 2601.18734 v3 Table 2, {pmodel}, Avg@12 (%), thinking on, {', '.join(_bench(b) for b in pbench)}. "
         "Paper scale vs CPU edition: different model, data and budget, so the absolute values are not "
         "comparable; compare the ordering of the methods."
     )
+    df.attrs["select"] = select
     return df
 
 
-def table3(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: Mapping | None = None):
+def table3(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: Mapping | None = None,
+           select: str = DEFAULT_SELECTION):
     """Table 3: accuracy (%) at each evaluated step for forward KL / reverse KL / JSD(0.5), the paper's beside.
 
     Ours: runs OPSD, OPSD-reverse-KL, OPSD-JSD on the first benchmark of ``benchmarks`` (aime25, the
-    paper's, when present), at every evaluated step; row labels come from each run's ``beta``.
+    paper's, when present), at every evaluated step, then the checkpoint ``select`` picks (``best``
+    or ``last``) in ``ours: <select>`` with its step in ``ours: <select> step``; row labels come from
+    each run's ``beta``.
     Paper: ``paper_results.yaml`` table3 (Qwen3-1.7B, AIME25, steps 0 / 50 / 100).
     """
     import pandas as pd
 
     what = "Table 3"
     names = ("OPSD", "OPSD-reverse-KL", "OPSD-JSD")
+    _check_select(select)
     if not (bs := _need_evals(what, records, names, benchmarks)):
         return None
     bench = "aime25" if "aime25" in bs else bs[0]
@@ -737,6 +784,9 @@ def table3(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
         label = objective_label(records[n].config)
         curve = dict(zip(*records[n].curve(bench)))
         row = {f"ours: step {s}": curve.get(s) for s in steps}
+        chosen_step, chosen = records[n].selected_accuracy(bench, select)
+        row[f"ours: {select}"] = chosen
+        row[f"ours: {select} step"] = chosen_step
         for i, s in enumerate(section["steps"]):
             row[f"paper: step {s}"] = float(section[label][i]) if label in section else None
         rows[f"{label} ({n})"] = row
@@ -745,11 +795,13 @@ def table3(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
     first = records["OPSD"].first_eval()
     df.attrs["note"] = (
         f"ours = CPU edition: {model_label(records['OPSD'].config)}, {train_label(records['OPSD'].config, 'opsd')}, "
-        f"{clip_label(records['OPSD'].config)}; {eval_label(records['OPSD'].eval_at(bench, steps[0]) or first)}, %. "
+        f"{clip_label(records['OPSD'].config)}; {eval_label(records['OPSD'].eval_at(bench, steps[0]) or first)}, %; "
+        f"'ours: {select}' = {selection_label(select)}. "
         "paper = arXiv 2601.18734 v3 Table 3, Qwen3-1.7B, AIME25 Avg@12 (%) at steps 0 / 50 / 100. "
         "Paper scale vs CPU edition: not comparable in absolute value; compare how each objective moves from step 0."
     )
     df.attrs["benchmark"] = bench
+    df.attrs["select"] = select
     return df
 
 
@@ -949,8 +1001,10 @@ def print_table(df, *, digits: int = 1) -> None:
 
 
 def build_all(runs: Mapping[str, Any] | str | Path | None = None, figures_dir: str | Path = "figures",
-              benchmark: str | Sequence[str] | None = "synthetic", paper_model: str | None = None) -> dict[str, list[Path]]:
+              benchmark: str | Sequence[str] | None = "synthetic", paper_model: str | None = None,
+              select: str = DEFAULT_SELECTION) -> dict[str, list[Path]]:
     """Every figure and table into ``figures_dir`` (what ``reproduce/figures.ipynb`` does, cell by cell).
+    ``select``: which checkpoint Tables 2 and 3 report (``best`` or ``last``).
     Returns {output name: written paths}; skipped ones map to []."""
     records = load_runs(runs)
     benchmarks = select_benchmarks(records, benchmark)
@@ -967,10 +1021,10 @@ def build_all(runs: Mapping[str, Any] | str | Path | None = None, figures_dir: s
     fig("fig3_grpo_zero_std", fig3_grpo_zero_std(records))
     fig("fig4_clipping", fig4_clipping(records, benchmarks))
     fig("fig5_generation_length", fig5_generation_length(records, benchmarks))
-    t2 = table2(records, benchmarks, paper, paper_model)
+    t2 = table2(records, benchmarks, paper, paper_model, select)
     print_table(t2)
     written["table2"] = save_table(t2, "table2", figures_dir)
-    t3 = table3(records, benchmarks, paper)
+    t3 = table3(records, benchmarks, paper, select)
     print_table(t3)
     written["table3"] = save_table(t3, "table3", figures_dir)
     fig("table3_objectives", table3_figure(records, benchmarks, paper))
@@ -992,9 +1046,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--figures-dir", default="figures")
     p.add_argument("--benchmark", default="synthetic", help="comma-separated benchmark names")
     p.add_argument("--paper-model", default=None)
+    p.add_argument("--select", choices=SELECTION_RULES, default=DEFAULT_SELECTION,
+                   help="checkpoint Tables 2 and 3 report: best (the paper's rule, default) or last")
     args = p.parse_args(argv)
     mpl.use("Agg")
-    written = build_all(args.runs, args.figures_dir, args.benchmark, args.paper_model)
+    written = build_all(args.runs, args.figures_dir, args.benchmark, args.paper_model, args.select)
     for name, paths in written.items():
         print(f"{name:24s} {'skipped' if not paths else ', '.join(p.name for p in paths)}")
     return 0

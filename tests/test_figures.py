@@ -264,7 +264,7 @@ def test_table2_has_ours_and_the_papers_numbers_side_by_side(full_runs, tmp_path
     paper = yaml.safe_load((REPO / "reproduce" / "paper_results.yaml").read_text())["table2"]
     assert list(df.index) == ["base", "SFT", "GRPO", "OPSD"]
     assert df.loc["OPSD", "ours: synthetic"] == 75.0 and df.loc["GRPO", "ours: synthetic"] == 37.5
-    assert df.loc["base", "ours: synthetic"] == 25.0 and df.loc["base", "ours: step"] == 0
+    assert df.loc["base", "ours: synthetic"] == 25.0 and df.loc["base", "ours: synthetic step"] == 0
     assert math.isnan(df.loc["SFT", "ours: synthetic"])  # no SFT run: shown as --, not invented
     assert df.loc["OPSD", "paper Qwen3-1.7B: aime24"] == paper["Qwen3-1.7B"]["OPSD"][0]
     assert "not comparable" in df.attrs["note"] and "CPU edition" in df.attrs["note"]
@@ -287,12 +287,56 @@ def test_table3_rows_per_objective_with_paper_columns(full_runs):
     records = pf.load_runs(str(full_runs))
     df = pf.table3(records, [BENCH])
     assert list(df.index) == ["forward KL (OPSD)", "reverse KL (OPSD-reverse-KL)", "JSD(0.5) (OPSD-JSD)"]
-    assert list(df.columns) == ["ours: step 0", "ours: step 2", "ours: step 4",
+    assert list(df.columns) == ["ours: step 0", "ours: step 2", "ours: step 4", "ours: best", "ours: best step",
                                 "paper: step 0", "paper: step 50", "paper: step 100"]
     assert df.loc["JSD(0.5) (OPSD-JSD)", "ours: step 4"] == 50.0
     assert df.loc["reverse KL (OPSD-reverse-KL)", "paper: step 100"] == 35.0
     assert df.loc["JSD(0.5) (OPSD-JSD)", "paper: step 100"] == 39.0
     assert pf.table3_figure(records, [BENCH]) is not None
+
+
+def test_best_and_last_checkpoint_selection_on_hand_made_evals(tmp_path):
+    # the paper's forward-KL curve: 36.7 at step 0, 43.9 at 50, 41.1 at 100 -> best is step 50, last step 100
+    write_run(tmp_path / "OPSD", OPSD_CONFIG, opsd_metrics(), {0: 0.367, 50: 0.439, 100: 0.411})
+    rec = pf.read_run("OPSD", tmp_path / "OPSD")
+    assert rec.selected_accuracy(BENCH, "best") == (50, pytest.approx(43.9))
+    assert rec.selected_accuracy(BENCH, "last") == (100, pytest.approx(41.1))
+    assert rec.selected_accuracy("aime24", "best") == (None, None)
+    with pytest.raises(ValueError, match="valid"):
+        rec.selected_accuracy(BENCH, "median")
+    # ties go to the earliest step; the base model (step 0) is not a checkpoint of the run ...
+    write_run(tmp_path / "tie", OPSD_CONFIG, None, {0: 0.9, 25: 0.5, 75: 0.5})
+    assert pf.read_run("tie", tmp_path / "tie").selected_accuracy(BENCH) == (25, 50.0)
+    # ... unless nothing else was evaluated
+    write_run(tmp_path / "only-base", OPSD_CONFIG, None, {0: 0.25})
+    assert pf.read_run("only-base", tmp_path / "only-base").selected_accuracy(BENCH) == (0, 25.0)
+
+
+def test_table2_and_table3_report_best_or_last_with_the_chosen_step(tmp_path):
+    # two benchmarks whose best checkpoints differ: the step is printed beside each value
+    root = tmp_path / "runs"
+    for name, beta in (("OPSD", 0.0), ("OPSD-reverse-KL", 1.0), ("OPSD-JSD", 0.5)):
+        write_run(root / name, {**OPSD_CONFIG, "beta": beta}, opsd_metrics(), {0: 0.3, 50: 0.6, 100: 0.4})
+        write_run(root / name, None, None, {0: 0.2, 50: 0.2, 100: 0.5}, benchmark="aime25")
+    records = pf.load_runs(str(root))
+    best = pf.table2(records, [BENCH, "aime25"])
+    assert best.attrs["select"] == "best" and "best evaluated checkpoint" in best.attrs["note"]
+    assert best.loc["OPSD", "ours: synthetic"] == pytest.approx(60.0) and best.loc["OPSD", "ours: synthetic step"] == 50
+    assert best.loc["OPSD", "ours: aime25"] == pytest.approx(50.0) and best.loc["OPSD", "ours: aime25 step"] == 100
+    assert list(best.columns[:4]) == ["ours: synthetic", "ours: synthetic step", "ours: aime25", "ours: aime25 step"]
+    last = pf.table2(records, [BENCH, "aime25"], select="last")
+    assert last.attrs["select"] == "last" and "last evaluated checkpoint" in last.attrs["note"]
+    assert last.loc["OPSD", "ours: synthetic"] == pytest.approx(40.0) and last.loc["OPSD", "ours: synthetic step"] == 100
+    md = pf.markdown_table(best)
+    assert "| OPSD | 60.0 | 50 | 50.0 | 100 |" in md
+    t3 = pf.table3(records, [BENCH, "aime25"], select="best")  # aime25 is the paper's Table 3 benchmark
+    assert t3.attrs["benchmark"] == "aime25" and t3.attrs["select"] == "best"
+    assert t3.loc["forward KL (OPSD)", "ours: best"] == pytest.approx(50.0)
+    assert t3.loc["forward KL (OPSD)", "ours: best step"] == 100
+    t3_last = pf.table3(records, [BENCH], select="last")
+    assert t3_last.loc["forward KL (OPSD)", "ours: last step"] == 100 and "ours: best" not in t3_last.columns
+    with pytest.raises(ValueError, match="valid"):
+        pf.table2(records, [BENCH], select="first")
 
 
 def test_table5_category_means_first_step_and_count_weighted(full_runs):
