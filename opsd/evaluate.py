@@ -1,13 +1,16 @@
-"""Evaluation: boxed-answer extraction, math-verify grading, Avg@k and unbiased pass@k.
+"""Evaluation: boxed-answer extraction, math-verify grading, Avg@k, unbiased pass@k and maj@k.
 
-The protocol of the paper (DESIGN.md section 1): sample k completions per problem (temperature 1.0,
-top_p 0.95), take the content of the last ``\\boxed{}`` of each completion, grade it against the gold
-answer with math-verify, and report Avg@k = mean over problems of (correct samples / k). The paper's
-settings are k=12, 38,912 new tokens, thinking on, vLLM; the CPU defaults here are tiny.
+The protocol of the paper: prompt with the reference evaluation prompt (the problem text, a blank
+line, the step-by-step / ``\\boxed{}`` instruction), sample k completions per problem (temperature
+1.0, top_p 0.95), take the content of the last ``\\boxed{}`` of each completion, grade it against the
+gold answer with math-verify, and report Avg@k = mean over problems of (correct samples / k), next to
+pass@k and maj@k (the majority answer of the k samples, correct or not). The paper's settings are
+k=12, 38,912 new tokens, thinking on, vLLM; the CPU defaults here are tiny.
 
 Layers, from pure to heavy:
 
-- ``extract_boxed``, ``is_correct``, ``pass_at_k``, ``avg_at_k``, ``summarize``: pure functions.
+- ``extract_boxed``, ``is_correct``, ``pass_at_k``, ``avg_at_k``, ``majority_vote``, ``maj_at_k``,
+  ``summarize``: pure functions.
 - ``load_benchmark``: a benchmark name (``synthetic``, ``aime24`` ...) or a local file -> a dataset
   with ``id``, ``problem``, ``answer``.
 - ``evaluate``: one model on one dataset -> (records, summary); backend ``hf`` (``opsd.rollout``) or
@@ -47,7 +50,7 @@ BENCHMARKS: tuple[str, ...] = ("synthetic", "aime24", "aime25", "hmmt25", "math5
 #: Number of held-out synthetic problems when no limit is given.
 SYNTHETIC_EVAL_SIZE = 64
 
-#: The paper's evaluation settings (DESIGN.md section 1).
+#: The paper's evaluation settings.
 PAPER_SETTINGS = dict(k=12, temperature=1.0, top_p=0.95, max_new_tokens=38912, thinking=True, backend="vllm")
 
 #: The evaluation prompt used unless one is named (``opsd.contexts.EVAL_PROMPT_PROFILES``).
@@ -256,9 +259,56 @@ def avg_at_k(records: Sequence[dict]) -> float:
     return sum(sum(bool(r["correct"]) for r in g) / len(g) for g in groups.values()) / len(groups)
 
 
+def answers_equivalent(a: str | None, b: str | None) -> bool:
+    """Whether two extracted answers say the same thing: the math-verify equivalence of ``is_correct``
+    (``b`` taken as the reference), or textual equality after ``_normalize_answer``."""
+    if a is None or b is None:
+        return False
+    return a == b or is_correct(a, b)
+
+
+def majority_vote(answers: Sequence[str | None]) -> int | None:
+    """Index (into ``answers``) of the majority answer of one problem's samples; None when no sample
+    has an answer.
+
+    Samples without an answer (None or empty) do not vote. Answers are grouped greedily in sample
+    order: each joins the first group whose first answer is equivalent to it (``answers_equivalent``),
+    else opens a new group. The largest group wins; among groups of equal size the one opened first
+    (the lowest sample index) wins, so the result is deterministic. Returns that group's first index.
+    """
+    groups: list[list[int]] = []
+    for i, a in enumerate(answers):
+        if a is None or not str(a).strip():
+            continue
+        for g in groups:
+            if answers_equivalent(str(a), str(answers[g[0]])):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    if not groups:
+        return None
+    return max(groups, key=lambda g: (len(g), -g[0]))[0]
+
+
+def maj_at_k(records: Sequence[dict], k: int | None = None) -> float:
+    """maj@k: the fraction of problems whose majority answer (``majority_vote`` over the first k
+    samples by ``sample_index``; all samples when k is None) is correct. A problem where no sample
+    boxed an answer counts as wrong."""
+    groups = _group_by_problem(records)
+    if not groups:
+        return 0.0
+    right = 0
+    for g in groups.values():
+        g = sorted(g, key=lambda r: r.get("sample_index", 0))[: k if k is not None else None]
+        winner = majority_vote([r.get("extracted_answer") for r in g])
+        right += winner is not None and bool(g[winner]["correct"])
+    return right / len(groups)
+
+
 def summarize(records: Sequence[dict], k: int | None = None) -> dict:
     """Summary of per-sample records: Avg@k, pass@1..k (mean over problems of the unbiased
-    estimator), boxed rate (samples with a box), mean completion tokens (generated tokens, eos
+    estimator), maj@k (majority vote of the first k samples, ``maj_at_k``), boxed rate (samples with a box), mean completion tokens (generated tokens, eos
     included), truncation rate (samples cut by max_new_tokens). All rates are fractions in [0, 1]."""
     groups = _group_by_problem(records)
     n_min = min((len(g) for g in groups.values()), default=0)
@@ -274,6 +324,7 @@ def summarize(records: Sequence[dict], k: int | None = None) -> dict:
         "k": k,
         "avg_at_k": avg_at_k(records),
         "pass_at_k": pass_k,
+        "maj_at_k": maj_at_k(records, k),
         "boxed_rate": sum(r["extracted_answer"] is not None for r in records) / n if n else 0.0,
         "mean_completion_tokens": sum(r["completion_tokens"] for r in records) / n if n else 0.0,
         "truncated_rate": sum(bool(r.get("truncated", False)) for r in records) / n if n else 0.0,
@@ -966,7 +1017,7 @@ def load_eval_results(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def summary_table(results: Sequence[dict]):
-    """A ``pandas.DataFrame``, one row per (benchmark, step): n_problems, k, avg@k, pass@1..k,
+    """A ``pandas.DataFrame``, one row per (benchmark, step): n_problems, k, avg@k, maj@k, pass@1..k,
     boxed_rate, mean_tokens, truncated_rate (rates are fractions, exactly as in the JSON)."""
     import pandas as pd
 
@@ -980,6 +1031,7 @@ def summary_table(results: Sequence[dict]):
             "n_problems": s.get("n_problems"),
             "k": r.get("k", s.get("k")),
             "avg@k": s["avg_at_k"],
+            "maj@k": s.get("maj_at_k"),  # None in files written before maj@k was recorded
         }
         for kk, v in sorted(s.get("pass_at_k", {}).items(), key=lambda kv: int(kv[0])):
             row[f"pass@{kk}"] = v
@@ -1014,8 +1066,8 @@ def _split_names(benchmarks: str | Sequence[str]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m opsd eval",
-        description="Sample k answers per problem, grade the last \\boxed{} with math-verify, report Avg@k "
-        "and pass@k. Writes <run or output>/eval/<benchmark>/step-<N>.json.",
+        description="Sample k answers per problem, grade the last \\boxed{} with math-verify, report Avg@k, "
+        "maj@k and pass@k. Writes <run or output>/eval/<benchmark>/step-<N>.json.",
         epilog="Paper settings: --k 12 --max-new-tokens 38912 --temperature 1.0 --top-p 0.95 --thinking "
         "--backend vllm --benchmarks aime24,aime25,hmmt25",
     )

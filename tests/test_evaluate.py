@@ -188,6 +188,44 @@ def test_avg_at_k_and_summary_on_hand_made_records():
     assert summary["mean_completion_tokens"] == pytest.approx((11 * 10 + 30) / 12)
 
 
+def _graded(pid, answers, gold):
+    """Records as evaluate writes them, graded for real: sample j boxes answers[j] (None: no box)."""
+    return [
+        ev.make_record(pid, j, "no box here" if a is None else f"so \\boxed{{{a}}}", gold, 5)
+        for j, a in enumerate(answers)
+    ]
+
+
+def test_majority_vote_groups_equivalent_answers_and_breaks_ties_by_first_sample():
+    # 1/2, \frac{1}{2} and 0.5 are one answer for math-verify: it outvotes the two 3s
+    assert ev.majority_vote(["3", "1/2", "\\frac{1}{2}", "3", "0.5"]) == 1
+    # 2 vs 2: the group opened first wins, whichever order the tie comes in
+    assert ev.majority_vote(["4", "3", "3", "4"]) == 0
+    assert ev.majority_vote(["3", "4", "4", "3"]) == 0
+    # samples without an answer do not vote, and no answer at all gives no winner
+    assert ev.majority_vote([None, "", "7", None]) == 2
+    assert ev.majority_vote([None, None]) is None
+    assert ev.answers_equivalent("\\dfrac{3}{4}", "0.75") and not ev.answers_equivalent("3", "4")
+
+
+def test_maj_at_k_on_hand_made_records():
+    records = (
+        _graded("a", ["5", "\\frac{10}{2}", "6", "7"], "5")  # majority 5 (2 votes): right, Avg 2/4
+        + _graded("b", ["6", "6", "5", None], "5")  # majority 6: wrong although one sample is right
+        + _graded("c", ["8", "5", "5", "8"], "5")  # 2 vs 2, 8 came first: wrong
+        + _graded("d", [None, None, None, None], "5")  # nothing boxed: wrong
+        + _graded("e", [None, "5", None, None], "5")  # the only vote is right
+    )
+    assert ev.maj_at_k(records) == pytest.approx(2 / 5)
+    # k = 1: the first sample alone; k counts samples in sample_index order, not file order
+    assert ev.maj_at_k(records, 1) == pytest.approx(1 / 5)
+    assert ev.maj_at_k(list(reversed(records)), 1) == pytest.approx(1 / 5)
+    summary = ev.summarize(records, k=4)
+    assert summary["maj_at_k"] == pytest.approx(2 / 5)
+    assert summary["avg_at_k"] == pytest.approx((2 / 4 + 1 / 4 + 2 / 4 + 0 + 1 / 4) / 5)
+    assert ev.maj_at_k([]) == 0.0
+
+
 def test_avg_at_k_weights_problems_equally():
     records = [_rec("a", 0, True)] + [_rec("b", j, False) for j in range(3)]
     assert avg_at_k(records) == pytest.approx(0.5)
@@ -362,6 +400,8 @@ def test_eval_json_round_trip_and_summary_table(tmp_path):
     table = ev.summary_table(results)
     assert list(table["step"]) == [0, 5, 10]
     assert {"avg@k", "pass@1", "pass@2", "boxed_rate", "mean_tokens"} <= set(table.columns)
+    assert list(table.columns[5:7]) == ["avg@k", "maj@k"]
+    assert list(table["maj@k"]) == [r["summary"]["maj_at_k"] for r in results]
     for (_, row), res in zip(table.iterrows(), results, strict=True):
         assert row["avg@k"] == res["summary"]["avg_at_k"]
         assert row["pass@2"] == res["summary"]["pass_at_k"]["2"]
