@@ -34,6 +34,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,59 @@ PAPER_SETTINGS = dict(k=12, temperature=1.0, top_p=0.95, max_new_tokens=38912, t
 #: The evaluation prompt used unless one is named (``opsd.contexts.EVAL_PROMPT_PROFILES``).
 DEFAULT_EVAL_PROMPT = "reference"
 EVAL_PROMPTS: tuple[str, ...] = ("reference", "student")
+
+
+@dataclass
+class EvalProfile:
+    """One evaluation setting, from ``reproduce/configs/<name>.yaml`` (``kind: eval``).
+
+    ``eval-paper`` is the paper's thinking evaluation; ``eval-nonthinking`` the reference's
+    non-thinking one. ``context_length``, when set, caps prompt + completion tokens per sample
+    (each sample may generate ``min(max_new_tokens, context_length - prompt tokens)``).
+    """
+
+    profile: str = "custom"
+    benchmarks: str = "aime24,aime25,hmmt25"
+    k: int = 12
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 38912
+    context_length: int | None = None
+    thinking: bool = True
+    prompt: str = "reference"
+    backend: str = "vllm"
+
+    def __post_init__(self):
+        if self.prompt not in EVAL_PROMPTS:
+            raise ValueError(f"unknown evaluation prompt {self.prompt!r}: use one of {list(EVAL_PROMPTS)}")
+        if self.backend not in ("hf", "vllm"):
+            raise ValueError(f"backend must be 'hf' or 'vllm', got {self.backend!r}")
+
+    def settings(self) -> dict:
+        """The keyword arguments of ``evaluate_run`` / ``evaluate_model`` (benchmarks and name left out)."""
+        out = asdict(self)
+        out.pop("profile")
+        out.pop("benchmarks")
+        return out
+
+
+#: Evaluation profile names (files ``reproduce/configs/<name>.yaml``).
+EVAL_PROFILES: tuple[str, ...] = ("eval-paper", "eval-nonthinking")
+
+
+def load_eval_profile(name: str, overrides: dict | None = None) -> EvalProfile:
+    """An ``EvalProfile`` from a profile name (``eval-nonthinking``) or a YAML path, then
+    ``overrides``. The file must say ``kind: eval``; unknown keys are an error listing the valid ones."""
+    from opsd.config import check_keys, read_profile
+
+    values = read_profile(name)
+    kind = values.pop("kind", None)
+    if kind != "eval":
+        raise ValueError(f"profile {name!r} is a {kind!r} profile, not an evaluation profile (kind: eval)")
+    check_keys(EvalProfile, values, "evaluation profile")
+    check_keys(EvalProfile, dict(overrides or {}), "override")
+    return EvalProfile(**{**values, **dict(overrides or {})})
+
 
 _ID_COLUMNS = ("id", "problem_idx", "unique_id", "idx", "problem_id")
 
@@ -376,6 +430,21 @@ def eval_prompts(
     return [apply_chat(tokenizer, build_eval_messages(p, prompt), kwargs) for p in problems]
 
 
+def completion_budgets(prompt_lengths: Sequence[int], max_new_tokens: int, context_length: int) -> list[int]:
+    """Per prompt, the tokens it may generate: ``min(max_new_tokens, context_length - prompt tokens)``.
+
+    Raises ``ValueError`` naming the first prompt that leaves no room in the context.
+    """
+    budgets = [min(int(max_new_tokens), int(context_length) - int(n)) for n in prompt_lengths]
+    for i, b in enumerate(budgets):
+        if b < 1:
+            raise ValueError(
+                f"prompt {i} has {prompt_lengths[i]} tokens: no room left to generate in a "
+                f"{context_length}-token context"
+            )
+    return budgets
+
+
 def _model_device(model):
     try:
         return next(model.parameters()).device
@@ -383,8 +452,10 @@ def _model_device(model):
         return "cpu"
 
 
-def _generate_hf(model, tokenizer, prompts: list[str], *, k, temperature, top_p, max_new_tokens):
-    """k completions per prompt with ``opsd.rollout.HFRollout``.
+def _generate_hf(model, tokenizer, prompts: list[str], *, k, temperature, top_p, max_new_tokens,
+                 context_length=None):
+    """k completions per prompt with ``opsd.rollout.HFRollout``. With ``context_length`` the batch
+    generates at most ``context_length`` minus its longest prompt (one budget per generate call).
 
     Returns per prompt a list of k tuples (text, completion_tokens, truncated); completion_tokens
     counts the generated tokens up to and including the first eos.
@@ -394,6 +465,9 @@ def _generate_hf(model, tokenizer, prompts: list[str], *, k, temperature, top_p,
     from opsd.rollout import HFRollout, SamplingParams, eos_token_ids
 
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    if context_length is not None:
+        max_new_tokens = completion_budgets([int(enc["attention_mask"].sum(-1).max())], max_new_tokens,
+                                            context_length)[0]
     device = _model_device(model)
     greedy = temperature is None or temperature <= 0
     params = SamplingParams(
@@ -422,16 +496,19 @@ def _generate_hf(model, tokenizer, prompts: list[str], *, k, temperature, top_p,
 
 
 def records_from_vllm(
-    outputs, problem_ids: Sequence, answers: Sequence[str], max_new_tokens: int
+    outputs, problem_ids: Sequence, answers: Sequence[str], max_new_tokens: int | Sequence[int]
 ) -> list[dict]:
     """Records from ``vllm.LLM.generate`` outputs (one ``RequestOutput`` per prompt, in order, each
-    with ``.outputs``: k ``CompletionOutput`` with ``.text``, ``.token_ids``, ``.finish_reason``)."""
+    with ``.outputs``: k ``CompletionOutput`` with ``.text``, ``.token_ids``, ``.finish_reason``).
+    ``max_new_tokens``: one budget for all prompts or one per prompt."""
     records = []
-    for req, pid, ans in zip(outputs, problem_ids, answers, strict=True):
+    if isinstance(max_new_tokens, int):
+        max_new_tokens = [max_new_tokens] * len(outputs)
+    for req, pid, ans, budget in zip(outputs, problem_ids, answers, max_new_tokens, strict=True):
         for j, comp in enumerate(req.outputs):
             n_tok = len(comp.token_ids)
             truncated = getattr(comp, "finish_reason", None) == "length" or (
-                getattr(comp, "finish_reason", None) is None and n_tok >= max_new_tokens
+                getattr(comp, "finish_reason", None) is None and n_tok >= budget
             )
             records.append(make_record(pid, j, comp.text, ans, n_tok, truncated))
     return records
@@ -453,8 +530,10 @@ def _evaluate_vllm(
     vllm_kwargs=None,
     chat_kwargs=None,
     prompt=DEFAULT_EVAL_PROMPT,
+    context_length=None,
 ):
-    """vLLM backend: ``model`` is a ``vllm.LLM`` or a model path/Hub id (an ``LLM`` is built)."""
+    """vLLM backend: ``model`` is a ``vllm.LLM`` or a model path/Hub id (an ``LLM`` is built).
+    With ``context_length``, each prompt gets its own token budget (``completion_budgets``)."""
     import vllm
 
     llm = (
@@ -465,13 +544,21 @@ def _evaluate_vllm(
         tokenizer, list(dataset["problem"]), thinking=thinking, chat_kwargs=chat_kwargs, prompt=prompt
     )
     greedy = temperature is None or temperature <= 0
-    params = vllm.SamplingParams(
-        n=k,
-        temperature=0.0 if greedy else float(temperature),
-        top_p=1.0 if greedy else float(top_p),
-        max_tokens=int(max_new_tokens),
-        seed=seed,
-    )
+    budgets = [int(max_new_tokens)] * len(prompts)
+    if context_length is not None:
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        budgets = completion_budgets(lengths, max_new_tokens, context_length)
+
+    def sampling(max_tokens: int):
+        return vllm.SamplingParams(
+            n=k,
+            temperature=0.0 if greedy else float(temperature),
+            top_p=1.0 if greedy else float(top_p),
+            max_tokens=max_tokens,
+            seed=seed,
+        )
+
+    params = sampling(budgets[0]) if len(set(budgets)) <= 1 else [sampling(b) for b in budgets]
     kwargs = {}
     if lora_adapter is not None:
         from vllm.lora.request import LoRARequest
@@ -480,9 +567,7 @@ def _evaluate_vllm(
         lora_id = 1 + zlib.crc32(str(lora_adapter).encode()) % (2**31 - 2)
         kwargs["lora_request"] = LoRARequest(Path(lora_adapter).name, lora_id, str(lora_adapter))
     outputs = llm.generate(prompts, params, use_tqdm=progress, **kwargs)
-    return records_from_vllm(
-        outputs, list(dataset["id"]), [str(a) for a in dataset["answer"]], max_new_tokens
-    )
+    return records_from_vllm(outputs, list(dataset["id"]), [str(a) for a in dataset["answer"]], budgets)
 
 
 def evaluate(
@@ -503,6 +588,7 @@ def evaluate(
     vllm_kwargs: dict | None = None,
     chat_kwargs: dict | None = None,
     prompt: str = DEFAULT_EVAL_PROMPT,
+    context_length: int | None = None,
 ) -> tuple[list[dict], dict]:
     """Sample k completions per problem, grade them, and summarise.
 
@@ -514,6 +600,7 @@ def evaluate(
     ``enable_lora=True``). ``chat_kwargs`` (default ``{"enable_thinking": thinking}``) go to the chat
     template. ``prompt`` names the evaluation prompt (``reference``: the problem, a blank line, the
     instruction, as the reference evaluation; ``student``: the training student prompt).
+    ``context_length`` (e.g. 32,768 in the non-thinking setting) caps prompt + completion tokens.
 
     Returns (records, summary): one record per (problem, sample) with ``problem_id``,
     ``sample_index``, ``completion``, ``extracted_answer``, ``answer``, ``correct``,
@@ -548,6 +635,7 @@ def evaluate(
             vllm_kwargs=vllm_kwargs,
             chat_kwargs=chat_kwargs,
             prompt=prompt,
+            context_length=context_length,
         )
         return records, summarize(records, k)
 
@@ -574,6 +662,7 @@ def evaluate(
                 temperature=temperature,
                 top_p=top_p,
                 max_new_tokens=max_new_tokens,
+                context_length=context_length,
             )
             for offset, per_prompt in enumerate(samples):
                 i = start + offset
@@ -692,9 +781,10 @@ def benchmark_slug(benchmark: str) -> str:
 
 def _settings(
     *, k, temperature, top_p, max_new_tokens, thinking, backend, seed, n_problems, model, batch_size,
-    prompt=DEFAULT_EVAL_PROMPT,
+    prompt=DEFAULT_EVAL_PROMPT, context_length=None,
 ) -> dict:
-    return {
+    extra = {} if context_length is None else {"context_length": int(context_length)}
+    return extra | {
         "prompt": str(prompt),
         "k": int(k),
         "temperature": float(temperature),
@@ -775,6 +865,7 @@ def evaluate_run(
     vllm_kwargs: dict | None = None,
     model_name: str | None = None,
     prompt: str = DEFAULT_EVAL_PROMPT,
+    context_length: int | None = None,
 ) -> list[dict]:
     """Evaluate every checkpoint of a training run on each benchmark.
 
@@ -786,23 +877,30 @@ def evaluate_run(
     already holds the same settings unless ``overwrite``. ``n_problems`` keeps the first N problems.
     Returns the result dicts (as written / read back), ordered by step then benchmark.
     """
+    from opsd.runlog import check_eval_run_dir, reusable_eval, usable_checkpoints
+    from opsd.validation import InputError, validate_rows
+
     run_dir = Path(run_dir)
     benchmarks = _split_names(benchmarks)
     torch_dtype = None
     if model_name is None:
+        check_eval_run_dir(run_dir)  # missing, or not a training run: a clear error before anything loads
         config = read_run_config(run_dir)
         model_name, torch_dtype = config.get("model_name"), config.get("torch_dtype")
         if not model_name:
             raise ValueError(f"{run_dir}/config.yaml has no `model_name`")
-    checkpoints = find_checkpoints(run_dir)
+    # a checkpoint whose weights a crash cut (or a trainer is still writing) is skipped with a warning
+    checkpoints = usable_checkpoints(find_checkpoints(run_dir), steps)
     chosen = sorted(checkpoints) if steps is None else sorted({int(s) for s in steps})
     if include_base and 0 not in chosen:
         chosen = [0] + chosen
     missing = [s for s in chosen if s != 0 and s not in checkpoints]
     if missing:
-        raise ValueError(f"no checkpoint for steps {missing} in {run_dir} (found {sorted(checkpoints)})")
+        raise InputError(f"no checkpoint for steps {missing} in {run_dir} (found {sorted(checkpoints)})")
 
     datasets_ = {b: load_benchmark(b, n=n_problems, seed=seed) for b in benchmarks}
+    for b, ds in datasets_.items():  # every problem and gold answer a non-empty string (errors name the row)
+        datasets_[b] = validate_rows(ds, ("problem", "answer"), b)
     gen = dict(
         k=k,
         temperature=temperature,
@@ -812,6 +910,7 @@ def evaluate_run(
         backend=backend,
         seed=seed,
         prompt=prompt,
+        context_length=context_length,
     )
     settings = {
         b: _settings(**gen, n_problems=len(ds), model=model_name, batch_size=batch_size)
@@ -822,13 +921,9 @@ def evaluate_run(
         out = []
         for b in benchmarks:
             path = eval_path(run_dir, b, step)
-            if path.is_file() and not overwrite:
-                try:
-                    with open(path) as f:
-                        if _same_settings(json.load(f).get("settings", {}), settings[b]):
-                            continue
-                except (OSError, json.JSONDecodeError):
-                    pass
+            # a file cut by a crash, or from other settings, is moved aside (with a warning) and redone
+            if not overwrite and reusable_eval(path, settings[b], _same_settings):
+                continue
             out.append(b)
         return out
 
@@ -943,7 +1038,10 @@ def _evaluate_run_vllm(
     import vllm
 
     lora_steps = [s for s in plan if s in checkpoints and _is_lora_checkpoint(checkpoints[s])]
-    kwargs = dict(vllm_kwargs or {})
+    vllm_kwargs = dict(vllm_kwargs or {})
+    if gen.get("context_length") is not None:  # the engine's context is the evaluation's
+        vllm_kwargs.setdefault("max_model_len", int(gen["context_length"]))
+    kwargs = dict(vllm_kwargs)
     if lora_steps:
         ranks = []
         for s in lora_steps:
@@ -1068,8 +1166,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m opsd eval",
         description="Sample k answers per problem, grade the last \\boxed{} with math-verify, report Avg@k, "
         "maj@k and pass@k. Writes <run or output>/eval/<benchmark>/step-<N>.json.",
-        epilog="Paper settings: --k 12 --max-new-tokens 38912 --temperature 1.0 --top-p 0.95 --thinking "
-        "--backend vllm --benchmarks aime24,aime25,hmmt25",
+        epilog="Paper settings: --profile eval-paper (k 12, 38,912 new tokens, temperature 1.0, top_p 0.95, "
+        "thinking, vllm, aime24,aime25,hmmt25); the reference's non-thinking setting: --profile "
+        "eval-nonthinking. Flags given explicitly override the profile.",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        help=f"evaluation profile ({', '.join(EVAL_PROFILES)} or a YAML path with kind: eval): its values "
+        "become the defaults of the flags below",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="training run directory: evaluates the base model and every checkpoint")
@@ -1081,6 +1186,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--k", type=int, default=4, help="samples per problem (paper: 12)")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="paper: 38912")
+    p.add_argument(
+        "--context-length",
+        type=int,
+        default=None,
+        help="cap on prompt + completion tokens per sample (non-thinking setting: 32768); default none",
+    )
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument(
@@ -1113,9 +1224,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``--profile``'s values as the defaults of the flags not given."""
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.profile is not None:
+        profile = load_eval_profile(first.profile)
+        parser.set_defaults(**profile.settings(), benchmarks=profile.benchmarks)
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m opsd eval``: evaluate a run directory or a model and print the summary table."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         benchmarks = _split_names(args.benchmarks)
     except ValueError as err:
@@ -1130,6 +1251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
+        context_length=args.context_length,
         thinking=args.thinking,
         prompt=args.prompt,
         backend=args.backend,

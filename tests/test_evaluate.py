@@ -431,6 +431,48 @@ def test_eval_prompts_use_the_evaluation_profile():
     assert ev.build_parser().parse_args(["--model", "m", "--prompt", "student"]).prompt == "student"
 
 
+def test_evaluation_profiles_load_and_set_the_command_line_defaults():
+    paper = ev.load_eval_profile("eval-paper")
+    assert (paper.k, paper.temperature, paper.top_p, paper.max_new_tokens) == (12, 1.0, 0.95, 38912)
+    assert paper.thinking and paper.prompt == "reference" and paper.context_length is None
+    nonthink = ev.load_eval_profile("eval-nonthinking")
+    assert not nonthink.thinking and nonthink.top_p == 0.8 and nonthink.context_length == 32768
+    assert nonthink.prompt == "reference" and nonthink.benchmarks == "aime24,aime25,hmmt25"
+    assert set(ev.EVAL_PROFILES) == {"eval-paper", "eval-nonthinking"}
+    assert ev.load_eval_profile("eval-nonthinking", {"k": 4}).k == 4
+    with pytest.raises(ValueError, match="not an evaluation profile"):
+        ev.load_eval_profile("cpu-tiny")
+    with pytest.raises(ValueError, match="Valid keys"):
+        ev.load_eval_profile("eval-paper", {"top_q": 0.5})
+    args = ev.parse_args(["--model", "m", "--profile", "eval-nonthinking"])
+    assert (args.thinking, args.top_p, args.context_length, args.k) == (False, 0.8, 32768, 12)
+    assert args.benchmarks == "aime24,aime25,hmmt25" and args.backend == "vllm"
+    # explicit flags win over the profile
+    args = ev.parse_args(["--model", "m", "--profile", "eval-nonthinking", "--k", "2", "--thinking"])
+    assert args.k == 2 and args.thinking and args.top_p == 0.8
+    # without a profile the CPU defaults stay
+    args = ev.parse_args(["--model", "m"])
+    assert args.k == 4 and args.context_length is None and not args.thinking
+
+
+def test_completion_budgets_fill_the_context():
+    assert ev.completion_budgets([100, 30000, 32000], 32768, 32768) == [32668, 2768, 768]
+    assert ev.completion_budgets([10], 64, 32768) == [64]  # max_new_tokens still caps
+    with pytest.raises(ValueError, match="prompt 1 has 40000 tokens"):
+        ev.completion_budgets([10, 40000], 100, 32768)
+    # per-prompt budgets decide which vLLM samples count as cut off
+    outputs = [
+        SimpleNamespace(outputs=[SimpleNamespace(text="\\boxed{1}", token_ids=[1] * 5, finish_reason=None)]),
+        SimpleNamespace(outputs=[SimpleNamespace(text="\\boxed{1}", token_ids=[1] * 5, finish_reason=None)]),
+    ]
+    records = ev.records_from_vllm(outputs, ["a", "b"], ["1", "1"], [5, 9])
+    assert [r["truncated"] for r in records] == [True, False]
+    common = dict(k=1, temperature=0.0, top_p=1.0, max_new_tokens=8, thinking=False, backend="hf", seed=0,
+                  n_problems=1, model="m", batch_size=1)
+    assert "context_length" not in ev._settings(**common)
+    assert ev._settings(**common, context_length=32768)["context_length"] == 32768
+
+
 def test_cli_parser_options():
     args = ev.build_parser().parse_args(
         [
@@ -508,6 +550,13 @@ def test_evaluate_embedded_model_end_to_end(embedded):
     assert [r["completion"] for r in runs[0]] == [r["completion"] for r in runs[1]]
     greedy, _ = ev.evaluate(model, tokenizer, one, k=2, temperature=0.0, max_new_tokens=6, progress=False)
     assert len(greedy) == 2 and greedy[0]["completion"] == greedy[1]["completion"]
+    # a context cap leaves the prompt's tokens and generates the rest: here 3 tokens
+    prompt_tokens = len(tokenizer(ev.eval_prompts(tokenizer, list(one["problem"]), thinking=False),
+                                  add_special_tokens=False)["input_ids"][0])
+    capped, _ = ev.evaluate(model, tokenizer, one, k=1, temperature=0.0, max_new_tokens=16,
+                            context_length=prompt_tokens + 3, progress=False)
+    assert capped[0]["completion_tokens"] <= 3
+    assert greedy[0]["completion"].startswith(capped[0]["completion"])  # the same greedy decode, cut short
 
 
 @pytest.mark.slow
@@ -586,6 +635,7 @@ def test_eval_notebook_runs_and_its_table_matches_the_json(tmp_path):
     )
     data = json.loads((out_dir / "eval" / "synthetic" / "step-0.json").read_text())
     assert data["k"] == 2 and len(data["records"]) == 4 and data["settings"]["max_new_tokens"] == 8
+    assert data["settings"]["prompt"] == "reference" and "maj_at_k" in data["summary"]
     # an unknown parameter is an error naming the valid ones
     with pytest.raises(papermill.PapermillExecutionError, match="valid parameters"):
         papermill.execute_notebook(
