@@ -22,27 +22,39 @@ import torch
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 _BOXED = BOXED_INSTRUCTION.replace("{", "{{").replace("}", "}}")  # literal braces inside str.format templates
 
-# The transition paragraph of the `paper` teacher prompt (the reference configuration's intent, in our words):
-# understand every step of the reference, do not copy or paraphrase it, and re-derive the same answer.
+# The transition paragraph of the `paper` teacher prompt: the reference configuration's intent, in our own
+# words. Understand the reference (why each step holds), do not copy or paraphrase it, solve the problem
+# yourself, feel free to explore other approaches, and do not shy away from backtracking. One paragraph,
+# no line breaks inside; the template puts two blank lines before it (three newlines after the reference
+# block, as the reference layout) and one blank line after it.
 PAPER_TRANSITION = (
-    "\nRead the reference solution above carefully and make sure you understand why each of its steps "
-    "holds. Do not copy it and do not paraphrase it. Instead, solve the problem yourself, in your own "
-    "words and step by step, arriving at the same final answer; if a step of yours does not work out, "
-    "go back and reconsider it.\n"
+    "Study the reference solution above until you understand why each of its steps holds. Do not copy it "
+    "and do not paraphrase it: solve the problem yourself, in your own words and step by step, and reach "
+    "the same final answer. You are free to explore approaches other than the reference's, and when a line "
+    "of reasoning stops working, do not hesitate to backtrack and try another route."
+)
+
+_PAPER_TEACHER = (
+    "Problem: {problem}\n\n"
+    "Here is a reference solution to this problem:\n"
+    "=== Reference Solution Begin ===\n{solution}\n=== Reference Solution End ===\n\n\n"
+    + PAPER_TRANSITION
+    + "\n\n"
+    + _BOXED
 )
 
 PROMPT_PROFILES: dict[str, dict[str, str]] = {
-    # Reference configuration (DESIGN.md section 1).
+    # The reference configuration's layout, with the transition paragraph in our own words.
     "paper": {
         "student": "Problem: {problem}\n\n" + _BOXED,
-        "teacher": (
-            "Problem: {problem}\n\n"
-            "Here is a reference solution to this problem:\n"
-            "=== Reference Solution Begin ===\n{solution}\n=== Reference Solution End ===\n"
-            + PAPER_TRANSITION
-            + "\n"
-            + _BOXED
-        ),
+        "teacher": _PAPER_TEACHER,
+    },
+    # The reference baseline scripts' prompt (SFT, GRPO): the problem text without the "Problem: " prefix,
+    # a blank line, the instruction (the same form as the evaluation prompt). The teacher is `paper`'s;
+    # the baselines have no teacher.
+    "plain": {
+        "student": "{problem}\n\n" + _BOXED,
+        "teacher": _PAPER_TEACHER,
     },
     # Figure-2 style of the paper: problem, reference solution, a one-line instruction.
     "simple": {
@@ -56,7 +68,7 @@ PROMPT_PROFILES: dict[str, dict[str, str]] = {
 
 
 class PromptTooLongError(ValueError):
-    """A prompt would not fit in `max_prompt_length`; DESIGN.md forbids silent truncation."""
+    """A prompt would not fit in `max_prompt_length` (prompts are never truncated silently)."""
 
 
 def _check_profile(profile: str) -> dict[str, str]:
@@ -109,6 +121,22 @@ def apply_chat(tokenizer, messages: list[dict[str, str]], chat_kwargs: Mapping |
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True, **dict(chat_kwargs or {})
     )
+
+
+#: What a thinking Qwen3 writes first after its assistant header: the opener of its thinking block.
+THINK_OPENER = "<think>\n"
+
+
+def with_think_opener(text: str, opener: str = THINK_OPENER) -> str:
+    """``text`` (a chat-templated prompt ending in the assistant header) followed by ``opener``, unless
+    it already ends with it.
+
+    For a thinking teacher and a non-thinking student: the teacher's template leaves the assistant turn
+    open, so at the first rollout position the teacher expects ``<think>`` while the student's rollout
+    starts with the answer itself; with the opener in its prompt the teacher reads the rollout as the
+    content of its thinking block instead.
+    """
+    return text if text.endswith(opener) else text + opener
 
 
 def legacy_student_text(tokenizer, messages, chat_kwargs: Mapping | None = None) -> str:
@@ -190,8 +218,12 @@ def role_texts(
     student_chat_kwargs: Mapping | None = None,
     teacher_chat_kwargs: Mapping | None = None,
     legacy_mismatch: bool = False,
+    teacher_think_opener: bool = False,
 ) -> tuple[list[str], list[str]]:
-    """The chat-formatted prompt strings of both roles (what the model reads, special tokens included)."""
+    """The chat-formatted prompt strings of both roles (what the model reads, special tokens included).
+
+    ``teacher_think_opener`` appends ``THINK_OPENER`` to each teacher prompt (``with_think_opener``).
+    """
     if len(problems) != len(solutions):
         raise ValueError(f"got {len(problems)} problems but {len(solutions)} solutions")
     students, teachers = [], []
@@ -201,7 +233,8 @@ def role_texts(
             students.append(legacy_student_text(tokenizer, s_msgs, student_chat_kwargs))
         else:
             students.append(apply_chat(tokenizer, s_msgs, student_chat_kwargs))
-        teachers.append(apply_chat(tokenizer, build_teacher_messages(problem, solution, profile), teacher_chat_kwargs))
+        teacher = apply_chat(tokenizer, build_teacher_messages(problem, solution, profile), teacher_chat_kwargs)
+        teachers.append(with_think_opener(teacher) if teacher_think_opener else teacher)
     return students, teachers
 
 
@@ -234,8 +267,12 @@ def build_dual_contexts(
     legacy_mismatch: bool = False,
     on_overflow: str = "error",
     row_ids: Sequence | None = None,
+    teacher_think_opener: bool = False,
 ) -> DualContexts:
     """Tokenize both roles' prompts, left-padded per role.
+
+    ``teacher_think_opener``: append ``<think>\\n`` to the teacher's prompts (``with_think_opener``;
+    off by default).
 
     A row whose student or teacher prompt is longer than `max_prompt_length` raises
     `PromptTooLongError` naming it (`on_overflow="error"`), or is dropped from both roles and listed in
@@ -251,6 +288,7 @@ def build_dual_contexts(
         student_chat_kwargs=student_chat_kwargs,
         teacher_chat_kwargs=teacher_chat_kwargs,
         legacy_mismatch=legacy_mismatch,
+        teacher_think_opener=teacher_think_opener,
     )
     s_ids = tokenizer(students, add_special_tokens=False)["input_ids"]
     t_ids = tokenizer(teachers, add_special_tokens=False)["input_ids"]

@@ -72,6 +72,7 @@ class OPSDConfig(RunFields, TrainingArguments):
     teacher_mode: str = field(default="fixed", metadata={"help": "fixed (adapters off) | ema | dynamic."})
     ema_decay: float = 0.999
     legacy_mismatch: bool = field(default=False, metadata={"help": "Student prompt without chat template (earlier reference code)."})
+    teacher_think_opener: bool = field(default=False, metadata={"help": "Append '<think>\\n' to the teacher prompt (thinking teacher, non-thinking student)."})
     # rollout
     rollout_backend: str = field(default="hf", metadata={"help": "hf | vllm."})
     temperature: float = 1.1
@@ -255,7 +256,7 @@ class OPSDTrainer(Trainer):
             self.tokenizer, inputs["problem"], inputs["solution"], profile=args.prompt_profile,
             student_chat_kwargs=args.student_chat_kwargs, teacher_chat_kwargs=args.teacher_chat_kwargs,
             max_prompt_length=args.max_prompt_length, legacy_mismatch=args.legacy_mismatch,
-            on_overflow=args.on_overflow, row_ids=inputs["row_id"],
+            on_overflow=args.on_overflow, row_ids=inputs["row_id"], teacher_think_opener=args.teacher_think_opener,
         )
         row_ids = [inputs["row_id"][i] for i in contexts.kept_rows]
         self.seen_row_ids.append(list(inputs["row_id"]))

@@ -8,7 +8,9 @@ import torch
 from opsd.contexts import (
     DEFAULT_EVAL_PROMPT,
     EVAL_PROMPT_PROFILES,
+    PAPER_TRANSITION,
     PROMPT_PROFILES,
+    THINK_OPENER,
     PromptTooLongError,
     apply_chat,
     audit_prompt_lengths,
@@ -18,6 +20,7 @@ from opsd.contexts import (
     build_teacher_messages,
     join_rollout,
     legacy_student_text,
+    with_think_opener,
 )
 from opsd.rollout import completion_mask_from_eos
 
@@ -29,10 +32,19 @@ def test_paper_profile_wording():
     student = build_student_messages("P?", "paper")
     assert student == [{"role": "user", "content": "Problem: P?\n\nPlease reason step by step, and put your final answer within \\boxed{}."}]
     teacher = build_teacher_messages("P?", "SOL", "paper")[0]["content"]
-    assert teacher.startswith("Problem: P?\n\nHere is a reference solution to this problem:\n=== Reference Solution Begin ===\nSOL\n=== Reference Solution End ===\n")
-    assert teacher.endswith("\nPlease reason step by step, and put your final answer within \\boxed{}.")
-    assert "copy" in teacher and "paraphrase" in teacher and "own words" in teacher
-    assert set(PROMPT_PROFILES) >= {"paper", "simple"}
+    # the layout, pinned: problem / reference block / THREE newlines / one paragraph / blank line / instruction
+    head = ("Problem: P?\n\nHere is a reference solution to this problem:\n=== Reference Solution Begin ===\n"
+            "SOL\n=== Reference Solution End ===\n\n\n")
+    tail = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert teacher.startswith(head) and teacher.endswith(tail)
+    paragraph = teacher[len(head):-len(tail)]
+    assert paragraph == PAPER_TRANSITION and paragraph.strip() == paragraph and "\n" not in paragraph
+    # the intent: understand the reference, do not copy it, explore other approaches, backtrack freely
+    for word in ("understand", "copy", "paraphrase", "own words", "approaches", "backtrack", "same final answer"):
+        assert word in paragraph, word
+    assert set(PROMPT_PROFILES) >= {"paper", "simple", "plain"}
+    # the baselines' prompt has no "Problem: " prefix; the OPSD student's keeps it
+    assert build_student_messages("P?", "plain")[0]["content"] == "P?\n\nPlease reason step by step, and put your final answer within \\boxed{}."
     # braces in the problem survive formatting
     assert "{x}" in build_student_messages(PROBLEMS[1])[0]["content"]
 
@@ -85,6 +97,23 @@ def test_chat_kwargs_reach_the_template_separately():
     apply_chat(tok, build_student_messages("x"), {"enable_thinking": False})
     apply_chat(tok, build_teacher_messages("x", "y"), {"enable_thinking": True})
     assert tok.calls == [{"enable_thinking": False}, {"enable_thinking": True}]
+
+
+def test_teacher_think_opener_is_off_by_default_and_appends_once(embedded_tokenizer):
+    tok = embedded_tokenizer
+    plain = build_dual_contexts(tok, PROBLEMS, SOLUTIONS)
+    opened = build_dual_contexts(tok, PROBLEMS, SOLUTIONS, teacher_think_opener=True)
+    assert THINK_OPENER == "<think>\n"
+    assert all(not t.endswith(THINK_OPENER) for t in plain.teacher.texts)
+    assert opened.teacher.texts == [t + THINK_OPENER for t in plain.teacher.texts]
+    assert opened.student.texts == plain.student.texts  # only the teacher changes
+    extra = len(tok(THINK_OPENER, add_special_tokens=False)["input_ids"])
+    assert torch.equal(opened.teacher.prompt_lengths, plain.teacher.prompt_lengths + extra)
+    assert opened.teacher.input_ids[0, -extra:].tolist() == tok(THINK_OPENER, add_special_tokens=False)["input_ids"]
+    # a prompt that already ends with the opener is left as it is
+    assert with_think_opener("x<think>\n") == "x<think>\n" and with_think_opener("x") == "x<think>\n"
+    audit = audit_prompt_lengths(tok, PROBLEMS, SOLUTIONS, teacher_think_opener=True)
+    assert [a["teacher_tokens"] for a in audit] == opened.teacher.prompt_lengths.tolist()
 
 
 def test_legacy_mismatch_student_has_no_control_tokens(embedded_tokenizer):
