@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = ("train", "eval", "sft", "grpo")
+COMMANDS = ("train", "eval", "sft", "grpo", "audit-lengths")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         from opsd.evaluate import main as eval_main
 
         return eval_main(rest)
+    if command == "audit-lengths":  # prompt-length audit of a training profile's whole dataset
+        from opsd.audit import main as audit_main
+
+        return audit_main(rest)
     from opsd.baselines import main as baseline_main
 
     return baseline_main(command, rest)

@@ -1,0 +1,63 @@
+"""The paper-scale run profiles (reproduce/configs/qwen3-*, grpo-qwen3-*, sft-qwen3-*) load and say what the
+reference runs do. GPU-only settings (bf16) are switched off so the configs instantiate on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from opsd.config import load_config, read_profile
+
+OPSD_PROFILES = ["qwen3-1.7b-4xh100", "qwen3-4b-8xh100", "qwen3-8b-8xh100",
+                 "qwen3-4b-8xh100-nonthink", "qwen3-8b-8xh100-nonthink"]
+CPU = {"bf16": False}
+
+
+@pytest.mark.parametrize("name", OPSD_PROFILES)
+def test_opsd_profiles_load(name, tmp_path):
+    from opsd.trainer import OPSDConfig
+
+    assert read_profile(name)["kind"] == "train"
+    config = load_config(OPSDConfig, name, {**CPU, "output_dir": str(tmp_path)})
+    assert config.model_name.startswith("Qwen/Qwen3-") and config.prompt_profile == "paper"
+    assert config.max_length == 20000 and config.max_prompt_length == 20000 - 1024
+    assert config.on_overflow == "error" and config.teacher_think_opener is False
+    assert (config.beta, config.clip_mode, config.teacher_mode, config.learning_rate) == (0.0, "pointwise", "fixed", 5e-6)
+    assert config.student_chat_kwargs == {"enable_thinking": False}
+    if name.endswith("-nonthink"):
+        assert config.teacher_chat_kwargs == {"enable_thinking": False}
+    else:
+        assert config.teacher_chat_kwargs == {"enable_thinking": True}
+
+
+def test_nonthinking_profiles_are_the_8gpu_runs_with_their_clip():
+    for size, clip in (("4b", 1e-6), ("8b", 1e-7)):
+        thinking, nonthink = read_profile(f"qwen3-{size}-8xh100"), read_profile(f"qwen3-{size}-8xh100-nonthink")
+        assert nonthink["clip"] == clip and nonthink["teacher_chat_kwargs"] == {"enable_thinking": False}
+        differ = {k for k in thinking.keys() | nonthink.keys() if thinking.get(k) != nonthink.get(k)}
+        assert differ == {"profile", "clip", "teacher_chat_kwargs", "output_dir"}
+
+
+@pytest.mark.parametrize("name", ["grpo-qwen3-1.7b-4xh100", "grpo-qwen3-8b-8xh100"])
+def test_grpo_profiles_follow_the_reference_script(name):
+    from opsd.baselines import load_baseline_config
+
+    config = load_baseline_config("grpo", name, CPU)
+    assert config.chat_template_kwargs == {"enable_thinking": True}  # thinking policy
+    assert config.prompt_profile == "plain" and config.loss_type == "grpo" and config.num_iterations == 2
+    assert config.num_generations == 8 and config.generation_batch_size == 32  # 4 prompts x 8 per round
+    gpus = int(name.split("-")[-1][0])
+    assert config.per_device_train_batch_size * config.gradient_accumulation_steps * gpus == 32
+    assert (config.temperature, config.max_completion_length, config.max_steps) == (1.2, 16384, 500)
+    assert config.max_steps // config.save_steps >= 10  # checkpoints to find the peak
+
+
+@pytest.mark.parametrize("name", ["sft-qwen3-1.7b-4xh100", "sft-qwen3-8b-8xh100"])
+def test_sft_profiles_follow_the_reference_script(name):
+    from opsd.baselines import load_baseline_config
+    from opsd.contexts import build_student_messages
+
+    config = load_baseline_config("sft", name, CPU)
+    gpus = int(name.split("-")[-1][0])
+    assert config.learning_rate == 5e-6 and config.num_train_epochs == 4
+    assert config.per_device_train_batch_size * config.gradient_accumulation_steps * gpus == 64
+    assert not build_student_messages("P?", config.prompt_profile)[0]["content"].startswith("Problem:")
