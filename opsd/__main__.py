@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 
+from opsd.validation import cli_errors
+
 COMMANDS = ("train", "eval", "sft", "grpo", "audit-lengths")
 
 
+@cli_errors  # bad input (opsd.validation.InputError): "error: ..." on stderr, exit code 2, no traceback
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:

@@ -39,7 +39,14 @@ from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
 from opsd.config import RunFields
 from opsd.contexts import build_student_messages
-from opsd.runlog import RunDirectoryCallback, last_checkpoint
+from opsd.runlog import (
+    RunDirectoryCallback,
+    check_resume_path,
+    check_run_kind,
+    resume_checkpoint,
+    write_json_atomic,
+)
+from opsd.validation import InputError, check_config
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +72,9 @@ def _bf16_from_dtype(config) -> None:
 
 
 def _check_overflow_policy(config) -> None:
+    check_config(config)  # every value's type and range, before TRL and transformers see them
     if config.on_overflow not in OVERFLOW_POLICIES:
-        raise ValueError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {config.on_overflow!r}")
+        raise InputError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {config.on_overflow!r}")
 
 
 @dataclass
@@ -108,9 +116,9 @@ class GRPORunConfig(RunFields, GRPOConfig):
             self.vllm_max_model_length = self.max_length
         unknown = [name for name in self.reward_functions if name not in REWARD_FUNCTIONS]
         if unknown or not self.reward_functions:
-            raise ValueError(f"unknown reward function(s) {unknown}; valid: {sorted(REWARD_FUNCTIONS)}")
+            raise InputError(f"unknown reward function(s) {unknown}; valid: {sorted(REWARD_FUNCTIONS)}")
         if self.max_completion_length >= self.max_length:
-            raise ValueError(
+            raise InputError(
                 f"max_completion_length ({self.max_completion_length}) must be below max_length "
                 f"({self.max_length}) to leave room for the prompt"
             )
@@ -173,13 +181,13 @@ def _apply_overflow(ds, problems: Sequence[str], lengths: list[int], limit: int,
         return ds
     if on_overflow == "error":
         i = too_long[0]
-        raise ValueError(
+        raise InputError(
             f"row {i}: the {what} has {lengths[i]} tokens but the limit is {limit} ({len(too_long)} of "
             f"{len(ds)} rows are over; problem starts {str(problems[i])[:60]!r}). Raise max_length, or set "
             "on_overflow=drop to skip such rows."
         )
     if len(too_long) == len(ds):
-        raise ValueError(f"all {len(ds)} rows are longer than {limit} tokens ({what}); raise max_length")
+        raise InputError(f"all {len(ds)} rows are longer than {limit} tokens ({what}); raise max_length")
     logger.warning("dropped %d of %d rows whose %s exceeds %d tokens (on_overflow=drop)",
                    len(too_long), len(ds), what, limit)
     drop = set(too_long)
@@ -256,7 +264,7 @@ def grpo_dataset(ds, tokenizer=None, profile: str = "paper", *, chat_kwargs: dic
     missing = [i for i, a in enumerate(out["answer"]) if a is None]
     if missing:
         if len(missing) == len(out):
-            raise ValueError("no row has a gold answer (an `answer` column or a \\boxed{} in `solution`)")
+            raise InputError("no row has a gold answer (an `answer` column or a \\boxed{} in `solution`)")
         logger.warning("dropped %d of %d rows without a gold answer", len(missing), len(out))
         drop = set(missing)
         out = out.select([i for i in range(len(out)) if i not in drop])
@@ -300,10 +308,11 @@ class BaselineGRPOTrainer(GRPOTrainer):
         return out
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # Written first (atomically): the Trainer's trainer_state.json, written last, marks the checkpoint complete.
         if self.accelerator.is_main_process:
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            (folder / BASELINE_STATE_FILE).write_text(json.dumps({"tokens_generated": self.tokens_generated}))
+            write_json_atomic(folder / BASELINE_STATE_FILE, {"tokens_generated": self.tokens_generated}, None)
+        super()._save_checkpoint(model, trial)
 
     def restore_counters(self, checkpoint: str | Path) -> None:
         state_file = Path(checkpoint) / BASELINE_STATE_FILE
@@ -316,31 +325,41 @@ class BaselineGRPOTrainer(GRPOTrainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
 
-def _load(config):
+def _load(config, kind: str, require: Sequence[str]):
+    """The data (every row checked), then the model: bad input fails before any model loads."""
     from opsd.data import load_problems
     from opsd.models import load_model_and_tokenizer
 
+    check_run_kind(config.output_dir, kind)
+    ds = load_problems(config.dataset, config.dataset_split, n=config.dataset_size, seed=config.seed,
+                       require=require, on_invalid=config.on_invalid_row)
+    from transformers import set_seed
+
+    set_seed(config.seed)  # TRL draws the LoRA matrices before the Trainer seeds: seed first, runs repeat
     model, tokenizer = load_model_and_tokenizer(
         config.model_name, dtype=getattr(torch, config.torch_dtype), lora=None,
         attn_implementation=config.attn_implementation, trust_remote_code=config.trust_remote_code,
     )
     settings = config.lora_settings()
     peft_config = settings.to_peft() if settings is not None else None
-    ds = load_problems(config.dataset, config.dataset_split, n=config.dataset_size, seed=config.seed)
     return model, tokenizer, peft_config, ds
 
 
+def _required_state(config) -> tuple[str, ...]:
+    """Files a complete checkpoint of this kind of run holds besides the Trainer's."""
+    return (BASELINE_STATE_FILE,) if isinstance(config, GRPORunConfig) else ()
+
+
 def _resume_point(config, resume: bool | str) -> str | None:
-    """`"auto"`/True: the last checkpoint in output_dir if any; a path: that checkpoint; False: none."""
+    """`"auto"`/True: the last complete checkpoint in output_dir if any (incomplete ones, left by a crash
+    during a save, are moved aside with a warning); a path: that checkpoint (an error when incomplete);
+    False: none."""
     if not resume:
         return None
     if resume in (True, "auto"):
-        found = last_checkpoint(config.output_dir)
-        if found is None:
-            return None
-        logger.warning("resuming from %s", found)
-        return str(found)
-    return str(resume)
+        found = resume_checkpoint(config.output_dir, required=_required_state(config))
+        return None if found is None else str(found)
+    return str(check_resume_path(resume, required=_required_state(config)))
 
 
 def _finish(trainer, config, *, global_step: int, resumed_from: str | None) -> Path:
@@ -348,7 +367,7 @@ def _finish(trainer, config, *, global_step: int, resumed_from: str | None) -> P
         info = {"global_step": global_step, "resumed_from": resumed_from}
         if hasattr(trainer, "tokens_generated"):
             info["tokens_generated"] = trainer.tokens_generated
-        (Path(config.output_dir) / "run_info.json").write_text(json.dumps(info, indent=2))
+        write_json_atomic(Path(config.output_dir) / "run_info.json", info)
     return Path(config.output_dir)
 
 
@@ -366,7 +385,7 @@ def _export_checkpoint(checkpoint: str | Path, output_dir: str | Path) -> None:
 
 def build_sft_trainer(config: SFTRunConfig, *, callbacks=None) -> SFTTrainer:
     """Model (LoRA via peft_config), tokenizer and prompt-completion data from the config -> `SFTTrainer`."""
-    model, tokenizer, peft_config, ds = _load(config)
+    model, tokenizer, peft_config, ds = _load(config, "sft", ("problem", "solution"))
     train = sft_dataset(ds, tokenizer, config.prompt_profile, chat_kwargs=config.student_chat_kwargs,
                         max_length=config.max_length, on_overflow=config.on_overflow)
     return SFTTrainer(
@@ -377,7 +396,7 @@ def build_sft_trainer(config: SFTRunConfig, *, callbacks=None) -> SFTTrainer:
 
 def build_grpo_trainer(config: GRPORunConfig, *, callbacks=None) -> BaselineGRPOTrainer:
     """Model (LoRA via peft_config), tokenizer, prompts with answers, reward(s) -> `BaselineGRPOTrainer`."""
-    model, tokenizer, peft_config, ds = _load(config)
+    model, tokenizer, peft_config, ds = _load(config, "grpo", ("problem",))
     train = grpo_dataset(ds, tokenizer, config.prompt_profile, chat_kwargs=config.chat_template_kwargs,
                          max_prompt_length=config.max_prompt_length, on_overflow=config.on_overflow)
     return BaselineGRPOTrainer(
@@ -438,11 +457,11 @@ def load_baseline_config(kind: str, profile: str | Path | None = None, overrides
     from opsd.config import load_config, read_profile
 
     if kind not in KINDS:
-        raise ValueError(f"unknown baseline {kind!r}; valid: {list(KINDS)}")
+        raise InputError(f"unknown baseline {kind!r}; valid: {list(KINDS)}")
     profile = profile or DEFAULT_PROFILES[kind]
     declared = read_profile(profile).get("kind")
     if declared is not None and declared != kind:
-        raise ValueError(f"profile {str(profile)!r} is a {declared!r} profile, not {kind!r}")
+        raise InputError(f"profile {str(profile)!r} is a {declared!r} profile, not {kind!r}")
     return load_config(CONFIG_CLASSES[kind], profile, overrides)
 
 
@@ -453,7 +472,7 @@ def main(kind: str, argv: Sequence[str] | None = None) -> int:
     from opsd.config import parse_overrides
 
     if kind not in KINDS:
-        raise ValueError(f"unknown baseline {kind!r}; valid: {list(KINDS)}")
+        raise InputError(f"unknown baseline {kind!r}; valid: {list(KINDS)}")
     parser = argparse.ArgumentParser(prog=f"python -m opsd {kind}", description=f"{kind.upper()} baseline.")
     parser.add_argument("--config", default=DEFAULT_PROFILES[kind], help="profile name or YAML path")
     parser.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")

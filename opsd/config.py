@@ -2,7 +2,9 @@
 
 A profile (`reproduce/configs/NAME.yaml`) is a flat mapping of config fields, plus an optional `kind`
 (`train`, `sft`, `grpo`). `load_config(kind, profile, overrides)` builds the entry point's dataclass;
-an unknown key is an error that lists the valid ones. YAML is read with `yaml.safe_load` only.
+an unknown key is an error that lists the valid ones, every value is parsed to its field's type and
+range-checked (`opsd.validation`) before the config is built. YAML is read with `yaml.safe_load` only.
+Bad input raises `opsd.validation.InputError` (a ValueError) naming the key, the value and what is expected.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class RunFields:
     teacher_chat_kwargs: dict = field(default_factory=lambda: {"enable_thinking": True})
     max_length: int = field(default=2048, metadata={"help": "Prompt + completion tokens per sequence."})
     on_overflow: str = field(default="error", metadata={"help": "Over-long prompt: error | drop (logged)."})
+    on_invalid_row: str = field(default="error", metadata={"help": "Data row with a null / empty problem, solution or answer: error | drop (counted)."})
     use_lora: bool = True
     lora_r: int = 64
     lora_alpha: int = 128
@@ -59,15 +62,23 @@ class RunFields:
         )
 
 
+#: The `kind` a profile declares for each config class (`kind: train` profiles build an OPSDConfig).
+CONFIG_KINDS = {"OPSDConfig": "train", "SFTRunConfig": "sft", "GRPORunConfig": "grpo"}
+
+
 def profile_path(profile: str | Path) -> Path:
     """A profile name (`cpu-tiny`) or a path to a YAML file -> the YAML path (error lists valid names)."""
+    from opsd.validation import InputError, MissingInputError
+
     path = Path(profile)
-    if path.suffix in (".yaml", ".yml") and path.exists():
+    if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
     candidate = CONFIG_DIR / f"{profile}.yaml"
     if candidate.exists():
         return candidate
-    raise ValueError(f"unknown profile {str(profile)!r}; valid profiles: {available_profiles()}")
+    if path.suffix in (".yaml", ".yml"):
+        raise MissingInputError(f"profile file {str(profile)!r} does not exist; valid profile names: {available_profiles()}")
+    raise InputError(f"unknown profile {str(profile)!r}; valid profiles: {available_profiles()}")
 
 
 def available_profiles() -> list[str]:
@@ -76,10 +87,20 @@ def available_profiles() -> list[str]:
 
 def read_profile(profile: str | Path) -> dict[str, Any]:
     """The profile's mapping (safe_load), `kind` included."""
-    with open(profile_path(profile)) as f:
-        data = yaml.safe_load(f) or {}
+    from opsd.validation import InputError
+
+    path = profile_path(profile)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise InputError(f"profile {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise InputError(f"profile {str(path)!r} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"profile {profile!r} must be a mapping of config keys, got {type(data).__name__}")
+        raise InputError(f"profile {str(profile)!r} must be a mapping of config keys, got {type(data).__name__}")
     data.setdefault("profile", Path(profile).stem)
     return data
 
@@ -89,13 +110,15 @@ def field_names(config_class) -> list[str]:
 
 
 def check_keys(config_class, keys, where: str) -> None:
-    """Raise ValueError for keys that are not fields of `config_class`, listing the valid ones."""
+    """Raise InputError (a ValueError) for keys that are not fields of `config_class`, listing the valid ones."""
+    from opsd.validation import InputError
+
     valid = field_names(config_class)
     unknown = [k for k in keys if k not in valid]
     if unknown:
         hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
         hint = "; ".join(f"{k!r}: did you mean {v[0]!r}?" for k, v in hints.items() if v)
-        raise ValueError(
+        raise InputError(
             f"unknown {where} key(s) {unknown} for {config_class.__name__}. "
             + (hint + ". " if hint else "")
             + f"Valid keys: {valid}"
@@ -103,27 +126,46 @@ def check_keys(config_class, keys, where: str) -> None:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """['lr=1e-4', 'clip=null'] -> {'lr': 0.0001, 'clip': None}; values are parsed as YAML scalars."""
+    """['lr=1e-4', 'clip=null'] -> {'lr': '1e-4', 'clip': None}; values are parsed as YAML (flow) values,
+    then `load_config` parses each to its field's type ('1e-4' -> 0.0001 for a float field)."""
+    from opsd.validation import InputError
+
     out = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"override {pair!r} must look like key=value")
+        if "=" not in pair or not pair.split("=", 1)[0].strip():
+            raise InputError(f"override {pair!r} must look like key=value")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise InputError(f"override {pair!r}: the value is not valid YAML ({problem}); quote it or fix it") from None
     return out
 
 
 def load_config(config_class, profile: str | Path | None = DEFAULT_PROFILE, overrides: Mapping | None = None, **extra):
-    """Build `config_class` from a profile, then `overrides` and `extra` (later wins)."""
+    """Build `config_class` from a profile, then `overrides` and `extra` (later wins).
+
+    Keys are checked (unknown: an error listing the valid ones), every value is parsed to its field's
+    type and range-checked, and a profile of another kind (`kind: sft` for an OPSDConfig) is an error,
+    all before the config class runs (so before any model is loaded).
+    """
+    from opsd.validation import InputError, check_config_values, coerce_config_values
+
     values: dict[str, Any] = {}
     if profile is not None:
         values.update(read_profile(profile))
-    values.pop("kind", None)
+    declared, expected = values.pop("kind", None), CONFIG_KINDS.get(config_class.__name__)
+    if declared is not None and expected is not None and declared != expected:
+        raise InputError(f"profile {str(profile)!r} is a {declared!r} profile, not {expected!r}: use "
+                         f"`python -m opsd {declared} --config {profile}`, or a {expected!r} profile")
     check_keys(config_class, values, "profile")
+    values = coerce_config_values(config_class, values, f"profile {Path(str(profile)).name}:")
     overrides = dict(overrides or {})
     overrides.update(extra)
     check_keys(config_class, overrides, "override")
-    values.update(overrides)
+    values.update(coerce_config_values(config_class, overrides, "override"))
+    check_config_values(config_class, values)
     return config_class(**values)
 
 
@@ -145,7 +187,9 @@ def config_to_dict(config) -> dict[str, Any]:
     return clean
 
 
-def save_config(config, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        yaml.safe_dump(config_to_dict(config), f, sort_keys=True)
+def save_config(config, path: str | Path, extra: Mapping | None = None) -> None:
+    """Write the config (secrets removed, `extra` keys added) as YAML, atomically (temporary file, rename)."""
+    from opsd.runlog import write_text_atomic
+
+    data = {**config_to_dict(config), **dict(extra or {})}
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=True))

@@ -140,10 +140,12 @@ _COLUMN_ALIASES = {  # canonical name <- other spellings seen in public math set
 
 def require_columns(dataset: datasets.Dataset, columns: Sequence[str], source: str = "dataset") -> datasets.Dataset:
     """Return ``dataset`` if it has every column in ``columns``, else raise ValueError naming both sides."""
+    from opsd.validation import InputError
+
     found = list(dataset.column_names)
     missing = [c for c in columns if c not in found]
     if missing:
-        raise ValueError(f"{source}: missing columns {missing} (need {list(columns)}); found {found}")
+        raise InputError(f"{source}: missing columns {missing} (need {list(columns)}); found {found}")
     return dataset
 
 
@@ -189,7 +191,9 @@ def _data_files(folder: Path, split: str | None) -> tuple[str, list[str]]:
     by_format = {ext: [p for p in files if p.suffix == ext] for ext in DATA_FILE_FORMATS}
     ext = next((e for e, found in by_format.items() if found), None)
     if ext is None:
-        raise FileNotFoundError(f"{folder}: no data files ({', '.join(DATA_FILE_FORMATS)}) found")
+        from opsd.validation import MissingInputError
+
+        raise MissingInputError(f"{folder}: no data files ({', '.join(DATA_FILE_FORMATS)}) found")
     chosen = by_format[ext]
     if split is not None:
         def in_split(p: Path) -> bool:
@@ -199,22 +203,32 @@ def _data_files(folder: Path, split: str | None) -> tuple[str, list[str]]:
         if matching:
             chosen = matching
         elif split_named:
-            raise ValueError(f"{folder}: no {split!r} files; found {[str(p.relative_to(folder)) for p in chosen]}")
+            from opsd.validation import InputError
+
+            raise InputError(f"{folder}: no {split!r} files; found {[str(p.relative_to(folder)) for p in chosen]}")
     return DATA_FILE_FORMATS[ext], [str(p) for p in chosen]
 
 
 def _load_local(path: Path, split: str | None) -> datasets.Dataset:
+    from opsd.validation import InputError, check_data_files
+
     if path.is_dir():
         builder, files = _data_files(path, split)
     elif path.suffix in DATA_FILE_FORMATS:
         builder, files = DATA_FILE_FORMATS[path.suffix], [str(path)]
     else:
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {list(DATA_FILE_FORMATS)}")
-    return datasets.load_dataset(builder, data_files=files, split="train")
+        raise InputError(f"{path}: unsupported file type {path.suffix!r}; use one of {list(DATA_FILE_FORMATS)}")
+    check_data_files(files, str(path))  # empty, not UTF-8, cut or invalid JSON lines: errors naming file and line
+    try:
+        return datasets.load_dataset(builder, data_files=files, split="train")
+    except Exception as err:  # noqa: BLE001 - whatever the reader says, name the file it could not read
+        cause = err.__cause__ or err
+        raise InputError(f"{path}: could not be read as {builder} rows ({type(cause).__name__}: "
+                         f"{str(cause).splitlines()[0] if str(cause) else ''})") from err
 
 
 def load_problems(source: str | os.PathLike, split: str | None = None, *, n: int | None = None, seed: int = 0,
-                  require: Sequence[str] = ("problem",)) -> datasets.Dataset:
+                  require: Sequence[str] = ("problem",), on_invalid: str = "error") -> datasets.Dataset:
     """Load problems from ``"synthetic"``, a local file/folder or a Hub id; normalise and validate columns.
 
     - ``"synthetic"``: :func:`synthetic_math` (``split`` "train" (default) or "heldout"; ``n`` defaults to
@@ -224,9 +238,14 @@ def load_problems(source: str | os.PathLike, split: str | None = None, *, n: int
     - anything else: ``datasets.load_dataset(source, split=split or "train")`` (needs network).
 
     Columns are normalised (``Problem`` -> ``problem``, ``question`` -> ``problem``, ``Answer`` -> ``answer``,
-    answers cast to str), then ``require`` is checked (ValueError naming missing and found columns).
+    answers cast to str), then ``require`` is checked (ValueError naming missing and found columns), then
+    every row's ``require`` values (``opsd.validation.validate_rows``): non-empty strings, numbers
+    converted (with a warning); a null or empty value is an error naming the row and the column, or with
+    ``on_invalid="drop"`` a dropped row (counted). An empty file or dataset is an error naming the source.
     With ``n``, the first ``n`` rows after a shuffle with ``seed`` (all rows if fewer).
     """
+    from opsd.validation import MissingInputError, validate_rows
+
     if str(source) == "synthetic":
         split = split or "train"
         return synthetic_math(DEFAULT_SYNTHETIC_SIZES.get(split, 64) if n is None else n, seed=seed, split=split)
@@ -234,10 +253,11 @@ def load_problems(source: str | os.PathLike, split: str | None = None, *, n: int
     if path.exists():
         dataset = _load_local(path, split)
     elif str(source).endswith(tuple(DATA_FILE_FORMATS)) or ("/" in str(source) and not _looks_like_hub_id(str(source))):
-        raise FileNotFoundError(f"no such data file or folder: {source}")
+        raise MissingInputError(f"no such data file or folder: {source}")
     else:
         dataset = datasets.load_dataset(str(source), split=split or "train")
     dataset = require_columns(normalize_columns(dataset), require, str(source))
+    dataset = validate_rows(dataset, require, str(source), on_invalid=on_invalid)
     if n is not None:
         dataset = dataset.shuffle(seed=seed).select(range(min(n, len(dataset))))
     return dataset

@@ -25,6 +25,8 @@ others: same model, same settings, same file.
 
 Resume-safe: a run whose last checkpoint is already there is not trained again, an interrupted one
 resumes from its last checkpoint, and evaluations already on disk with the same settings are kept.
+Crash-safe: a checkpoint whose save a crash cut is moved aside (``<run>/incomplete/``) and the run
+resumes from its last complete one; a cut evaluation file is moved aside and evaluated again.
 Each run directory records its campaign entry in ``campaign.json``; a changed entry is an error
 (``--fresh`` deletes and redoes those runs). Timings go to ``<root>/timings.json``.
 """
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import time
 from collections.abc import Sequence
@@ -42,6 +45,7 @@ from typing import Any
 
 from opsd.config import REPO_ROOT
 
+logger = logging.getLogger(__name__)
 DEFAULT_ROOT = REPO_ROOT / "runs" / "figures"
 QUICK_ROOT = REPO_ROOT / "runs" / "figures-quick"
 CAMPAIGN_FILE = "campaign.json"
@@ -153,9 +157,10 @@ def estimate_seconds(runs: Sequence[CampaignRun], quick: bool = False) -> dict[s
 
 
 def _finished(run_dir: Path, max_steps: int) -> bool:
+    """The run's last checkpoint is there and complete (a save cut by a crash does not count)."""
     from opsd.runlog import checkpoint_steps
 
-    return max_steps in checkpoint_steps(run_dir)
+    return max_steps in checkpoint_steps(run_dir, complete=True)
 
 
 def _check_campaign_entry(run: CampaignRun, run_dir: Path, fresh: bool) -> None:
@@ -164,17 +169,24 @@ def _check_campaign_entry(run: CampaignRun, run_dir: Path, fresh: bool) -> None:
     path = run_dir / CAMPAIGN_FILE
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
+    recorded = None
     if path.is_file():
-        recorded = json.loads(path.read_text())
+        try:
+            recorded = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):  # cut by a crash while it was written
+            logger.warning("%s is cut off or unreadable; writing it again", path)
+    if recorded is not None:
         if recorded != json.loads(json.dumps(entry)):
             raise RuntimeError(
                 f"{run_dir} holds a run of another campaign entry ({recorded}); now {entry}. Delete it, or pass "
                 "--fresh to redo the campaign's runs"
             )
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif not path.is_file() and run_dir.exists() and any(run_dir.iterdir()):
         raise RuntimeError(f"{run_dir} exists but was not made by opsd.figure_runs; delete it or pass --fresh")
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(entry, indent=2) + "\n")
+    from opsd.runlog import write_json_atomic
+
+    write_json_atomic(path, entry)
 
 
 def train_run(run: CampaignRun, root: Path, *, fresh: bool = False) -> str:
@@ -203,10 +215,14 @@ def share_base_eval(source: Path, target: Path, benchmark: str = BENCHMARK) -> b
     src, dst = eval_path(source, benchmark, 0), eval_path(target, benchmark, 0)
     if not src.is_file() or dst.is_file():
         return False
-    data = json.loads(src.read_text())
+    try:
+        data = json.loads(src.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):  # cut by a crash: evaluate_run moves it aside and redoes it
+        return False
     data["copied_from"] = _rel(src)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    from opsd.runlog import write_text_atomic
+
+    write_text_atomic(dst, json.dumps(data, indent=1, ensure_ascii=False))
     return True
 
 
@@ -286,8 +302,13 @@ def run_campaign(root: str | Path = DEFAULT_ROOT, *, quick: bool = False, only: 
     root.mkdir(parents=True, exist_ok=True)
     previous = {}
     if (root / TIMINGS_FILE).is_file():
-        previous = json.loads((root / TIMINGS_FILE).read_text())
-    (root / TIMINGS_FILE).write_text(json.dumps({**previous, "last": timings}, indent=2) + "\n")
+        try:
+            previous = json.loads((root / TIMINGS_FILE).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            logger.warning("%s is cut off or unreadable; starting it again", root / TIMINGS_FILE)
+    from opsd.runlog import write_json_atomic
+
+    write_json_atomic(root / TIMINGS_FILE, {**previous, "last": timings})
     return timings
 
 

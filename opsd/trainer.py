@@ -39,7 +39,15 @@ from opsd.divergence import (
     token_logprobs,
 )
 from opsd.rollout import SamplingParams, make_rollout_backend
-from opsd.runlog import RunDirectoryCallback, append_jsonl, last_checkpoint
+from opsd.runlog import (
+    RunDirectoryCallback,
+    append_jsonl,
+    check_resume_path,
+    check_run_kind,
+    last_checkpoint,
+    resume_checkpoint,
+    write_json_atomic,
+)
 from opsd.teacher import EMATeacher, teacher_context
 
 logger = logging.get_logger(__name__)
@@ -87,23 +95,26 @@ class OPSDConfig(RunFields, TrainingArguments):
     num_logged_rollouts: int = 2
 
     def __post_init__(self):
+        from opsd.validation import InputError, check_config
+
+        check_config(self)  # types and ranges, before TrainingArguments sees the values
         self.remove_unused_columns = False
         super().__post_init__()
         if self.teacher_mode not in TEACHER_MODES:
-            raise ValueError(f"teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}")
+            raise InputError(f"teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}")
         if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+            raise InputError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.clip_mode not in CLIP_MODES:
-            raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
+            raise InputError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
         if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+            raise InputError(f"beta must be in [0, 1], got {self.beta}")
         if self.teacher_mode == "fixed" and not self.use_lora:
-            raise ValueError(
+            raise InputError(
                 "teacher_mode='fixed' is the base model with LoRA adapters disabled, so it needs use_lora=True; "
                 "use teacher_mode='dynamic' or 'ema' for full fine-tuning"
             )
         if self.max_completion_length >= self.max_length:
-            raise ValueError(
+            raise InputError(
                 f"max_completion_length ({self.max_completion_length}) must be below max_length ({self.max_length}) "
                 "to leave room for the prompt"
             )
@@ -412,17 +423,24 @@ class OPSDTrainer(Trainer):
     # --------------------------------------------------------------------------- checkpoint / resume
 
     def _save_checkpoint(self, model, trial):
+        # The OPSD state goes in first (written to a temporary name, then renamed): the Trainer writes
+        # trainer_state.json last, so a checkpoint that has one is complete (opsd.runlog.checkpoint_problem).
+        if self.accelerator.is_main_process:
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            state = {"tokens_generated": self.tokens_generated, "ema": self.ema.state_dict() if self.ema else None}
+            tmp = folder / f".{OPSD_STATE_FILE}.tmp"
+            torch.save(state, tmp)
+            tmp.replace(folder / OPSD_STATE_FILE)
         super()._save_checkpoint(model, trial)
-        if not self.accelerator.is_main_process:
-            return
-        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-        state = {"tokens_generated": self.tokens_generated, "ema": self.ema.state_dict() if self.ema else None}
-        torch.save(state, folder / OPSD_STATE_FILE)
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         if resume_from_checkpoint in (True, "auto"):
-            found = last_checkpoint(self.args.output_dir)
+            # incomplete checkpoints (a crash during a save) are moved aside with a warning
+            found = resume_checkpoint(self.args.output_dir, required=(OPSD_STATE_FILE,))
             resume_from_checkpoint = str(found) if found else None
+        elif resume_from_checkpoint:
+            check_resume_path(resume_from_checkpoint, required=(OPSD_STATE_FILE,))
         if resume_from_checkpoint:
             done = _checkpoint_step(resume_from_checkpoint)
             if self.args.max_steps > 0 and done >= self.args.max_steps:
@@ -460,7 +478,16 @@ def build_trainer(config: OPSDConfig, *, callbacks=None, model=None, tokenizer=N
     from opsd.data import load_problems
     from opsd.models import load_model_and_tokenizer
 
+    # Every input is checked before the model loads: the run directory's kind, then every data row.
+    check_run_kind(config.output_dir, "train")
+    dataset = load_problems(config.dataset, config.dataset_split, n=config.dataset_size, seed=config.seed,
+                            require=("problem", "solution"), on_invalid=config.on_invalid_row)
     if model is None:
+        # LoRA's A matrices are drawn at load time: seed first, or two runs of one command differ (torch
+        # seeds its generator from the OS at start-up) and a run cannot be reproduced.
+        from transformers import set_seed
+
+        set_seed(config.seed)
         dtype = getattr(torch, config.torch_dtype)
         model, tokenizer = load_model_and_tokenizer(
             config.model_name, dtype=dtype, lora=config.lora_settings(),
@@ -468,7 +495,6 @@ def build_trainer(config: OPSDConfig, *, callbacks=None, model=None, tokenizer=N
         )
     if config.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
-    dataset = load_problems(config.dataset, config.dataset_split, n=config.dataset_size, seed=config.seed)
     return OPSDTrainer(model, config, dataset, tokenizer, callbacks=callbacks)
 
 
@@ -479,8 +505,8 @@ def run_training(config: OPSDConfig, *, resume: bool | str = "auto", callbacks=N
     trainer.train(resume_from_checkpoint=resume if resume else None)
     trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
-        with open(Path(config.output_dir) / "run_info.json", "w") as f:
-            json.dump({"tokens_generated": trainer.tokens_generated, "global_step": trainer.state.global_step}, f)
+        write_json_atomic(Path(config.output_dir) / "run_info.json",
+                          {"tokens_generated": trainer.tokens_generated, "global_step": trainer.state.global_step}, None)
     return trainer
 
 

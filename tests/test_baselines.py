@@ -155,13 +155,30 @@ def test_unknown_override_key_lists_valid_keys():
         load_baseline_config("grpo", "grpo-cpu-tiny", {"reward_functions": ["length"]})
 
 
+def _complete_checkpoint(folder, step):
+    """A minimal complete checkpoint: LoRA adapter (whole safetensors file) and trainer_state.json."""
+    from safetensors.torch import save_file
+    import torch
+
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4}))
+    save_file({"w": torch.zeros(2)}, str(folder / "adapter_model.safetensors"))
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+
+
 def test_resume_point(tmp_path):
     config = load_baseline_config("sft", "sft-cpu-tiny", {"output_dir": str(tmp_path)})
     assert _resume_point(config, "auto") is None
-    (tmp_path / "checkpoint-3").mkdir()
-    (tmp_path / "checkpoint-12").mkdir()
+    _complete_checkpoint(tmp_path / "checkpoint-3", 3)
+    _complete_checkpoint(tmp_path / "checkpoint-12", 12)
     assert _resume_point(config, "auto") == str(tmp_path / "checkpoint-12")
     assert _resume_point(config, False) is None
+    # a save cut by a crash (only config.json written) is moved aside; the last complete one is used
+    (tmp_path / "checkpoint-15").mkdir()
+    (tmp_path / "checkpoint-15" / "config.json").write_text("{}")
+    assert _resume_point(config, "auto") == str(tmp_path / "checkpoint-12")
+    assert not (tmp_path / "checkpoint-15").exists()
+    assert [p.name.split("-2")[0] for p in (tmp_path / "incomplete").iterdir()] == ["checkpoint-15"]
 
 
 def test_finished_checkpoint_is_not_trained_again(tmp_path):
