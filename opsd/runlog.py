@@ -31,8 +31,9 @@ import re
 import struct
 import time
 import zipfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from transformers import TrainerCallback
 

@@ -63,7 +63,7 @@ def cli_errors(main: Callable[..., int]) -> Callable[..., int]:
 # ------------------------------------------------------------------------------------------ config types
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _type_hints(config_class) -> dict[str, Any]:
     try:
         return typing.get_type_hints(config_class)
@@ -389,7 +389,7 @@ def validate_rows(dataset, columns: Sequence[str], source: str, *, on_invalid: s
                 continue
             if value is None:
                 bad[i] = f"row {i}, column {column!r} is null"
-            elif isinstance(value, bool) or isinstance(value, (list, dict)):
+            elif isinstance(value, (bool, list, dict)):
                 bad[i] = f"row {i}, column {column!r} is a {type(value).__name__} ({str(value)[:40]}), not a string"
             elif _is_number(value):
                 if isinstance(value, float) and not math.isfinite(value):

@@ -47,8 +47,8 @@ def install(phase: str, step: int) -> None:
     from transformers import TrainerCallback
     from transformers.trainer_callback import TrainerState
 
-    import opsd.runlog as runlog
-    import opsd.trainer as opsd_trainer
+    from opsd import runlog
+    from opsd import trainer as opsd_trainer
 
     print(f"[fault_worker] will SIGKILL at {phase}:{step}", flush=True)
     current = {"step": 0}
