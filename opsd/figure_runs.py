@@ -1,27 +1,46 @@
 """The CPU campaign behind ``make figures``: the runs every paper figure needs, trained and evaluated.
 
     python -m opsd.figure_runs            # the CPU edition into runs/figures/<name>/ (< 60 min, 2 cores)
-    python -m opsd.figure_runs --steps 30 --save-every 10    # longer runs (a new campaign: add --fresh)
+    python -m opsd.figure_runs --steps 16 --save-every 8     # longer runs (a new campaign: add --fresh)
     python -m opsd.figure_runs --quick    # 2 steps per run, 4 eval problems, into runs/figures-quick/
     python -m opsd.figure_runs --plan     # print the runs, the equivalent commands and a time estimate
 
-Runs (``CAMPAIGN``), trained one after the other on the embedded SmolLM2-135M-Instruct and the
-synthetic additions, each into ``<root>/<name>/``:
+Every run starts from the same model, the CPU starting model ``smollm2-135m-opsd-start`` (the embedded
+SmolLM2-135M-Instruct after a short SFT warm-up on problems none of the runs trains or is evaluated on,
+``opsd.warmstart``: the analogue of the paper starting from Qwen3), and is trained on synthetic additions,
+one run after the other, each into ``<root>/<name>/`` (``CAMPAIGN``):
 
     OPSD              cpu-tiny (forward KL, no clip)                      Fig 3, 5, Tables 2, 3, 5
     OPSD-clip         cpu-tiny + point-wise clip 0.05 (the paper's)         Fig 4
     OPSD-reverse-KL   cpu-tiny + beta 1                                     Table 3
     OPSD-JSD          cpu-tiny + beta 0.5                                   Table 3
     OPSD-long         cpu-tiny + max_completion_length 128 (vs 64)          Fig 5
-    SFT               sft-cpu-tiny                                          Table 2
+    SFT               sft-cpu-tiny                                          Table 2, imitation figure
     GRPO              grpo-cpu-tiny                                         Fig 3, Table 2
+    OPSD-terse        cpu-tiny on synthetic-terse references                imitation figure
+    SFT-terse         sft-cpu-tiny on synthetic-terse references            imitation figure
 
-All with ``max_steps`` 12 and a checkpoint every 4 steps (SFT: its last step only). Then every
-checkpoint (and step 0, the base model) is evaluated with the same settings (``EVAL``): 64 held-out
-synthetic problems, greedy, at most 96 new tokens, Avg@1, written to
-``<run>/eval/synthetic/step-<N>.json`` by ``opsd.evaluate.evaluate_run``. The
-base model's evaluation is done once (in the first run) and copied, marked ``copied_from``, into the
-others: same model, same settings, same file.
+The data variant: ``synthetic-terse`` holds the same training problems as ``synthetic``, but its reference
+solutions only state the sum and the boxed answer, without the worked place-value steps. Imitating them
+(SFT) teaches the model to write the answer without working it out; the OPSD teacher reads them only as a
+hint (it knows the answer) while the student keeps writing its own derivation. The worked references are
+the opposite case: perfect examples in exactly the format wanted, where imitation is at its strongest.
+``fig_imitation_vs_self_distillation`` (``opsd.paper_figures``) shows the two cases side by side.
+
+Budget: the OPSD-type runs (and GRPO) take ``STEPS`` optimizer steps with a checkpoint every
+``SAVE_EVERY``. An SFT step is much cheaper (no generation) and, in ``sft-cpu-tiny``, half as large
+(4 solutions vs cpu-tiny's 8 problems), so the SFT runs take ``SFT_STEPS_PER_STEP`` (2) times as many
+steps, with a checkpoint every ``SFT_STEPS_PER_STEP * SAVE_EVERY``: at each evaluated checkpoint SFT and
+OPSD have trained on the same number of problems (the imitation figure's x axis), and both are evaluated
+the same number of times. (GRPO sees fewer problems per step, 2 prompts x 4 samples: it is compared
+per step, as in the paper's Fig 3.)
+
+Every checkpoint (and step 0, the starting model) is evaluated with the same settings (``EVAL``) on the
+same held-out set: 200 held-out problems of ``synthetic`` (never trained on, whatever the run's dataset),
+greedy, at most 64 new tokens, Avg@1, written to ``<run>/eval/synthetic/step-<N>.json`` by
+``opsd.evaluate.evaluate_run``. Step 0 is evaluated once (in the first run) and copied, marked
+``copied_from``, into the others: same model, same settings, same file. 200 problems give a 95% interval
+of about +-7 points around 50%, narrow enough to tell apart differences of 15 points.
 
 Resume-safe: a run whose last checkpoint is already there is not trained again, an interrupted one
 resumes from its last checkpoint, and evaluations already on disk with the same settings are kept.
@@ -52,22 +71,35 @@ CAMPAIGN_FILE = "campaign.json"
 TIMINGS_FILE = "timings.json"
 BENCHMARK = "synthetic"
 
-#: Steps per run and checkpoint interval of the full CPU edition (SFT keeps only its last checkpoint:
-#: Table 2 reads its final accuracy, no figure draws its curve).
-STEPS, SAVE_EVERY = 12, 4
-#: Evaluation settings shared by every run (opsd.evaluate.evaluate_run keyword arguments): 96 new
-#: tokens, room for the worked answer of every run (the base model's greedy answers average ~50 tokens,
-#: trained ones ~90) at a cost the 60-minute budget allows; the same budget for OPSD and OPSD-long.
-EVAL: dict[str, Any] = {"n_problems": 64, "k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 96,
-                        "batch_size": 64}
+#: The model every run starts from (``opsd.warmstart``), pinned here so that all runs share it.
+START_MODEL = "smollm2-135m-opsd-start"
+#: Optimizer steps and checkpoint interval of the OPSD-type runs and GRPO (tune these two; STEPS must be
+#: a multiple of SAVE_EVERY so the last step is evaluated). 12 / 6 keeps the estimate under 60 minutes on
+#: 2 cores (``--plan``); 16 / 8 is about 61 minutes.
+STEPS, SAVE_EVERY = 12, 6
+#: SFT steps per OPSD step: an SFT step of sft-cpu-tiny trains on 4 solutions, an OPSD step of cpu-tiny on
+#: 8 problems, so 2 SFT steps see as many problems as 1 OPSD step (and cost ~6 s against ~15 s).
+SFT_STEPS_PER_STEP = 2
+#: Generation length of OPSD-long (cpu-tiny: 64).
+LONG_COMPLETION_LENGTH = 128
+#: Evaluation settings shared by every run (opsd.evaluate.evaluate_run keyword arguments): 200 held-out
+#: problems (95% intervals of about +-7 points), greedy, 64 new tokens (a worked two-digit addition of the
+#: synthetic references is well under that), batches of 32. The same for every run, OPSD-long included.
+EVAL: dict[str, Any] = {"n_problems": 200, "k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64,
+                        "batch_size": 32}
 QUICK_EVAL: dict[str, Any] = {"n_problems": 4, "k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16,
                               "batch_size": 4}
+#: Dataset of the data variant: the same problems with terse references (no worked derivation).
+TERSE_DATASET = "synthetic-terse"
 
 #: Wall seconds on 2 otherwise idle CPU cores with torch's default 2 threads, for the printed estimate.
-#: Measured: an OPSD step of cpu-tiny (8 problems x 64 tokens) ~19 s, an evaluation pass of EVAL ~50 s;
-#: the others are scaled from those. figures/README.md has the measured campaign.
-SECONDS_PER_STEP = {"train": 19.0, "train-long": 35.0, "sft": 4.0, "grpo": 25.0}
-SECONDS_PER_EVAL = 50.0
+#: Measured from the starting model: an OPSD step of cpu-tiny (8 problems x <=64 tokens) ~15 s, a GRPO
+#: step of grpo-cpu-tiny ~20 s, an SFT step of sft-cpu-tiny ~3 s, an evaluation pass of EVAL (200
+#: problems) ~70 s. An OPSD step with a longer generation length is scaled by the length (an upper
+#: bound: rollouts that end early cost less). figures/README.md has the measured campaign.
+SECONDS_PER_STEP = {"train": 15.0, "sft": 3.0, "grpo": 20.0}
+OPSD_STEP_LENGTH = 64  # the generation length SECONDS_PER_STEP["train"] was measured at
+SECONDS_PER_EVAL = 70.0
 SECONDS_PER_RUN_START = 15.0
 
 
@@ -103,20 +135,24 @@ def _rel(path: Path) -> str:
 
 
 def campaign(quick: bool = False, *, steps: int = STEPS, save_every: int = SAVE_EVERY) -> list[CampaignRun]:
-    """The runs of the CPU edition: ``steps`` optimizer steps each, a checkpoint every ``save_every``
-    (``quick``: the same runs at 2 steps and toy sizes, for smoke tests)."""
+    """The runs of the CPU edition: ``steps`` optimizer steps each (SFT: ``SFT_STEPS_PER_STEP`` times as
+    many, half as large), a checkpoint every ``save_every`` (``quick``: the same runs at 2 steps and toy
+    sizes, for smoke tests). Every run starts from ``START_MODEL``."""
     if steps % save_every:
         raise ValueError(f"steps ({steps}) must be a multiple of save_every ({save_every}) so the last step is evaluated")
+    start = {"model_name": START_MODEL}
     if quick:
-        common = {"max_steps": 2, "save_steps": 1, "save_total_limit": None, "logging_steps": 1, "dataset_size": 8,
-                      "per_device_train_batch_size": 2, "lora_r": 4, "lora_alpha": 8}
+        common = {**start, "max_steps": 2, "save_steps": 1, "save_total_limit": None, "logging_steps": 1,
+                  "dataset_size": 8, "per_device_train_batch_size": 2, "lora_r": 4, "lora_alpha": 8}
         opsd = {**common, "max_completion_length": 8, "log_rollouts_every": 1}
         long = 16
         sft = dict(common)
         grpo = {**common, "per_device_train_batch_size": 4, "num_generations": 2, "max_completion_length": 8}
     else:
-        common = {"max_steps": steps, "save_steps": save_every, "save_total_limit": None, "logging_steps": 1}
-        opsd, long, sft, grpo = dict(common), 128, {**common, "save_steps": steps}, dict(common)
+        common = {**start, "max_steps": steps, "save_steps": save_every, "save_total_limit": None, "logging_steps": 1}
+        opsd, long, grpo = dict(common), LONG_COMPLETION_LENGTH, dict(common)
+        sft = {**common, "max_steps": SFT_STEPS_PER_STEP * steps, "save_steps": SFT_STEPS_PER_STEP * save_every}
+    terse = {"dataset": TERSE_DATASET}
     return [
         CampaignRun("OPSD", "train", "cpu-tiny", dict(opsd), "forward KL, no clip (cpu-tiny): Fig 3, 5, Tables 2, 3, 5"),
         CampaignRun("OPSD-clip", "train", "cpu-tiny", {**opsd, "clip": 0.05, "clip_mode": "pointwise"},
@@ -125,8 +161,12 @@ def campaign(quick: bool = False, *, steps: int = STEPS, save_every: int = SAVE_
         CampaignRun("OPSD-JSD", "train", "cpu-tiny", {**opsd, "beta": 0.5}, "JSD(0.5): Table 3"),
         CampaignRun("OPSD-long", "train", "cpu-tiny", {**opsd, "max_completion_length": long},
                     "longer generation length: Fig 5"),
-        CampaignRun("SFT", "sft", "sft-cpu-tiny", sft, "SFT baseline: Table 2"),
+        CampaignRun("SFT", "sft", "sft-cpu-tiny", sft, "SFT baseline on the worked references: Table 2, imitation figure"),
         CampaignRun("GRPO", "grpo", "grpo-cpu-tiny", grpo, "GRPO baseline: Fig 3, Table 2"),
+        CampaignRun("OPSD-terse", "train", "cpu-tiny", {**opsd, **terse},
+                    "OPSD with terse references (answer, no derivation): imitation figure"),
+        CampaignRun("SFT-terse", "sft", "sft-cpu-tiny", {**sft, **terse},
+                    "SFT on the terse references: imitation figure"),
     ]
 
 
@@ -143,17 +183,26 @@ def load_run_config(run: CampaignRun, root: Path):
     return load_baseline_config(run.kind, run.profile, overrides)
 
 
+def step_seconds(run: CampaignRun) -> float:
+    """Estimated wall seconds of one optimizer step of ``run`` on 2 idle CPU cores (``SECONDS_PER_STEP``;
+    an OPSD step scaled up by its generation length over ``OPSD_STEP_LENGTH``)."""
+    seconds = SECONDS_PER_STEP[run.kind]
+    if run.kind == "train":
+        seconds *= max(1.0, int(run.overrides.get("max_completion_length", OPSD_STEP_LENGTH)) / OPSD_STEP_LENGTH)
+    return seconds
+
+
 def estimate_seconds(runs: Sequence[CampaignRun], quick: bool = False) -> dict[str, float]:
-    """Rough wall time per phase on 2 idle CPU cores (``SECONDS_PER_STEP`` / ``SECONDS_PER_EVAL``)."""
+    """Rough wall time per phase on 2 idle CPU cores: ``{"train": s, "eval": s}`` (``SECONDS_PER_STEP``,
+    ``SECONDS_PER_EVAL`` per evaluated checkpoint, plus the starting model's evaluation once)."""
     if quick:
         return {"train": 25.0 * len(runs), "eval": 8.0 * len(runs)}
     train = evals = 0.0
     for run in runs:
-        key = "train-long" if run.kind == "train" and run.overrides.get("max_completion_length", 64) > 64 else run.kind
         steps = int(run.overrides.get("max_steps", STEPS))
-        train += SECONDS_PER_RUN_START + steps * SECONDS_PER_STEP[key]
+        train += SECONDS_PER_RUN_START + steps * step_seconds(run)
         evals += steps // int(run.overrides.get("save_steps", SAVE_EVERY)) * SECONDS_PER_EVAL
-    return {"train": train, "eval": evals + SECONDS_PER_EVAL}  # + the base model once
+    return {"train": train, "eval": evals + SECONDS_PER_EVAL}  # + the starting model once
 
 
 def _finished(run_dir: Path, max_steps: int) -> bool:

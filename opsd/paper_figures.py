@@ -8,6 +8,8 @@ Input: a mapping of run names to run directories. Only the files runs write are 
     OPSD-reverse-KL   beta 1;  OPSD-JSD  beta 0.5                                (Table 3)
     OPSD-long         a longer generation length (max_completion_length)         (Fig 5)
     SFT, GRPO         the baselines                                              (Fig 3, Table 2)
+    OPSD-terse,       OPSD and SFT trained on references without a derivation   (imitation vs
+    SFT-terse         (dataset synthetic-terse)                                  self-distillation)
     base              optional: a directory holding the base model's step-0 eval (Table 2; else
                       the OPSD run's step-0 eval, which is the base model too)
 
@@ -27,6 +29,13 @@ from ``reproduce/paper_results.yaml``; they are printed beside ours, never mixed
     table3 (.csv/.md) + figure       table3, table3_figure   OPSD, OPSD-reverse-KL, OPSD-JSD (eval)
     table5_kl_by_category (+ .csv)   table5, table5_figure   OPSD (kl_style / kl_math / kl_other)
     diagnostics                      diagnostics             any OPSD-family run (metrics)
+    fig_imitation_vs_self_distillation  imitation_vs_self_distillation (+ _table)
+                                                             OPSD, SFT, OPSD-terse, SFT-terse (eval)
+
+Every accuracy in the tables comes with its 95% Wilson score interval (``opsd.stats``), printed as
+``61.5 [54.6, 68.0]``: k correct answers out of n = problems x samples per problem (Avg@1, greedy: one
+sample per problem, so n is the number of problems). The DataFrames keep the bounds in columns
+``<column> 95% lo`` / ``<column> 95% hi``; ``markdown_table`` folds them into the value's cell.
 
 Tables 2 and 3 report, per benchmark, the checkpoint ``select`` picks: ``best`` (default, the paper's
 rule: the best evaluated checkpoint of the run, e.g. its 1.7B AIME25 value 43.9 is step 50, not step
@@ -54,11 +63,11 @@ from opsd.config import REPO_ROOT
 __all__ = [
     "DEFAULT_RUNS_ROOT",
     "DEFAULT_SELECTION",
-    "SELECTION_RULES",
     "FIGURES",
     "OPSD_FAMILY",
     "PAPER_RESULTS_PATH",
     "RUN_NAMES",
+    "SELECTION_RULES",
     "STYLE_PATH",
     "RunRecord",
     "build_all",
@@ -66,18 +75,23 @@ __all__ = [
     "clip_label",
     "diagnostics",
     "eval_label",
+    "eval_proportion",
     "fig3_avg_vs_step",
     "fig3_avg_vs_tokens",
     "fig3_grpo_zero_std",
     "fig4_clipping",
     "fig5_generation_length",
     "generation_label",
+    "imitation_vs_self_distillation",
+    "imitation_vs_self_distillation_table",
     "load_paper_results",
     "load_runs",
     "markdown_table",
     "model_label",
     "objective_label",
+    "problems_per_step",
     "read_run",
+    "references_label",
     "resolve_figures_dir",
     "resolve_runs",
     "run_kind",
@@ -95,8 +109,13 @@ __all__ = [
     "use_style",
 ]
 
-RUN_NAMES = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO", "base")
-OPSD_FAMILY = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long")
+RUN_NAMES = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO", "OPSD-terse",
+             "SFT-terse", "base")
+OPSD_FAMILY = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "OPSD-terse")
+#: The imitation-vs-self-distillation comparison: (references, (self-distillation run, imitation run)).
+IMITATION_PANELS = (("worked", ("OPSD", "SFT")), ("terse", ("OPSD-terse", "SFT-terse")))
+#: Suffixes of the columns holding an accuracy column's 95% interval bounds (in %).
+CI_LO, CI_HI = " 95% lo", " 95% hi"
 DEFAULT_RUNS_ROOT = REPO_ROOT / "runs" / "figures"
 PAPER_RESULTS_PATH = REPO_ROOT / "reproduce" / "paper_results.yaml"
 STYLE_PATH = REPO_ROOT / "reproduce" / "opsd.mplstyle"
@@ -120,6 +139,8 @@ FIGURES: dict[str, str] = {
     "table3_objectives": "Table 3 as curves: accuracy vs step per objective (ours | paper)",
     "table5_kl_by_category": "Table 5: mean per-token divergence by token category (style / math / other)",
     "diagnostics": "training diagnostics: loss, clipped fraction, negative-token fraction, rollout length",
+    "fig_imitation_vs_self_distillation": "held-out accuracy vs training, OPSD and SFT on worked references "
+                                          "beside OPSD and SFT on terse references, 95% bands, starting model",
 }
 
 _BENCH_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "hmmt25": "HMMT25", "math500": "MATH-500",
@@ -186,6 +207,14 @@ class RunRecord:
         points.sort()
         return [p[0] for p in points], [p[1] for p in points]
 
+    def proportion_at(self, benchmark: str, step: int | None):
+        """The accuracy at ``step`` as an ``opsd.stats.Proportion`` (k correct of n, 95% Wilson interval),
+        or None when that step was not evaluated (see ``eval_proportion``)."""
+        if step is None:
+            return None
+        e = self.eval_at(benchmark, step)
+        return eval_proportion(e) if e else None
+
     def final_accuracy(self, benchmark: str, metric: str = "avg_at_k") -> tuple[int | None, float | None]:
         steps, values = self.curve(benchmark, metric)
         return (steps[-1], values[-1]) if steps else (None, None)
@@ -220,6 +249,39 @@ class RunRecord:
 
     def first_eval(self) -> dict | None:
         return self.evals[0] if self.evals else None
+
+
+def eval_proportion(evaluation: Mapping):
+    """An eval JSON's accuracy as ``opsd.stats.Proportion``: k correct answers of n = problems x samples
+    (``summary.n_samples``, else ``n_problems`` x ``k``), k = Avg@k x n, with its 95% Wilson interval.
+    For Avg@1 (one sample per problem) that is exactly the binomial interval of the problem set; with
+    several samples per problem, they are not independent and the interval is too narrow. None when the
+    summary lacks the numbers."""
+    from opsd.stats import proportion
+
+    s = evaluation.get("summary") or {}
+    avg = s.get("avg_at_k")
+    n = s.get("n_samples")
+    if n is None and s.get("n_problems") is not None:
+        n = int(s["n_problems"]) * int(s.get("k") or evaluation.get("k") or 1)
+    if avg is None or not n:
+        return None
+    return proportion(round(float(avg) * int(n)), int(n))
+
+
+def _add_interval(row: dict, column: str, prop) -> None:
+    """``row[column + CI_LO]`` / ``CI_HI``: the 95% interval bounds in % (None without a proportion)."""
+    row[column + CI_LO] = None if prop is None else 100.0 * prop.lo
+    row[column + CI_HI] = None if prop is None else 100.0 * prop.hi
+
+
+def _interval_note(evaluation: Mapping | None) -> str:
+    k = ((evaluation or {}).get("settings") or {}).get("k", (evaluation or {}).get("k", 1))
+    note = ("[lo, hi] after each accuracy: its 95% Wilson score interval (opsd.stats), k correct of "
+            "n = problems x samples")
+    if k == 1:
+        return note + " (Avg@1: one sample per problem, so n = problems)"
+    return note + f" ({k} samples per problem are not independent: the true interval is wider)"
 
 
 def read_run(name: str, run_dir: str | Path) -> RunRecord:
@@ -656,6 +718,124 @@ def fig5_generation_length(records: Mapping[str, RunRecord], benchmarks: Sequenc
     return _accuracy_panels(lines, bs, title)
 
 
+def problems_per_step(config: Mapping, kind: str | None = None) -> int | None:
+    """Training problems one optimizer step reads (per process): OPSD and SFT ``per_device_train_batch_size``
+    x ``gradient_accumulation_steps``; GRPO the same divided by ``num_generations``. None when unknown."""
+    kind = kind or run_kind(config)
+    bs = int(config.get("per_device_train_batch_size", 0) or 0) * int(config.get("gradient_accumulation_steps", 1) or 1)
+    if kind == "grpo":
+        bs //= max(int(config.get("num_generations", 1) or 1), 1)
+    return bs or None
+
+
+def references_label(config: Mapping) -> str:
+    """The reference solutions a run trained on, from its ``dataset``."""
+    dataset = str(config.get("dataset") or "?")
+    known = {"synthetic": "worked references", "synthetic-terse": "terse references (no derivation)"}
+    return f"{known[dataset]} ({dataset})" if dataset in known else f"references of {dataset}"
+
+
+def _imitation_runs(what: str, records: Mapping[str, RunRecord], benchmarks: Sequence[str]) -> str | None:
+    """The benchmark the imitation comparison uses (the first with evals in all four runs), or None."""
+    names = [n for _, pair in IMITATION_PANELS for n in pair]
+    bs = _need_evals(what, records, names, benchmarks)
+    if not bs:
+        return None
+    if len(bs) > 1:
+        print(f"{what}: drawn for {bs[0]} (the first of {bs})")
+    return bs[0]
+
+
+def imitation_vs_self_distillation_table(records: Mapping[str, RunRecord], benchmarks: Sequence[str]):
+    """The data of ``fig_imitation_vs_self_distillation``: one row per evaluated checkpoint of OPSD, SFT,
+    OPSD-terse and SFT-terse, with the references the run trained on, the method, the step, the
+    training problems seen by then (step x ``problems_per_step``), the accuracy (%) with its 95% Wilson
+    interval, k correct of n, and the change from the starting model (step 0) in points. None (with a
+    printed note) when a run or its evaluations are missing."""
+    import pandas as pd
+
+    what = "imitation vs self-distillation"
+    bench = _imitation_runs(what, records, benchmarks)
+    if bench is None:
+        return None
+    rows = []
+    for references, pair in IMITATION_PANELS:
+        for name in pair:
+            rec = records[name]
+            per_step = problems_per_step(rec.config, rec.kind)
+            start = rec.proportion_at(bench, 0)
+            for step in rec.curve(bench)[0]:
+                prop = rec.proportion_at(bench, step)
+                row = {"run": name, "references": references,
+                       "method": "self-distillation (OPSD)" if rec.kind == "opsd" else f"imitation ({rec.kind.upper()})",
+                       "step": step, "problems seen": None if per_step is None else step * per_step,
+                       "accuracy": None if prop is None else 100.0 * prop.value}
+                _add_interval(row, "accuracy", prop)
+                row["correct"] = None if prop is None else prop.k
+                row["n"] = None if prop is None else prop.n
+                row["vs start (points)"] = (None if prop is None or start is None
+                                            else 100.0 * (prop.value - start.value))
+                rows.append(row)
+    df = pd.DataFrame(rows).set_index("run")
+    first = records["OPSD"].first_eval()
+    df.attrs["note"] = (
+        f"Imitation (SFT) vs self-distillation (OPSD) on two kinds of reference solutions: "
+        f"{references_label(records['OPSD'].config)} and {references_label(records['OPSD-terse'].config)}. "
+        f"Every run starts from {model_label(records['OPSD'].config)} (step 0) and is evaluated on the same "
+        f"held-out problems: {eval_label(records['OPSD'].eval_at(bench, 0) or first)}, accuracy in %; "
+        f"{_interval_note(first)}. 'problems seen': training problems read by that step "
+        "(step x problems per step)."
+    )
+    df.attrs["benchmark"] = bench
+    return df
+
+
+def imitation_vs_self_distillation(records: Mapping[str, RunRecord], benchmarks: Sequence[str]):
+    """Held-out accuracy vs training for OPSD and SFT on worked references (left) beside OPSD and SFT
+    on terse references (right): 95% Wilson interval bands, the starting model's accuracy (step 0) as a
+    dotted line with its band. x: training problems seen (step x problems per step), so SFT's smaller,
+    cheaper steps line up with OPSD's; the training step when a run does not record its batch size."""
+    df = imitation_vs_self_distillation_table(records, benchmarks)
+    if df is None:
+        return None
+    bench = df.attrs["benchmark"]
+    by_seen = df["problems seen"].notna().all()
+    base = _base_eval_source(records, [bench])
+    start = eval_proportion(base.eval_at(bench, 0)) if base else None
+    colors = {"opsd": "#1f77b4", "sft": "#ff7f0e"}
+    with _styled():
+        fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.4), sharey=True, squeeze=False)
+        shown = []
+        for ax, (references, pair) in zip(axes[0], IMITATION_PANELS):
+            if start is not None:
+                ax.axhline(100 * start.value, color="black", ls=":", lw=1.0, label=f"starting model: {start}")
+                ax.axhspan(100 * start.lo, 100 * start.hi, color="0.5", alpha=0.12, lw=0)
+                shown.append(100 * start.hi)
+            for i, name in enumerate(pair):
+                rec = records[name]
+                part = df.loc[[name]].sort_values("step")
+                xs = part["problems seen" if by_seen else "step"].astype(float).tolist()
+                ys, lo, hi = (part[c].astype(float).tolist() for c in ("accuracy", "accuracy" + CI_LO, "accuracy" + CI_HI))
+                color = colors.get(rec.kind, f"C{i + 2}")
+                method = "OPSD" if rec.kind == "opsd" else rec.kind.upper()
+                ax.plot(xs, ys, marker=_MARKERS[i], color=color, label=f"{method} ({name})")
+                ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
+                shown += hi
+            ax.set_title(references_label(records[pair[0]].config))
+            ax.set_xlabel("training problems seen (steps x problems per step)" if by_seen else "training step")
+            _integer_steps(ax)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=1)
+        _accuracy_limits(axes[0][0], shown)
+        axes[0][0].set_ylabel(_accuracy_label([records[n] for _, pair in IMITATION_PANELS for n in pair]))
+        opsd, sft = (records[n] for n in IMITATION_PANELS[0][1])
+        fig.suptitle(_title("Imitation (SFT) vs self-distillation (OPSD)",
+                            [records[n] for _, pair in IMITATION_PANELS for n in pair])
+                     + f"\nOPSD: {train_label(opsd.config, opsd.kind)}; SFT: {train_label(sft.config, sft.kind)}"
+                     + "\nbands: 95% Wilson intervals; dotted: the starting model (step 0)")
+        fig.tight_layout()
+    return fig
+
+
 # ------------------------------------------------------------------------------------------ tables
 
 
@@ -684,12 +864,23 @@ def _fmt(v, digits: int = 1, integer: bool = False) -> str:
 
 def markdown_table(df, *, index: bool = True, digits: int = 1) -> str:
     """A GitHub-flavoured Markdown table of a DataFrame (floats to ``digits`` places, steps as integers,
-    NaN as --)."""
-    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    NaN as --). A column ``X`` with interval columns ``X 95% lo`` / ``X 95% hi`` is printed as one cell
+    ``value [lo, hi]``."""
+    names = [str(c) for c in df.columns]
+    folded = {c + CI_LO for c in names if c + CI_LO in names and c + CI_HI in names}
+    folded |= {c[: -len(CI_LO)] + CI_HI for c in folded}
+    shown = [c for c in names if c not in folded]
+    cols = ([df.index.name or ""] if index else []) + shown
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    integer = [str(c).endswith("step") for c in df.columns]
     for idx, row in df.iterrows():
-        cells = ([str(idx)] if index else []) + [_fmt(v, digits, i) for v, i in zip(row.tolist(), integer)]
+        values = dict(zip(names, row.tolist()))
+        cells = [str(idx)] if index else []
+        for c in shown:
+            cell = _fmt(values[c], digits, c.endswith("step"))
+            lo, hi = values.get(c + CI_LO), values.get(c + CI_HI)
+            if cell != "--" and c + CI_LO in folded and _fmt(lo) != "--" and _fmt(hi) != "--":
+                cell += f" [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -710,7 +901,10 @@ def table2(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
 
     Ours: per benchmark the checkpoint ``select`` picks (``best``, the paper's rule: the highest
     accuracy over the run's evaluated checkpoints; ``last``: the latest), with its step in the column
-    ``ours: <benchmark> step`` beside the value; base: the step-0 evaluation of ``base`` (else of OPSD). Paper: ``paper_results.yaml`` table2 for ``paper_model``
+    ``ours: <benchmark> step`` beside the value and its 95% Wilson interval in ``ours: <benchmark> 95% lo``
+    / ``95% hi`` (``eval_proportion``); base: the step-0 evaluation of ``base`` (else of OPSD). The runs
+    trained on terse references (``SFT-terse``, ``OPSD-terse``) get rows of their own when present (the
+    paper has none: --). Paper: ``paper_results.yaml`` table2 for ``paper_model``
     (default: the run's model if the paper has it, else Qwen3-1.7B). A method without a run shows --.
     ``df.attrs["note"]`` says what the columns are.
     """
@@ -729,28 +923,34 @@ def table2(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
         print(f"Table 2: no runs {missing}; their rows show -- for the CPU edition")
     base_src = _base_eval_source(records, bs)
     rows = {}
-    for method in ("base", "SFT", "GRPO", "OPSD"):
+    methods = ["base", "SFT", "GRPO", "OPSD"] + [n for n in ("SFT-terse", "OPSD-terse") if n in records]
+    for method in methods:
         row: dict[str, Any] = {}
         for b in bs:
-            step, value = None, None
+            step, value, prop = None, None, None
             if method == "base":
                 e = base_src.eval_at(b, 0) if base_src else None
                 if e:
-                    step, value = 0, 100.0 * e["summary"]["avg_at_k"]
+                    step, value, prop = 0, 100.0 * e["summary"]["avg_at_k"], eval_proportion(e)
             elif method in records:
                 step, value = records[method].selected_accuracy(b, select)
+                prop = records[method].proportion_at(b, step)
             row[f"ours: {b}"] = value
+            _add_interval(row, f"ours: {b}", prop)
             row[f"ours: {b} step"] = step
         for i, b in enumerate(pbench):
-            row[f"paper {pmodel}: {b}"] = float(section[pmodel][method][i])
+            row[f"paper {pmodel}: {b}"] = float(section[pmodel][method][i]) if method in section[pmodel] else None
         rows[method] = row
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "method"
     first = records["OPSD"].first_eval()
     df.attrs["note"] = (
         f"ours = CPU edition: {model_label(records['OPSD'].config)}, {eval_label(first)}, accuracy in %, "
-        f"{selection_label(select)} (base = step 0 of the {base_src.name if base_src else '?'} run). "
-        f"paper = arXiv 2601.18734 v3 Table 2, {pmodel}, Avg@12 (%), thinking on, {', '.join(_bench(b) for b in pbench)}. "
+        f"{selection_label(select)} (base = step 0 of the {base_src.name if base_src else '?'} run); "
+        f"{_interval_note(first)}. "
+        + ("SFT-terse / OPSD-terse: trained on references without a derivation (synthetic-terse), evaluated on "
+           "the same held-out problems; the paper has no such rows. " if len(methods) > 4 else "")
+        + f"paper = arXiv 2601.18734 v3 Table 2, {pmodel}, Avg@12 (%), thinking on, {', '.join(_bench(b) for b in pbench)}. "
         "Paper scale vs CPU edition: different model, data and budget, so the absolute values are not "
         "comparable; compare the ordering of the methods."
     )
@@ -783,9 +983,13 @@ def table3(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
     for n in names:
         label = objective_label(records[n].config)
         curve = dict(zip(*records[n].curve(bench)))
-        row = {f"ours: step {s}": curve.get(s) for s in steps}
+        row = {}
+        for s in steps:
+            row[f"ours: step {s}"] = curve.get(s)
+            _add_interval(row, f"ours: step {s}", records[n].proportion_at(bench, s if s in curve else None))
         chosen_step, chosen = records[n].selected_accuracy(bench, select)
         row[f"ours: {select}"] = chosen
+        _add_interval(row, f"ours: {select}", records[n].proportion_at(bench, chosen_step))
         row[f"ours: {select} step"] = chosen_step
         for i, s in enumerate(section["steps"]):
             row[f"paper: step {s}"] = float(section[label][i]) if label in section else None
@@ -796,7 +1000,7 @@ def table3(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
     df.attrs["note"] = (
         f"ours = CPU edition: {model_label(records['OPSD'].config)}, {train_label(records['OPSD'].config, 'opsd')}, "
         f"{clip_label(records['OPSD'].config)}; {eval_label(records['OPSD'].eval_at(bench, steps[0]) or first)}, %; "
-        f"'ours: {select}' = {selection_label(select)}. "
+        f"'ours: {select}' = {selection_label(select)}; {_interval_note(first)}. "
         "paper = arXiv 2601.18734 v3 Table 3, Qwen3-1.7B, AIME25 Avg@12 (%) at steps 0 / 50 / 100. "
         "Paper scale vs CPU edition: not comparable in absolute value; compare how each objective moves from step 0."
     )
@@ -870,7 +1074,9 @@ def table5(records: Mapping[str, RunRecord], paper: Mapping | None = None, run: 
     if not _need_runs(what, records, (run,)):
         return None
     rec = records[run]
-    steps, _ = rec.metric("kl_style")
+    # a category is logged only at steps whose rollouts had tokens of it (short rollouts may have no
+    # style word): the steps are those where any category was logged, a category never seen is NaN (--)
+    steps = sorted({s for c in CATEGORIES for s in rec.metric(f"kl_{c}")[0]})
     if not steps:
         _skip(what, f"run {run!r} logged no kl_style / kl_math / kl_other")
         return None
@@ -1036,6 +1242,10 @@ def build_all(runs: Mapping[str, Any] | str | Path | None = None, figures_dir: s
     if t5f is not None:
         plt.close(t5f)
     fig("diagnostics", diagnostics(records))
+    ti = imitation_vs_self_distillation_table(records, benchmarks)
+    print_table(ti)
+    fig("fig_imitation_vs_self_distillation", imitation_vs_self_distillation(records, benchmarks) if ti is not None else None)
+    written["fig_imitation_vs_self_distillation"] += save_table(ti, "fig_imitation_vs_self_distillation", figures_dir)
     return written
 
 

@@ -1,13 +1,15 @@
 """opsd/paper_figures.py, opsd/figure_runs.py and reproduce/figures.ipynb.
 
 Unit tests build run directories by hand (config.yaml, metrics.jsonl, eval JSON as runs write them);
-the notebook test trains two real 2-step OPSD runs, evaluates them on 2 problems and executes the notebook.
+the notebook test trains real 2-step runs (OPSD, OPSD-clip, and the quick campaign's SFT, OPSD-terse and
+SFT-terse), evaluates them on a few problems and executes the notebook.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -33,7 +35,8 @@ def _close_figures():
 # ------------------------------------------------------------------------------------------ fake runs
 
 OPSD_CONFIG = {
-    "model_name": "smollm2-135m-instruct", "beta": 0.0, "clip": None, "clip_mode": "none", "teacher_mode": "fixed",
+    "model_name": "smollm2-135m-instruct", "dataset": "synthetic", "beta": 0.0, "clip": None, "clip_mode": "none",
+    "teacher_mode": "fixed",
     "max_completion_length": 48, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "num_generations": 1,
     "use_lora": True, "lora_r": 16, "learning_rate": 3e-4, "max_steps": 4, "temperature": 1.0,
 }
@@ -42,7 +45,8 @@ GRPO_CONFIG = {
     "max_completion_length": 48, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "use_lora": True,
     "lora_r": 16, "learning_rate": 3e-4, "max_steps": 4, "temperature": 1.2, "beta": 0.0,
 }
-SFT_CONFIG = {"model_name": "smollm2-135m-instruct", "per_device_train_batch_size": 8, "use_lora": True, "lora_r": 16,
+SFT_CONFIG = {"model_name": "smollm2-135m-instruct", "dataset": "synthetic", "per_device_train_batch_size": 8,
+              "use_lora": True, "lora_r": 16,
                   "learning_rate": 3e-4, "max_steps": 4, "completion_only_loss": None}
 
 
@@ -98,6 +102,10 @@ def full_runs(tmp_path) -> Path:
     write_run(root / "SFT", SFT_CONFIG, [{"step": s, "loss": 1.0 / s, "run_kind": "sft"} for s in (1, 2, 3, 4)],
               {0: 0.25, 2: 0.2, 4: 0.125})
     write_run(root / "GRPO", GRPO_CONFIG, grpo_metrics(), {0: 0.25, 2: 0.25, 4: 0.375})
+    write_run(root / "OPSD-terse", {**OPSD_CONFIG, "dataset": "synthetic-terse"}, opsd_metrics(),
+              {0: 0.25, 2: 0.375, 4: 0.5})
+    write_run(root / "SFT-terse", {**SFT_CONFIG, "dataset": "synthetic-terse"},
+              [{"step": s, "loss": 1.0 / s, "run_kind": "sft"} for s in (1, 2, 3, 4)], {0: 0.25, 2: 0.125, 4: 0.0})
     return root
 
 
@@ -131,7 +139,8 @@ def test_metric_series_skip_missing_and_nan(tmp_path):
 
 def test_resolve_runs_accepts_mapping_json_string_and_directory(full_runs):
     as_dir = pf.resolve_runs(str(full_runs))
-    assert list(as_dir) == ["OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO"]
+    assert list(as_dir) == ["OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO",
+                            "OPSD-terse", "SFT-terse"]
     as_json = pf.resolve_runs(json.dumps({"OPSD": str(full_runs / "OPSD"), "GRPO": None}))
     assert as_json == {"OPSD": full_runs / "OPSD", "GRPO": None}
     assert pf.resolve_runs({"OPSD": full_runs / "OPSD"}) == {"OPSD": full_runs / "OPSD"}
@@ -166,7 +175,7 @@ def test_a_run_without_eval_results_is_skipped_not_drawn(full_runs, tmp_path, ca
 
 def test_default_runs_are_the_campaign_directory(monkeypatch, full_runs, tmp_path, capsys):
     monkeypatch.setattr(pf, "DEFAULT_RUNS_ROOT", full_runs)
-    assert set(pf.resolve_runs(None)) == {"OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO"}
+    assert set(pf.resolve_runs(None)) == set(pf.RUN_NAMES) - {"base"}
     monkeypatch.setattr(pf, "DEFAULT_RUNS_ROOT", tmp_path / "none")
     assert pf.resolve_runs(None) == {}
     assert "make figures" in capsys.readouterr().out
@@ -271,7 +280,12 @@ def test_table2_has_ours_and_the_papers_numbers_side_by_side(full_runs, tmp_path
     paths = pf.save_table(df, "table2", tmp_path / "figs")
     md = (tmp_path / "figs" / "table2.md").read_text()
     assert [p.name for p in paths] == ["table2.csv", "table2.md"]
-    assert "| OPSD | 75.0 | 4 |" in md and "| SFT | -- |" in md and "Paper scale vs CPU edition" in md
+    # 75% of 64 problems = 48/64, Wilson 95% [63.2, 84.0]; base 16/64 [16.0, 36.8]
+    assert "| OPSD | 75.0 [63.2, 84.0] | 4 |" in md and "| base | 25.0 [16.0, 36.8] | 0 |" in md
+    assert "| SFT | -- | -- |" in md and "Paper scale vs CPU edition" in md
+    assert df.loc["OPSD", "ours: synthetic 95% lo"] == pytest.approx(63.2, abs=0.05)
+    assert "Wilson" in df.attrs["note"] and "n = problems" in df.attrs["note"]
+    assert "95% lo" not in md and "95% hi" not in md  # folded into the value's cell
     assert pf.table2(records, [BENCH], paper_model="Qwen3-8B").loc["OPSD", "paper Qwen3-8B: aime24"] == 77.8
     with pytest.raises(ValueError, match="valid"):
         pf.table2(records, [BENCH], paper_model="Qwen3-70B")
@@ -287,8 +301,13 @@ def test_table3_rows_per_objective_with_paper_columns(full_runs):
     records = pf.load_runs(str(full_runs))
     df = pf.table3(records, [BENCH])
     assert list(df.index) == ["forward KL (OPSD)", "reverse KL (OPSD-reverse-KL)", "JSD(0.5) (OPSD-JSD)"]
-    assert list(df.columns) == ["ours: step 0", "ours: step 2", "ours: step 4", "ours: best", "ours: best step",
+    assert list(df.columns) == ["ours: step 0", "ours: step 0 95% lo", "ours: step 0 95% hi",
+                                "ours: step 2", "ours: step 2 95% lo", "ours: step 2 95% hi",
+                                "ours: step 4", "ours: step 4 95% lo", "ours: step 4 95% hi",
+                                "ours: best", "ours: best 95% lo", "ours: best 95% hi", "ours: best step",
                                 "paper: step 0", "paper: step 50", "paper: step 100"]
+    md = pf.markdown_table(df)
+    assert "| JSD(0.5) (OPSD-JSD) | 25.0 [16.0, 36.8] | 35.0 [" in md and "| 50.0 [38.1, 61.9] | 4 |" in md
     assert df.loc["JSD(0.5) (OPSD-JSD)", "ours: step 4"] == 50.0
     assert df.loc["reverse KL (OPSD-reverse-KL)", "paper: step 100"] == 35.0
     assert df.loc["JSD(0.5) (OPSD-JSD)", "paper: step 100"] == 39.0
@@ -323,12 +342,14 @@ def test_table2_and_table3_report_best_or_last_with_the_chosen_step(tmp_path):
     assert best.attrs["select"] == "best" and "best evaluated checkpoint" in best.attrs["note"]
     assert best.loc["OPSD", "ours: synthetic"] == pytest.approx(60.0) and best.loc["OPSD", "ours: synthetic step"] == 50
     assert best.loc["OPSD", "ours: aime25"] == pytest.approx(50.0) and best.loc["OPSD", "ours: aime25 step"] == 100
-    assert list(best.columns[:4]) == ["ours: synthetic", "ours: synthetic step", "ours: aime25", "ours: aime25 step"]
+    assert list(best.columns[:8]) == ["ours: synthetic", "ours: synthetic 95% lo", "ours: synthetic 95% hi",
+                                      "ours: synthetic step", "ours: aime25", "ours: aime25 95% lo",
+                                      "ours: aime25 95% hi", "ours: aime25 step"]
     last = pf.table2(records, [BENCH, "aime25"], select="last")
     assert last.attrs["select"] == "last" and "last evaluated checkpoint" in last.attrs["note"]
     assert last.loc["OPSD", "ours: synthetic"] == pytest.approx(40.0) and last.loc["OPSD", "ours: synthetic step"] == 100
     md = pf.markdown_table(best)
-    assert "| OPSD | 60.0 | 50 | 50.0 | 100 |" in md
+    assert "| OPSD | 60.0 [47.1, 70.5] | 50 | 50.0 [38.1, 61.9] | 100 |" in md  # 60% of 64 -> 38/64
     t3 = pf.table3(records, [BENCH, "aime25"], select="best")  # aime25 is the paper's Table 3 benchmark
     assert t3.attrs["benchmark"] == "aime25" and t3.attrs["select"] == "best"
     assert t3.loc["forward KL (OPSD)", "ours: best"] == pytest.approx(50.0)
@@ -337,6 +358,75 @@ def test_table2_and_table3_report_best_or_last_with_the_chosen_step(tmp_path):
     assert t3_last.loc["forward KL (OPSD)", "ours: last step"] == 100 and "ours: best" not in t3_last.columns
     with pytest.raises(ValueError, match="valid"):
         pf.table2(records, [BENCH], select="first")
+
+
+def test_eval_proportion_counts_correct_answers_with_the_wilson_interval():
+    from opsd.stats import wilson_interval
+
+    e = eval_json(4, 41 / 200)
+    e["summary"].update(n_problems=200, n_samples=200)
+    prop = pf.eval_proportion(e)
+    assert (prop.k, prop.n) == (41, 200) and str(prop) == "41/200 = 20.5% [15.5, 26.6]"
+    assert (prop.lo, prop.hi) == wilson_interval(41, 200)
+    # without n_samples: n = problems x k (Avg@4 of 10 problems, 0.5 -> 20 of 40 samples)
+    e = eval_json(4, 0.5, k=4)
+    e["summary"].update(n_problems=10)
+    assert (pf.eval_proportion(e).k, pf.eval_proportion(e).n) == (20, 40)
+    e["summary"].pop("avg_at_k")
+    assert pf.eval_proportion(e) is None
+
+
+def test_markdown_folds_interval_columns_into_the_value_cell():
+    import pandas as pd
+
+    df = pd.DataFrame({"acc": [50.0, None], "acc 95% lo": [38.1, None], "acc 95% hi": [61.9, None],
+                       "acc step": [4, None], "other": [1.25, 2.0]}, index=["a", "b"])
+    md = pf.markdown_table(df).splitlines()
+    assert md[0] == "|  | acc | acc step | other |"
+    assert md[2] == "| a | 50.0 [38.1, 61.9] | 4 | 1.2 |" and md[3] == "| b | -- | -- | 2.0 |"
+
+
+def test_imitation_table_has_every_checkpoint_with_intervals_and_problems_seen(full_runs):
+    records = pf.load_runs(str(full_runs))
+    df = pf.imitation_vs_self_distillation_table(records, [BENCH])
+    assert list(dict.fromkeys(df.index)) == ["OPSD", "SFT", "OPSD-terse", "SFT-terse"]
+    assert list(df.loc["SFT-terse", "references"]) == ["terse"] * 3
+    assert set(df.loc["SFT", "method"]) == {"imitation (SFT)"}
+    assert set(df.loc["OPSD", "method"]) == {"self-distillation (OPSD)"}
+    opsd = df.loc["OPSD"]
+    assert list(opsd["step"]) == [0, 2, 4] and list(opsd["problems seen"]) == [0, 16, 32]  # 8 problems per step
+    assert list(opsd["correct"]) == [16, 32, 48] and set(opsd["n"]) == {64}
+    assert list(opsd["vs start (points)"]) == [0.0, 25.0, 50.0]
+    assert list(df.loc["SFT-terse", "accuracy"]) == [25.0, 12.5, 0.0]
+    assert df.loc["SFT-terse", "accuracy 95% hi"].iloc[-1] == pytest.approx(5.7, abs=0.05)  # 0/64: [0, 5.7]
+    assert "synthetic-terse" in df.attrs["note"] and "Wilson" in df.attrs["note"]
+    md = pf.markdown_table(df)
+    assert "| OPSD | worked | self-distillation (OPSD) | 4 | 32 | 75.0 [63.2, 84.0] | 48 | 64 | 50.0 |" in md
+    for missing in ("OPSD-terse", "SFT"):
+        partial = {n: r for n, r in records.items() if n != missing}
+        assert pf.imitation_vs_self_distillation_table(partial, [BENCH]) is None
+        assert pf.imitation_vs_self_distillation(partial, [BENCH]) is None
+
+
+def test_imitation_figure_panels_bands_and_starting_model(full_runs):
+    records = pf.load_runs(str(full_runs))
+    fig = pf.imitation_vs_self_distillation(records, [BENCH])
+    left, right = fig.axes
+    assert _titles(fig) == ["worked references (synthetic)", "terse references (no derivation) (synthetic-terse)"]
+    assert left.get_xlabel().startswith("training problems seen")
+    # per panel: the starting model's line, then OPSD and SFT
+    start, opsd, _ = left.get_lines()
+    assert list(start.get_ydata()) == [25.0, 25.0]
+    assert list(opsd.get_xdata()) == [0, 16, 32] and list(opsd.get_ydata()) == [25.0, 50.0, 75.0]
+    assert list(right.get_lines()[2].get_ydata()) == [25.0, 12.5, 0.0]
+    # one 95% band per curve (fill_between) plus the starting model's band (axhspan)
+    assert sum(type(c).__name__ in ("PolyCollection", "FillBetweenPolyCollection") for c in left.collections) == 2
+    assert len(left.patches) == 1
+    legend = _legend_texts(fig)
+    assert "starting model: 16/64 = 25.0% [16.0, 36.8]" in legend
+    assert legend.count("OPSD (OPSD-terse)") == 1 and legend.count("SFT (SFT)") == 1
+    title = fig._suptitle.get_text()
+    assert "95% Wilson" in title and "OPSD: 8 problems x <=48 tokens/step" in title and "SFT: 8 solutions/step" in title
 
 
 def test_table5_category_means_first_step_and_count_weighted(full_runs):
@@ -349,6 +439,11 @@ def test_table5_category_means_first_step_and_count_weighted(full_runs):
     assert df.loc["paper: Qwen3-1.7B", "style"] == 0.85
     assert pf.table5_figure(records) is not None
     assert pf.table5({"SFT": records["SFT"]}) is None
+    # rollouts without any style word log no kl_style: that column is NaN, the table is still made
+    for m in records["OPSD"].metrics:
+        m.pop("kl_style")
+    df = pf.table5(records)
+    assert math.isnan(df.iloc[0]["style"]) and df.iloc[1]["math"] == pytest.approx(0.1)
 
 
 # ------------------------------------------------------------------------------------------ saving
@@ -380,20 +475,60 @@ def test_campaign_has_every_run_the_figures_need():
     runs = {r.name: r for r in figure_runs.campaign()}
     assert runs["OPSD-clip"].overrides["clip"] == 0.05 and runs["OPSD-clip"].overrides["clip_mode"] == "pointwise"
     assert runs["OPSD-reverse-KL"].overrides["beta"] == 1.0 and runs["OPSD-JSD"].overrides["beta"] == 0.5
-    assert runs["OPSD-long"].overrides["max_completion_length"] > 48
-    assert all(r.overrides["max_steps"] == figure_runs.STEPS for r in runs.values())
-    assert figure_runs.EVAL["n_problems"] >= 64
-    assert sum(figure_runs.estimate_seconds(figure_runs.campaign()).values()) < 60 * 60
+    assert runs["OPSD-long"].overrides["max_completion_length"] > 64
+    assert runs["OPSD-terse"].overrides["dataset"] == runs["SFT-terse"].overrides["dataset"] == "synthetic-terse"
+    assert all(r.overrides["max_steps"] == figure_runs.STEPS for r in runs.values() if r.kind != "sft")
+    assert runs["SFT"].overrides["max_steps"] == figure_runs.SFT_STEPS_PER_STEP * figure_runs.STEPS
+    # the same held-out set for every run: 200 problems of `synthetic`, greedy, 64 new tokens
+    assert figure_runs.BENCHMARK == "synthetic"
+    assert figure_runs.EVAL == {"n_problems": 200, "k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64,
+                                "batch_size": 32}
+    assert sum(figure_runs.estimate_seconds(figure_runs.campaign()).values()) <= 60 * 60
 
 
 @pytest.mark.parametrize("quick", [False, True])
 def test_campaign_configs_load(quick, tmp_path):
+    configs = {}
     for run in figure_runs.campaign(quick):
-        config = figure_runs.load_run_config(run, tmp_path)
+        config = configs[run.name] = figure_runs.load_run_config(run, tmp_path)
         assert config.output_dir == str(tmp_path / run.name)
-        assert config.max_steps == (2 if quick else figure_runs.STEPS)
+        steps = 2 if quick else figure_runs.STEPS * (figure_runs.SFT_STEPS_PER_STEP if run.kind == "sft" else 1)
+        assert config.max_steps == steps
         assert config.max_steps % config.save_steps == 0  # the last step is a checkpoint, so it is evaluated
         assert run.command(tmp_path).startswith(f"python -m opsd {run.kind} --config {run.profile} ")
+    # every run starts from the CPU starting model; the terse variants differ from their runs in the data only
+    assert {c.model_name for c in configs.values()} == {"smollm2-135m-opsd-start"}
+    assert configs["OPSD-terse"].dataset == configs["SFT-terse"].dataset == "synthetic-terse"
+    assert configs["OPSD"].dataset == configs["SFT"].dataset == "synthetic"
+    runs = {r.name: r for r in figure_runs.campaign(quick)}
+    for a, b in (("OPSD-terse", "OPSD"), ("SFT-terse", "SFT")):
+        assert (runs[a].kind, runs[a].profile) == (runs[b].kind, runs[b].profile)
+        assert {k: v for k, v in runs[a].overrides.items() if k != "dataset"} == runs[b].overrides
+    if not quick:
+        # at every evaluated checkpoint SFT and OPSD have read the same number of training problems, and
+        # both are evaluated as often
+        opsd, sft = configs["OPSD"], configs["SFT"]
+        assert opsd.max_steps * pf.problems_per_step(vars(opsd), "opsd") == \
+            sft.max_steps * pf.problems_per_step(vars(sft), "sft")
+        assert opsd.max_steps // opsd.save_steps == sft.max_steps // sft.save_steps
+        # the student prompt of the baselines is the one OPSD's student reads
+        from opsd.contexts import PROMPT_PROFILES
+
+        for name in ("SFT", "GRPO", "SFT-terse"):
+            assert PROMPT_PROFILES[configs[name].prompt_profile]["student"] == \
+                PROMPT_PROFILES[opsd.prompt_profile]["student"]
+
+
+def test_estimate_counts_every_step_and_evaluation():
+    runs = figure_runs.campaign(steps=4, save_every=2)
+    est = figure_runs.estimate_seconds(runs)
+    s = figure_runs.SECONDS_PER_STEP
+    long = s["train"] * figure_runs.LONG_COMPLETION_LENGTH / 64
+    train = 9 * figure_runs.SECONDS_PER_RUN_START + 4 * (5 * s["train"] + long + s["grpo"]) + 2 * 8 * s["sft"]
+    assert est["train"] == pytest.approx(train)
+    assert est["eval"] == pytest.approx((9 * 2 + 1) * figure_runs.SECONDS_PER_EVAL)  # 2 checkpoints each + step 0
+    with pytest.raises(ValueError, match="multiple"):
+        figure_runs.campaign(steps=5, save_every=2)
 
 
 def test_campaign_entry_mismatch_is_an_error(tmp_path):
@@ -421,6 +556,10 @@ def test_plan_prints_commands(capsys, tmp_path):
     assert figure_runs.main(["--plan", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "python -m opsd train --config cpu-tiny" in out and "clip=0.05" in out and "estimate" in out
+    assert "dataset=synthetic-terse" in out and out.count("model_name=smollm2-135m-opsd-start") == 9
+    assert "--limit 200" in out and "--max-new-tokens 64" in out
+    total = float(out.split("total ")[-1].split(" min")[0])
+    assert 0 < total <= 60
 
 
 # ------------------------------------------------------------------------------------------ notebook
@@ -444,14 +583,17 @@ def test_notebook_is_committed_clean():
 
 TINY_TRAINING = {"max_steps": 2, "per_device_train_batch_size": 2, "max_completion_length": 6, "save_steps": 1,
                      "logging_steps": 1, "log_rollouts_every": 1, "lora_r": 4, "lora_alpha": 8, "learning_rate": 1e-3,
-                     "max_length": 256, "dataset_size": 8}
+                     "max_length": 256, "dataset_size": 8, "model_name": figure_runs.START_MODEL}
+TINY_EVAL = {"n_problems": 2, "k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8, "batch_size": 2}
 
 
 @pytest.mark.slow
 @pytest.mark.notebook
 def test_notebook_draws_figures_from_real_tiny_runs(tmp_path):
-    """Two real 2-step OPSD runs (no clip, point-wise clip), a 2-problem evaluation of each checkpoint,
-    then the notebook: Fig 4, Table 2, Table 5 and the diagnostics are drawn, the rest skipped."""
+    """Two real 2-step OPSD runs (no clip, point-wise clip), the quick campaign's SFT, OPSD-terse and
+    SFT-terse runs, a 2-problem evaluation of their checkpoints, then the notebook: Fig 4, Table 2 (with
+    intervals and the terse rows), Table 5, the diagnostics and the imitation figure are drawn, the rest
+    skipped."""
     papermill = pytest.importorskip("papermill")
     from opsd.config import load_config
     from opsd.evaluate import evaluate_run
@@ -463,25 +605,38 @@ def test_notebook_draws_figures_from_real_tiny_runs(tmp_path):
         run_training(config)
         if name != "OPSD":  # the base model (step 0) is evaluated once, as the campaign does
             figure_runs.share_base_eval(tmp_path / "OPSD", tmp_path / name)
-        evaluate_run(tmp_path / name, BENCH, steps=[2], n_problems=2, k=1, temperature=0.0, top_p=1.0,
-                     max_new_tokens=8, batch_size=2, progress=False)
+        evaluate_run(tmp_path / name, BENCH, steps=[2], progress=False, **TINY_EVAL)
         runs[name] = str(tmp_path / name)
-    assert json.loads((tmp_path / "OPSD-clip" / "eval" / BENCH / "step-0.json").read_text())["copied_from"]
+    # the imitation comparison's other runs, trained and evaluated by the campaign's own functions
+    quick = {r.name: r for r in figure_runs.campaign(quick=True)}
+    for name in ("SFT", "OPSD-terse", "SFT-terse"):
+        assert figure_runs.train_run(quick[name], tmp_path) == "trained"
+        assert figure_runs.evaluate_campaign_run(quick[name], tmp_path, TINY_EVAL, tmp_path / "OPSD") == 3  # 0, 1, 2
+        runs[name] = str(tmp_path / name)
+    for name in ("OPSD-clip", "SFT-terse"):  # the starting model is evaluated once and shared
+        assert json.loads((tmp_path / name / "eval" / BENCH / "step-0.json").read_text())["copied_from"]
     runs["GRPO"] = str(tmp_path / "never-trained")
     out = tmp_path / "figures"
     papermill.execute_notebook(
         str(REPO / "reproduce" / "figures.ipynb"), str(tmp_path / "figures.ipynb"), kernel_name=_kernel(),
         cwd=str(REPO), progress_bar=False, parameters={"runs": json.dumps(runs), "figures_dir": str(out)},
     )
-    for name in ("fig4_clipping", "table5_kl_by_category", "diagnostics"):
+    for name in ("fig4_clipping", "table5_kl_by_category", "diagnostics", "fig_imitation_vs_self_distillation"):
         assert (out / f"{name}.png").is_file() and (out / f"{name}.pdf").is_file(), name
     assert (out / "table2.csv").is_file() and (out / "table2.md").is_file()
+    assert (out / "fig_imitation_vs_self_distillation.csv").is_file()
     assert not (out / "fig3_avg_vs_step.png").exists() and not (out / "fig5_generation_length.png").exists()
     executed = (tmp_path / "figures.ipynb").read_text()
     assert "skipped Fig 3 (Avg@k vs step): missing runs ['GRPO']" in executed
     assert "skipped Fig 5: missing runs ['OPSD-long']" in executed
     table2 = (out / "table2.md").read_text()
-    assert "| OPSD |" in table2 and "paper Qwen3-1.7B" in table2
+    assert "| OPSD |" in table2 and "paper Qwen3-1.7B" in table2 and "Wilson" in table2
+    assert "| SFT-terse |" in table2 and "| OPSD-terse |" in table2
+    opsd_row = next(line for line in table2.splitlines() if line.startswith("| OPSD |"))
+    assert re.search(r"\| \d+\.\d \[\d+\.\d, \d+\.\d\] \| 2 \|", opsd_row), opsd_row  # value [lo, hi] | step
+    curves = (out / "fig_imitation_vs_self_distillation.csv").read_text()
+    assert curves.startswith("run,references,method,step,problems seen,accuracy,accuracy 95% lo,accuracy 95% hi")
+    assert "Imitation (SFT) vs self-distillation" in executed and "when each wins" in executed
     with pytest.raises(papermill.PapermillExecutionError, match="valid parameters"):
         papermill.execute_notebook(
             str(REPO / "reproduce" / "figures.ipynb"), str(tmp_path / "bad.ipynb"), kernel_name=_kernel(),
