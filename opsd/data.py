@@ -18,8 +18,15 @@ import datasets
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "warmup")
 HELDOUT_EVERY = 8  # one problem in 8 (by a hash of its key) belongs to the held-out split
+WARMUP_EVERY = 16  # of the others, one in 16 (another part of the hash) is the starting model's warm-up slice
+#: Problem wordings: ``standard`` ("What is a + b?", the only one training ever uses) and ``paraphrased``
+#: (other wordings, one per key, for held-out checks that learning is not tied to the template).
+PHRASINGS = ("standard", "paraphrased")
+#: Reference solutions: ``worked`` (place-value steps, then the boxed answer) and ``terse`` (the equation
+#: and the boxed answer only: the answer without a derivation the model could usefully imitate).
+REFERENCE_STYLES = ("worked", "terse")
 
 # ----------------------------------------------------------------------------------------------
 # Synthetic arithmetic
@@ -54,13 +61,38 @@ def _key_hash(op: str, a: int, b: int) -> int:
 
 
 def _split_of(op: str, a: int, b: int) -> str:
-    return "heldout" if _key_hash(op, a, b) % HELDOUT_EVERY == 0 else "train"
+    h = _key_hash(op, a, b)
+    if h % HELDOUT_EVERY == 0:
+        return "heldout"
+    return "warmup" if (h >> 24) % WARMUP_EVERY == 0 else "train"
 
 
-def _render(op: str, a: int, b: int) -> dict[str, str]:
-    """Problem text, a worked solution (split by place value) ending in ``\\boxed{answer}``, the answer."""
+_PARAPHRASES = {  # never used in training; "{x}" and "{y}" are the operands, "{o}" the operator as a word
+    "+": ("Compute {x} plus {y}.", "Find the sum of {x} and {y}.", "Add {x} and {y}. What do you get?",
+          "If you have {x} apples and get {y} more, how many apples do you have?", "Calculate: {x} + {y}",
+          "What number do you get when {y} is added to {x}?"),
+    "-": ("Compute {x} minus {y}.", "Find the difference {x} - {y}.", "Subtract {y} from {x}.",
+          "If you have {x} apples and give away {y}, how many apples are left?", "Calculate: {x} - {y}",
+          "What number do you get when {y} is taken away from {x}?"),
+    "*": ("Compute {x} times {y}.", "Find the product of {x} and {y}.", "Multiply {x} by {y}.",
+          "If {x} boxes hold {y} apples each, how many apples are there?", "Calculate: {x} \\times {y}",
+          "What number do you get when {x} is multiplied by {y}?"),
+}
+
+
+def _problem_text(op: str, a: int, b: int, phrasing: str, key_hash: int) -> str:
+    if phrasing == "standard":
+        symbol = {"+": "+", "-": "-", "*": "\\times"}[op]
+        return f"What is {a} {symbol} {b}?"
+    templates = _PARAPHRASES[op]
+    return templates[(key_hash >> 40) % len(templates)].format(x=a, y=b)
+
+
+def _render(op: str, a: int, b: int, phrasing: str = "standard", reference: str = "worked") -> dict[str, str]:
+    """Problem text, a reference solution ending in ``\\boxed{answer}``, the answer (see ``synthetic_math``)."""
+    key_hash = _key_hash(op, a, b)
     if op == "+":
-        if _key_hash(op, a, b) >> 8 & 1:  # show commutative pairs in either order, fixed per key
+        if key_hash >> 8 & 1:  # show commutative pairs in either order, fixed per key
             a, b = b, a
         c = a + b
         ta, tb, oa, ob = a // 10 * 10, b // 10 * 10, a % 10, b % 10
@@ -79,6 +111,10 @@ def _render(op: str, a: int, b: int) -> dict[str, str]:
                  f"so {a} \\times {b} = {a * tb} + {a * ob} = {c}.")
     else:  # pragma: no cover - keys come from _operands
         raise ValueError(op)
+    problem = _problem_text(op, a, b, phrasing, key_hash)
+    if reference == "terse":
+        symbol = "\\times" if op == "*" else op
+        steps = f"{a} {symbol} {b} = {c}."
     return {"problem": problem, "solution": f"{steps}\n\nThe answer is \\boxed{{{c}}}.", "answer": str(c)}
 
 
@@ -90,7 +126,7 @@ def synthetic_problem_keys(split: str = "train", *, kind: str = "add", digits: i
 
 
 def synthetic_math(n: int, seed: int = 0, split: str = "train", *, kind: str = "add",
-                   digits: int = 2) -> datasets.Dataset:
+                   digits: int = 2, phrasing: str = "standard", reference: str = "worked") -> datasets.Dataset:
     """``n`` arithmetic problems with columns ``problem``, ``solution``, ``answer`` (all strings).
 
     Default: additions of two 2-digit numbers. Problem ``"What is 18 + 55?"``; solution (worked by place
@@ -100,8 +136,17 @@ def synthetic_math(n: int, seed: int = 0, split: str = "train", *, kind: str = "
 
     Deterministic for ``(n, seed, split, kind, digits)``. A problem's split is decided by a hash of its
     key ``(op, a, b)`` alone (1 key in 8 is ``"heldout"``; ``18 + 55`` and ``55 + 18`` are one key), so
-    train and held-out sets never share a problem, whatever ``n`` and ``seed``. Asking for more
-    problems than a split holds raises (2-digit add: 3,562 train / 533 held-out).
+    train and held-out sets never share a problem, whatever ``n`` and ``seed``. A third split,
+    ``"warmup"`` (1 in 16 of the non-held-out keys), is kept for the CPU starting model's SFT warm-up
+    (``opsd.warmstart``), so neither OPSD's training problems nor the held-out ones are ever seen there.
+    Asking for more problems than a split holds raises (2-digit add: 3,338 train / 224 warmup / 533 held-out).
+
+    ``phrasing="paraphrased"`` words each problem in one of six other ways (``"Find the sum of 18 and
+    55."``, ``"If you have 18 apples and get 55 more, ..."``; fixed per key), never used for training:
+    the held-out check that what OPSD teaches is not tied to the template. ``reference="terse"`` gives
+    solutions without a derivation (``"18 + 55 = 73.\\n\\nThe answer is \\boxed{73}."``): references that
+    are not the model's own way of working, which imitating (SFT) copies but a teacher that knows the
+    answer can still use to guide the student's own reasoning.
 
     Why this set: SmolLM2-135M-Instruct is poor at it as a student and much better when it sees the
     solution, the gap OPSD closes on a CPU. Measured on the embedded model, greedy decoding, chat
@@ -116,12 +161,16 @@ def synthetic_math(n: int, seed: int = 0, split: str = "train", *, kind: str = "
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"phrasing must be one of {PHRASINGS}, got {phrasing!r}")
+    if reference not in REFERENCE_STYLES:
+        raise ValueError(f"reference must be one of {REFERENCE_STYLES}, got {reference!r}")
     keys = synthetic_problem_keys(split, kind=kind, digits=digits)
     if n > len(keys):
         raise ValueError(f"synthetic_math(kind={kind!r}, digits={digits}) has only {len(keys)} distinct "
                          f"{split!r} problems; asked for n={n}")
     chosen = random.Random(f"{seed}|{split}|{kind}|{digits}").sample(keys, n)
-    rows = [_render(*k) for k in chosen]
+    rows = [_render(*k, phrasing=phrasing, reference=reference) for k in chosen]
     return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in ("problem", "solution", "answer")})
 
 
@@ -129,7 +178,22 @@ def synthetic_math(n: int, seed: int = 0, split: str = "train", *, kind: str = "
 # Files, folders and Hub datasets
 # ----------------------------------------------------------------------------------------------
 
-DEFAULT_SYNTHETIC_SIZES = {"train": 512, "heldout": 64}
+DEFAULT_SYNTHETIC_SIZES = {"train": 512, "heldout": 64, "warmup": 64}
+#: Names of the synthetic sets (``dataset=`` values and benchmark names) -> ``synthetic_math`` options.
+SYNTHETIC_SOURCES: dict[str, dict[str, str]] = {
+    "synthetic": {},                                   # "What is a + b?", worked references
+    "synthetic-terse": {"reference": "terse"},         # same problems, references without a derivation
+    "synthetic-paraphrased": {"phrasing": "paraphrased"},  # other wordings (held-out checks only)
+}
+
+
+def held_out_problems(source: str, n: int, seed: int = 0) -> datasets.Dataset:
+    """``n`` problems a run never trains on: the held-out split of a synthetic set (in the set's own
+    reference style); for any other source (no held-out split known), ``n`` of its rows, said in the log."""
+    if str(source) in SYNTHETIC_SOURCES:
+        return synthetic_math(n, seed=seed, split="heldout", **SYNTHETIC_SOURCES[str(source)])
+    logger.warning("%s has no held-out split: using %d of its rows", source, n)
+    return load_problems(source, n=n, seed=seed, require=("problem", "solution", "answer"))
 DATA_FILE_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}  # preferred first
 _COLUMN_ALIASES = {  # canonical name <- other spellings seen in public math sets
     "problem": ("Problem", "question", "Question"),
@@ -246,9 +310,10 @@ def load_problems(source: str | os.PathLike, split: str | None = None, *, n: int
     """
     from opsd.validation import MissingInputError, validate_rows
 
-    if str(source) == "synthetic":
+    if str(source) in SYNTHETIC_SOURCES:
         split = split or "train"
-        return synthetic_math(DEFAULT_SYNTHETIC_SIZES.get(split, 64) if n is None else n, seed=seed, split=split)
+        return synthetic_math(DEFAULT_SYNTHETIC_SIZES.get(split, 64) if n is None else n, seed=seed, split=split,
+                              **SYNTHETIC_SOURCES[str(source)])
     path = Path(source).expanduser()
     if path.exists():
         dataset = _load_local(path, split)

@@ -46,7 +46,7 @@ from typing import Any
 #: are the Hub sets of ``opsd.data.BENCHMARKS`` (AIME24 ``HuggingFaceH4/aime_2024``, AIME25
 #: ``yentinglin/aime_2025``, HMMT25 ``MathArena/hmmt_feb_2025``, MATH-500 ``HuggingFaceH4/MATH-500``,
 #: AMC23 ``math-ai/amc23``), read from a local copy under ``$OPSD_DATA_DIR`` when there is one.
-BENCHMARKS: tuple[str, ...] = ("synthetic", "aime24", "aime25", "hmmt25", "math500", "amc23")
+BENCHMARKS: tuple[str, ...] = ("synthetic", "synthetic-paraphrased", "aime24", "aime25", "hmmt25", "math500", "amc23")
 
 #: Number of held-out synthetic problems when no limit is given.
 SYNTHETIC_EVAL_SIZE = 64
@@ -138,8 +138,8 @@ def load_benchmark(name: str, *, n: int | None = None, seed: int = 0):
         )
     from opsd import data as opsd_data
 
-    if name == "synthetic":
-        ds = opsd_data.synthetic_math(n or SYNTHETIC_EVAL_SIZE, seed=seed, split="heldout")
+    if name in opsd_data.SYNTHETIC_SOURCES:  # the held-out split (``synthetic-paraphrased``: other wordings)
+        ds = opsd_data.held_out_problems(name, n or SYNTHETIC_EVAL_SIZE, seed=seed)
     elif name in BENCHMARKS:
         ds = opsd_data.load_benchmark(name)
     else:
@@ -649,7 +649,8 @@ def evaluate(
     model.eval()
     problems = list(dataset["problem"])
     records: list[dict] = []
-    bar = tqdm(total=len(problems), desc="problems", unit="problem", disable=not progress)
+    report = progress if callable(progress) else None  # a callable gets (done, total) after each batch
+    bar = tqdm(total=len(problems), desc="problems", unit="problem", disable=not progress or report is not None)
     try:
         for start in range(0, len(problems), batch_size):
             chunk = problems[start : start + batch_size]
@@ -669,6 +670,8 @@ def evaluate(
                 for j, (text, n_tok, truncated) in enumerate(per_prompt):
                     records.append(make_record(ids[i], j, text, answers[i], n_tok, truncated))
             bar.update(len(chunk))
+            if report is not None:
+                report(min(start + batch_size, len(problems)), len(problems))
     finally:
         bar.close()
         if was_training:
@@ -686,11 +689,18 @@ def heldout_accuracy(
     batch_size: int = 16,
     seed: int = 0,
     prompt: str = DEFAULT_EVAL_PROMPT,
+    benchmark: str = "synthetic",
+    progress=False,
 ) -> dict:
     """Greedy accuracy of ``model`` on the first ``n`` held-out synthetic problems (one sample each):
-    ``{"n", "correct", "accuracy", "boxed_rate", "mean_completion_tokens"}``. The quick before/after
-    check of ``reproduce/train.ipynb``; ``evaluate`` / ``evaluate_run`` give the full protocol."""
-    dataset = load_benchmark("synthetic", n=n, seed=seed)
+    ``{"n", "correct", "accuracy", "interval", "boxed_rate", "mean_completion_tokens"}``, ``interval``
+    the 95% Wilson interval ``[lo, hi]`` of the accuracy (``opsd.stats``). ``benchmark``: ``synthetic``
+    or ``synthetic-paraphrased`` (same problems, other wordings). ``progress``: a callable gets
+    ``(done, total)`` after each batch. The before/after check of
+    ``reproduce/train.ipynb``; ``evaluate`` / ``evaluate_run`` give the full protocol."""
+    from opsd.stats import wilson_interval
+
+    dataset = load_benchmark(benchmark, n=n, seed=seed)
     records, summary = evaluate(
         model,
         tokenizer,
@@ -700,7 +710,7 @@ def heldout_accuracy(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         seed=seed,
-        progress=False,
+        progress=progress,
         chat_kwargs=chat_kwargs,
         prompt=prompt,
     )
@@ -709,6 +719,7 @@ def heldout_accuracy(
         "n": len(records),
         "correct": correct,
         "accuracy": correct / max(len(records), 1),
+        "interval": list(wilson_interval(correct, len(records))),
         "boxed_rate": summary["boxed_rate"],
         "mean_completion_tokens": summary["mean_completion_tokens"],
     }

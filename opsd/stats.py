@@ -54,3 +54,8 @@ def proportion(k: int, n: int) -> Proportion:
     """``k`` of ``n`` with its 95% Wilson interval."""
     lo, hi = wilson_interval(k, n)
     return Proportion(int(k), int(n), lo, hi)
+
+
+def accuracy_text(result: dict) -> str:
+    """A held-out result (``opsd.evaluate.heldout_accuracy``) as ``"123/200 = 61.5% [54.6, 68.0]"``."""
+    return str(proportion(result["correct"], result["n"]))

@@ -229,3 +229,40 @@ def test_shared_eval_copies_load(name):
     assert all(p and a for p, a in zip(ds["problem"], ds["answer"]))
     if name != "hmmt25":
         assert "solution" in ds.column_names
+
+
+@pytest.mark.parametrize("kind", SYNTHETIC_KINDS)
+def test_three_splits_partition_the_problems(kind):
+    from opsd.data import _operands
+
+    splits = {s: set(synthetic_problem_keys(s, kind=kind)) for s in ("train", "heldout", "warmup")}
+    assert not splits["train"] & splits["warmup"] and not splits["heldout"] & splits["warmup"]
+    assert splits["train"] | splits["heldout"] | splits["warmup"] == set(_operands(kind, 2))
+    assert 0.03 < len(splits["warmup"]) / len(set(_operands(kind, 2))) < 0.1
+
+
+def test_paraphrased_problems_keep_answers_and_never_use_the_training_wording():
+    standard = synthetic_math(120, seed=3, split="heldout")
+    para = synthetic_math(120, seed=3, split="heldout", phrasing="paraphrased")
+    assert standard["answer"] == para["answer"] and standard["solution"] == para["solution"]
+    assert all(p.startswith("What is ") for p in standard["problem"])
+    assert not any(p.startswith("What is ") for p in para["problem"])
+    assert len({re.sub(r"\d+", "#", p) for p in para["problem"]}) == 6  # six wordings, fixed per problem
+    for std, alt in zip(standard["problem"], para["problem"]):
+        assert sorted(map(int, re.findall(r"\d+", std))) == sorted(map(int, re.findall(r"\d+", alt)))
+    assert para.to_dict() == synthetic_math(120, seed=3, split="heldout", phrasing="paraphrased").to_dict()
+
+
+def test_terse_references_give_the_answer_without_a_derivation():
+    worked = synthetic_math(30, seed=1)
+    terse = synthetic_math(30, seed=1, reference="terse")
+    assert worked["problem"] == terse["problem"] and worked["answer"] == terse["answer"]
+    row = terse[0]
+    a, b = map(int, re.findall(r"\d+", row["problem"]))
+    assert row["solution"] == f"{a} + {b} = {a + b}.\n\nThe answer is \\boxed{{{a + b}}}."
+    assert not any("tens" in s for s in terse["solution"])
+    assert load_problems("synthetic-terse", n=5, seed=1).to_dict() == synthetic_math(5, seed=1, reference="terse").to_dict()
+    with pytest.raises(ValueError, match="reference must be one of"):
+        synthetic_math(2, reference="long")
+    with pytest.raises(ValueError, match="phrasing must be one of"):
+        synthetic_math(2, phrasing="odd")

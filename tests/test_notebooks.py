@@ -21,6 +21,7 @@ NOTEBOOKS = [
     "02_on_policy_rollout.ipynb",
     "03_token_kl_and_clipping.ipynb",
     "04_tiny_training.ipynb",
+    "05_privilege_gap.ipynb",
 ]
 KERNEL = "opsd-kit"
 # Per-cell limit: a hung cell fails instead of blocking the suite (each notebook takes minutes in total).

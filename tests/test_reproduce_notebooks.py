@@ -26,12 +26,22 @@ def test_train_notebook_trains_and_reports(tmp_path):
         "train.ipynb", tmp_path / "train.ipynb",
         overrides={"per_device_train_batch_size": 2, "max_completion_length": 8, "save_steps": 1,
                    "lora_r": 4, "lora_alpha": 8, "log_rollouts_every": 1, "dataset_size": 8},
-        output_dir=str(run_dir), max_steps=2, heldout_problems=4,
+        output_dir=str(run_dir), max_steps=2, heldout_problems=4, heldout_max_new_tokens=8, gap_problems=2,
     )
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
     heldout = json.loads((run_dir / "heldout_accuracy.json").read_text())
-    assert heldout["before"]["n"] == heldout["after"]["n"] == 4 and heldout["steps"] == 2
+    assert heldout["steps"] == 2 and heldout["model_name"] == "smollm2-135m-opsd-start"
+    for when in ("before", "after"):
+        assert set(heldout[when]) == {"synthetic", "synthetic-paraphrased"}
+        for result in heldout[when].values():
+            assert result["n"] == 4 and result["interval"][0] <= result["accuracy"] <= result["interval"][1]
+    assert heldout["gap"]["n"] == 2 and heldout["gap"]["teacher"]["n"] == 2
+    executed = json.loads((tmp_path / "train.ipynb").read_text())
+    text = "".join(o.get("text", "") for c in executed["cells"] for o in c.get("outputs", []) if "text" in o)
+    assert "step 2/2" in text  # StepPrinter's per-step line
+    assert "privilege gap" in text and "self-teacher" in text
+    assert "synthetic-paraphrased" in text and "  ->  after " in text  # the summary's before -> after lines
     assert (run_dir / "checkpoint-2").is_dir() and (run_dir / "config.yaml").exists()
 
 

@@ -49,3 +49,9 @@ def test_proportion_text_and_overlap():
     assert isinstance(a, Proportion) and a.value == pytest.approx(0.205)
     assert not a.overlaps(b) and not b.overlaps(a)
     assert proportion(50, 100).overlaps(proportion(55, 100))
+
+
+def test_accuracy_text_of_a_heldout_result():
+    from opsd.stats import accuracy_text
+
+    assert accuracy_text({"correct": 41, "n": 200, "accuracy": 0.205}) == "41/200 = 20.5% [15.5, 26.6]"

@@ -1,0 +1,173 @@
+"""The privilege gap: does OPSD have anything to distil on this model and data?
+
+Measured before training, on N held-out problems of a profile's data, with the training prompts of both
+roles (the student's: problem only; the teacher's: problem + reference solution):
+
+    student accuracy    greedy answers from the student prompt, graded
+    teacher accuracy    greedy answers from the teacher prompt (the self-teacher of the profile's
+                        teacher mode: for ``fixed``, the model with LoRA adapters disabled)
+    mean token KL       KL(T || S) per rollout token, on the student's own sampled rollouts (the profile's
+                        temperature / top_p / length), temperature-1 logits, averaged over all tokens
+
+A large teacher - student accuracy difference (with intervals that do not overlap) and a clearly non-zero
+KL say the privileged context carries information the student lacks: the regime of the paper. Both near
+zero say OPSD has nothing to teach.
+
+    python -m opsd gap --config cpu-tiny [--n 200] [key=value ...]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+
+from opsd.stats import Proportion, proportion
+
+
+@dataclass
+class GapReport:
+    """The numbers of ``privilege_gap``; ``student`` / ``teacher`` are accuracies with 95% intervals."""
+
+    n: int
+    student: Proportion
+    teacher: Proportion
+    mean_token_kl: float
+    rollout_tokens: int
+    model: str = ""
+
+    @property
+    def accuracy_gap(self) -> float:
+        return self.teacher.value - self.student.value
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["accuracy_gap"] = self.accuracy_gap
+        return out
+
+    def summary(self) -> str:
+        return (f"privilege gap of {self.model or 'the model'} on {self.n} held-out problems:\n"
+                f"  student (problem only)          {self.student}\n"
+                f"  self-teacher (reference shown)  {self.teacher}\n"
+                f"  mean per-token KL(T||S) on the student's own samples: {self.mean_token_kl:.3f} "
+                f"({self.rollout_tokens} tokens)")
+
+
+def _greedy_answers(model, tokenizer, prompts_ids, prompts_mask, max_new_tokens: int) -> list[str]:
+    from opsd.rollout import HFRollout, SamplingParams
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
+    rollout = HFRollout(model, tokenizer).generate(prompts_ids, prompts_mask, params)
+    return [tokenizer.decode(ids[m].tolist(), skip_special_tokens=True)
+            for ids, m in zip(rollout.completion_ids, rollout.completion_mask.bool())]
+
+
+def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence[str], answers: Sequence[str], *,
+                  prompt_profile: str = "paper", student_chat_kwargs: dict | None = None,
+                  teacher_chat_kwargs: dict | None = None, teacher_mode: str = "fixed",
+                  max_new_tokens: int = 96, temperature: float = 0.7, top_p: float = 0.95,
+                  rollout_tokens: int = 64, batch_size: int = 32, seed: int = 0, model_name: str = "",
+                  progress=None) -> GapReport:
+    """Student and self-teacher greedy accuracy (with 95% Wilson intervals) and the mean per-token
+    KL(T||S) on the student's own samples; see the module docstring. ``progress(done, total)`` is
+    called after each batch."""
+    from opsd.contexts import build_dual_contexts, join_rollout
+    from opsd.divergence import token_divergence
+    from opsd.evaluate import is_correct
+    from opsd.rollout import HFRollout, SamplingParams
+    from opsd.teacher import teacher_context
+
+    n = len(problems)
+    correct = {"student": 0, "teacher": 0}
+    kl_sum, kl_count = 0.0, 0
+    sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=rollout_tokens)
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    try:
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            ctx = build_dual_contexts(tokenizer, problems[sl], solutions[sl], profile=prompt_profile,
+                                      student_chat_kwargs=student_chat_kwargs,
+                                      teacher_chat_kwargs=teacher_chat_kwargs)
+            with torch.no_grad():
+                for role, batch in (("student", ctx.student), ("teacher", ctx.teacher)):
+                    if role == "teacher":
+                        with teacher_context(model, teacher_mode):
+                            texts = _greedy_answers(model, tokenizer, batch.input_ids, batch.attention_mask,
+                                                    max_new_tokens)
+                    else:
+                        texts = _greedy_answers(model, tokenizer, batch.input_ids, batch.attention_mask,
+                                                max_new_tokens)
+                    correct[role] += sum(is_correct_text(t, a, is_correct) for t, a in zip(texts, answers[sl]))
+                rollout = HFRollout(model, tokenizer).generate(ctx.student.input_ids, ctx.student.attention_mask,
+                                                               sampling)
+                joined = join_rollout(ctx, rollout.completion_ids, rollout.completion_mask)
+                width = joined.completion_length
+                student = joined.rollout_slice(model(**joined.student_inputs(), logits_to_keep=width + 1).logits,
+                                               "student")
+                with teacher_context(model, teacher_mode):
+                    teacher = joined.rollout_slice(
+                        model(**joined.teacher_inputs(), logits_to_keep=width + 1).logits, "teacher")
+                kl = token_divergence(student.float(), teacher.float(), beta=0.0, temperature=1.0)
+                mask = joined.loss_mask.bool()
+                kl_sum += float(kl[mask].sum())
+                kl_count += int(mask.sum())
+            if progress is not None:
+                progress(min(start + batch_size, n), n)
+    finally:
+        model.train(was_training)
+    return GapReport(n=n, student=proportion(correct["student"], n), teacher=proportion(correct["teacher"], n),
+                     mean_token_kl=kl_sum / max(kl_count, 1), rollout_tokens=kl_count, model=model_name)
+
+
+def is_correct_text(text: str, answer: str, grader) -> bool:
+    """Grade a completion by its last ``\\boxed{}`` (``opsd.evaluate``)."""
+    from opsd.evaluate import extract_boxed
+
+    return bool(grader(extract_boxed(text), answer))
+
+
+def gap_for_config(config, n: int = 200, *, model=None, tokenizer=None, progress=None) -> GapReport:
+    """``privilege_gap`` on ``n`` held-out problems of ``config``'s data (synthetic: the held-out split,
+    with the training set's reference style), with the config's prompts, teacher mode and sampling."""
+    from opsd.data import held_out_problems
+    from opsd.models import load_model_and_tokenizer
+
+    if model is None:
+        model, tokenizer = load_model_and_tokenizer(config.model_name, dtype=config.torch_dtype,
+                                                    lora=config.lora_settings())
+    data = held_out_problems(config.dataset, n=n, seed=config.seed)
+    return privilege_gap(
+        model, tokenizer, list(data["problem"]), list(data["solution"]), list(data["answer"]),
+        prompt_profile=config.prompt_profile, student_chat_kwargs=config.student_chat_kwargs,
+        teacher_chat_kwargs=config.teacher_chat_kwargs, teacher_mode=config.teacher_mode,
+        temperature=config.temperature, top_p=config.top_p, rollout_tokens=config.max_completion_length,
+        seed=config.seed, model_name=config.model_name, progress=progress,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m opsd gap --config PROFILE [--n N] [--json PATH] [key=value ...]`."""
+    import argparse
+    import json
+
+    from opsd.config import DEFAULT_PROFILE, load_config, parse_overrides
+    from opsd.trainer import OPSDConfig
+
+    parser = argparse.ArgumentParser(prog="python -m opsd gap", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=DEFAULT_PROFILE, help="training profile name or YAML path")
+    parser.add_argument("--n", type=int, default=200, help="held-out problems (default 200)")
+    parser.add_argument("--json", default=None, help="also write the report to this JSON file")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the profile, e.g. model_name=...")
+    ns = parser.parse_args(argv)
+    if ns.n < 1:
+        parser.error(f"--n must be >= 1, got {ns.n}")
+    config = load_config(OPSDConfig, ns.config, parse_overrides(ns.overrides), output_dir="runs/gap", report_to="none")
+    report = gap_for_config(config, ns.n)
+    print(report.summary())
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump(report.as_dict(), f, indent=2)
+    return 0
