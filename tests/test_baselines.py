@@ -136,7 +136,7 @@ def test_profiles_have_valid_keys(name):
 
 def test_cpu_profiles_instantiate():
     sft = load_baseline_config("sft", "sft-cpu-tiny")
-    assert isinstance(sft, SFTRunConfig) and sft.bf16 is False and sft.model_name == "smollm2-135m-instruct"
+    assert isinstance(sft, SFTRunConfig) and sft.bf16 is False and sft.model_name == "smollm2-135m-opsd-start"
     grpo = load_baseline_config("grpo", "grpo-cpu-tiny")
     assert isinstance(grpo, GRPORunConfig) and not grpo.use_vllm
     assert grpo.generation_batch_size % grpo.num_generations == 0
