@@ -361,8 +361,8 @@ def maj_at_k(records: Sequence[dict], k: int | None = None) -> float:
 
 
 def summarize(records: Sequence[dict], k: int | None = None) -> dict:
-    """Summary of per-sample records: Avg@k, pass@1..k (mean over problems of the unbiased
-    estimator), maj@k (majority vote of the first k samples, ``maj_at_k``), boxed rate (samples with a box), mean completion tokens (generated tokens, eos
+    """Summary of per-sample records: Avg@k with its 95% Wilson interval (``avg_at_k_interval``),
+    pass@1..k (mean over problems of the unbiased estimator), maj@k (majority vote of the first k samples, ``maj_at_k``), boxed rate (samples with a box), mean completion tokens (generated tokens, eos
     included), truncation rate (samples cut by max_new_tokens). All rates are fractions in [0, 1]."""
     groups = _group_by_problem(records)
     n_min = min((len(g) for g in groups.values()), default=0)
@@ -371,12 +371,18 @@ def summarize(records: Sequence[dict], k: int | None = None) -> dict:
     for kk in range(1, k + 1):
         vals = [pass_at_k(len(g), sum(bool(r["correct"]) for r in g), kk) for g in groups.values()]
         pass_k[str(kk)] = sum(vals) / len(vals)
+    from opsd.stats import wilson_interval
+
     n = len(records)
+    correct = sum(bool(r["correct"]) for r in records)
     return {
         "n_problems": len(groups),
         "n_samples": n,
         "k": k,
         "avg_at_k": avg_at_k(records),
+        # 95% Wilson interval of the share of correct samples; with k > 1 samples per problem they are not
+        # independent, so it understates the uncertainty (exact for greedy Avg@1).
+        "avg_at_k_interval": list(wilson_interval(correct, n)) if n else [0.0, 1.0],
         "pass_at_k": pass_k,
         "maj_at_k": maj_at_k(records, k),
         "boxed_rate": sum(r["extracted_answer"] is not None for r in records) / n if n else 0.0,
@@ -1141,6 +1147,8 @@ def summary_table(results: Sequence[dict]):
             "k": r.get("k", s.get("k")),
             "avg@k": s["avg_at_k"],
             "maj@k": s.get("maj_at_k"),  # None in files written before maj@k was recorded
+            "avg@k 95% lo": (s.get("avg_at_k_interval") or [None, None])[0],  # absent in older files
+            "avg@k 95% hi": (s.get("avg_at_k_interval") or [None, None])[1],
         }
         for kk, v in sorted(s.get("pass_at_k", {}).items(), key=lambda kv: int(kv[0])):
             row[f"pass@{kk}"] = v

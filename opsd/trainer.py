@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ from opsd.runlog import (
     write_json_atomic,
 )
 from opsd.teacher import EMATeacher, teacher_context
+
+# transformers 5.23's own Trainer calls its deprecated `is_gradient_checkpointing`; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 logger = logging.get_logger(__name__)
 
@@ -99,6 +103,7 @@ class OPSDConfig(RunFields, TrainingArguments):
 
         check_config(self)  # types and ranges, before TrainingArguments sees the values
         self.remove_unused_columns = False
+        self.dataloader_pin_memory = False  # batches are problem texts, tokenized in the step: nothing to pin
         super().__post_init__()
         if self.teacher_mode not in TEACHER_MODES:
             raise InputError(f"teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}")

@@ -401,6 +401,8 @@ def test_eval_json_round_trip_and_summary_table(tmp_path):
     assert list(table["step"]) == [0, 5, 10]
     assert {"avg@k", "pass@1", "pass@2", "boxed_rate", "mean_tokens"} <= set(table.columns)
     assert list(table.columns[5:7]) == ["avg@k", "maj@k"]
+    assert list(table.columns[7:9]) == ["avg@k 95% lo", "avg@k 95% hi"]
+    assert (table["avg@k 95% lo"] <= table["avg@k"]).all() and (table["avg@k"] <= table["avg@k 95% hi"]).all()
     assert list(table["maj@k"]) == [r["summary"]["maj_at_k"] for r in results]
     for (_, row), res in zip(table.iterrows(), results, strict=True):
         assert row["avg@k"] == res["summary"]["avg_at_k"]
@@ -646,3 +648,14 @@ def test_eval_notebook_runs_and_its_table_matches_the_json(tmp_path):
             progress_bar=False,
             parameters={"n_problem": 2},
         )
+
+
+def test_summary_carries_the_wilson_interval_of_avg_at_k():
+    from opsd.evaluate import make_record, summarize
+    from opsd.stats import wilson_interval
+
+    records = [make_record(i, 0, f"\\boxed{{{a}}}", "7", 5, False) for i, a in enumerate([7, 7, 7, 3])]
+    summary = summarize(records, 1)
+    assert summary["avg_at_k"] == 0.75
+    assert summary["avg_at_k_interval"] == list(wilson_interval(3, 4))
+    assert summary["avg_at_k_interval"][0] == pytest.approx(0.3006, abs=1e-4)
