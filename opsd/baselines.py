@@ -7,7 +7,7 @@
           Advantage of completion i of a group: (r_i - mean(r)) / (std(r) + 1e-4); a group whose
           rewards all agree has zero std and teaches nothing (logged as `reward_std_zero_fraction`).
 
-Paper setting (DESIGN.md section 1): SFT on the same data; GRPO with 8 generations x 16k tokens at
+Paper setting: SFT on the same data; GRPO with 8 generations x 16k tokens at
 temperature 1.2. Both write config.yaml, metrics.jsonl and checkpoint-N/ like an OPSD run, so
 `opsd.evaluate.evaluate_run` and the figures read them the same way.
 

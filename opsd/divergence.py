@@ -1,6 +1,6 @@
 """The OPSD objective: a per-token divergence between the student and teacher next-token distributions.
 
-Notation (DESIGN.md section 1). At every rollout position n the student scores the next token with
+Notation. At every rollout position n the student scores the next token with
 logits z_S[n] (context: the problem) and the teacher with z_T[n] (context: problem + reference solution),
 both over the same vocabulary of V entries. With temperature tau on both sides,
 

@@ -65,7 +65,7 @@ OPSD_STATE_FILE = "opsd_state.pt"
 
 @dataclass
 class OPSDConfig(RunFields, TrainingArguments):
-    """Every knob of the OPSD method (DESIGN.md section 1) on top of `TrainingArguments`.
+    """Every knob of the OPSD method on top of `TrainingArguments`.
 
     Defaults are the reference run's where it has one (beta 0, clip 0.05 point-wise, fixed teacher,
     temperature 1.1, top_p 0.95, top_k 20, 1024 completion tokens); profiles override them.

@@ -125,7 +125,7 @@ def test_profiles_have_valid_keys(name):
     assert values["report_to"] == "none" and values["output_dir"] == f"runs/{name}"
     if "qwen3" in name:  # GPU profiles: keys only (bf16 / vLLM need a GPU)
         assert values["torch_dtype"] == "bfloat16" and values["attn_implementation"] == "flash_attention_2"
-        if kind == "grpo":  # DESIGN.md: 8 generations x 16k tokens, temperature 1.2, vLLM colocate
+        if kind == "grpo":  # the paper's setting: 8 generations x 16k tokens, temperature 1.2, vLLM colocate
             paper = (values["num_generations"], values["max_completion_length"], values["temperature"])
             assert paper == (8, 16384, 1.2)
             assert values["use_vllm"] and values["vllm_mode"] == "colocate"

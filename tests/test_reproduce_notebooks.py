@@ -42,6 +42,7 @@ def test_train_notebook_trains_and_reports(tmp_path):
     assert "step 2/2" in text  # StepPrinter's per-step line
     assert "privilege gap" in text and "self-teacher" in text
     assert "synthetic-paraphrased" in text and "  ->  after " in text  # the summary's before -> after lines
+    assert "Warning" not in text, "library warnings in the notebook's outputs"
     assert (run_dir / "checkpoint-2").is_dir() and (run_dir / "config.yaml").exists()
 
 
