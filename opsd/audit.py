@@ -165,9 +165,9 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     prepares it."""
     from transformers import AutoTokenizer
 
-    from opsd.models import EMBEDDED_MODEL, embedded_model_dir, prepare_tokenizer
+    from opsd.models import model_path, prepare_tokenizer
 
-    path = embedded_model_dir() if str(name).lower() == EMBEDDED_MODEL else name
+    path = model_path(name)
     return prepare_tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
 
 

@@ -1261,7 +1261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}")
         return 2
-    steps = None if args.steps is None else [int(s) for s in args.steps.split(",") if s.strip()]
+    try:
+        steps = None if args.steps is None else [int(s) for s in args.steps.split(",") if s.strip()]
+    except ValueError:
+        print(f"error: --steps must be comma-separated checkpoint steps such as 0,25,50; got {args.steps!r}")
+        return 2
+    if steps is not None and any(s < 0 for s in steps):
+        print(f"error: --steps must be >= 0; got {args.steps!r}")
+        return 2
     vllm_kwargs = None
     if args.gpu_memory_utilization is not None:
         vllm_kwargs = {"gpu_memory_utilization": args.gpu_memory_utilization}

@@ -203,6 +203,20 @@ def trainable_parameter_count(model) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------
 
 
+def model_path(name: str | os.PathLike):
+    """The kit's model aliases -> their local folders (built on first use); any other name unchanged.
+
+    ``smollm2-135m-instruct``: the embedded model (``embedded_model_dir``); ``smollm2-135m-opsd-start``: the
+    CPU starting model (``opsd.warmstart.start_model_dir``)."""
+    if str(name).lower() == EMBEDDED_MODEL:
+        return embedded_model_dir()
+    if str(name).lower() == START_MODEL:  # the CPU starting model: embedded model + SFT warm-up
+        from opsd.warmstart import start_model_dir
+
+        return start_model_dir()
+    return name
+
+
 def load_model_and_tokenizer(
     name: str | os.PathLike = EMBEDDED_MODEL,
     *,
@@ -222,14 +236,8 @@ def load_model_and_tokenizer(
     the model defines none it is set to eos. For SmolLM2, pad == eos == ``<|im_end|>`` (id 2), so
     masks must come from attention masks / lengths, never from ``ids != pad_token_id``.
     """
-    if str(name).lower() == EMBEDDED_MODEL:
-        path, remote = embedded_model_dir(), False
-    elif str(name).lower() == START_MODEL:  # the CPU starting model: embedded model + SFT warm-up
-        from opsd.warmstart import start_model_dir
-
-        path, remote = start_model_dir(), False
-    else:
-        path, remote = name, trust_remote_code
+    path = model_path(name)
+    remote = trust_remote_code if path == name else False
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(dtype, str) and dtype != "auto":  # "float32" / "bfloat16" from YAML configs

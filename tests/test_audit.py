@@ -59,7 +59,8 @@ def _write_jsonl(path, problems, solutions):
 def test_audit_lengths_command_on_a_local_file(tmp_path, embedded_tokenizer, capsys):
     data = _write_jsonl(tmp_path / "train.jsonl", PROBLEMS, SOLUTIONS)
     longest_teacher = max(audit.prompt_lengths(embedded_tokenizer, PROBLEMS, SOLUTIONS)[1])
-    base = ["--config", "cpu-tiny", f"dataset={data}", "max_completion_length=16", "dataset_size=null"]
+    base = ["--config", "cpu-tiny", f"dataset={data}", "max_completion_length=16", "dataset_size=null",
+            "prompt_profile=paper"]  # the prompts prompt_lengths builds by default
     # a budget one token short of the longest teacher prompt: exit code 1, the row named, the fix given
     out_json = tmp_path / "audit.json"
     code = audit.main(base + [f"max_length={longest_teacher + 15}", "--json", str(out_json)])

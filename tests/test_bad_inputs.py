@@ -340,3 +340,13 @@ def test_train_notebook_reports_an_out_of_range_override(tmp_path):
         pm.execute_notebook(str(REPO / "reproduce" / "train.ipynb"), str(tmp_path / "out.ipynb"),
                             parameters={"overrides": {"beta": 2}, "output_dir": str(tmp_path / "run")},
                             kernel_name="opsd-kit", cwd=str(REPO), progress_bar=False)
+
+
+@pytest.mark.parametrize("steps,message", [
+    ("abc", "--steps must be comma-separated checkpoint steps such as 0,25,50; got 'abc'"),
+    ("2,-4", "--steps must be >= 0; got '2,-4'"),
+])
+def test_eval_cli_bad_steps(capsys, tmp_path, steps, message):
+    run = make_run(tmp_path)
+    code, out = run_cli(capsys, "eval", "--run", str(run), "--steps", steps)
+    assert code == 2 and f"error: {message}" in out
