@@ -38,7 +38,7 @@ def test_train_notebook_trains_and_reports(tmp_path):
             assert result["n"] == 4 and result["interval"][0] <= result["accuracy"] <= result["interval"][1]
     assert heldout["gap"]["n"] == 2 and heldout["gap"]["teacher"]["n"] == 2
     executed = json.loads((tmp_path / "train.ipynb").read_text())
-    text = "".join(o.get("text", "") for c in executed["cells"] for o in c.get("outputs", []) if "text" in o)
+    text = "".join("".join(o["text"]) for c in executed["cells"] for o in c.get("outputs", []) if "text" in o)
     assert "step 2/2" in text  # StepPrinter's per-step line
     assert "privilege gap" in text and "self-teacher" in text
     assert "synthetic-paraphrased" in text and "  ->  after " in text  # the summary's before -> after lines

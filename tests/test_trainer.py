@@ -100,7 +100,8 @@ def test_loss_is_the_objective_on_the_rollout(tmp_path):
     from opsd.contexts import build_dual_contexts, join_rollout
     from opsd.teacher import teacher_context
 
-    ctx = build_dual_contexts(trainer.tokenizer, batch["problem"], batch["solution"], max_prompt_length=250)
+    ctx = build_dual_contexts(trainer.tokenizer, batch["problem"], batch["solution"], max_prompt_length=250,
+                              profile=trainer.args.prompt_profile)
     r = captured["rollout"]
     joined = join_rollout(ctx, r.completion_ids, r.completion_mask)
     with torch.no_grad():
