@@ -18,8 +18,8 @@ zero say OPSD has nothing to teach.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 

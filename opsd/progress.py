@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 
 
 def _clock(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 

@@ -43,7 +43,7 @@ class Proportion:
     def value(self) -> float:
         return self.k / self.n if self.n else float("nan")
 
-    def overlaps(self, other: "Proportion") -> bool:
+    def overlaps(self, other: Proportion) -> bool:
         return self.lo <= other.hi and other.lo <= self.hi
 
     def __str__(self) -> str:
