@@ -19,6 +19,7 @@ zero say OPSD has nothing to teach.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -74,7 +75,7 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
     called after each batch."""
     from opsd.contexts import build_dual_contexts, join_rollout
     from opsd.divergence import token_divergence
-    from opsd.evaluate import is_correct
+    from opsd.evaluate import extract_boxed, is_correct
     from opsd.rollout import HFRollout, SamplingParams
     from opsd.teacher import teacher_context
 
@@ -93,14 +94,10 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
                                       teacher_chat_kwargs=teacher_chat_kwargs)
             with torch.no_grad():
                 for role, batch in (("student", ctx.student), ("teacher", ctx.teacher)):
-                    if role == "teacher":
-                        with teacher_context(model, teacher_mode):
-                            texts = _greedy_answers(model, tokenizer, batch.input_ids, batch.attention_mask,
-                                                    max_new_tokens)
-                    else:
+                    with teacher_context(model, teacher_mode) if role == "teacher" else nullcontext():
                         texts = _greedy_answers(model, tokenizer, batch.input_ids, batch.attention_mask,
                                                 max_new_tokens)
-                    correct[role] += sum(is_correct_text(t, a, is_correct) for t, a in zip(texts, answers[sl]))
+                    correct[role] += sum(bool(is_correct(extract_boxed(t), a)) for t, a in zip(texts, answers[sl]))
                 rollout = HFRollout(model, tokenizer).generate(ctx.student.input_ids, ctx.student.attention_mask,
                                                                sampling)
                 joined = join_rollout(ctx, rollout.completion_ids, rollout.completion_mask)
@@ -120,13 +117,6 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
         model.train(was_training)
     return GapReport(n=n, student=proportion(correct["student"], n), teacher=proportion(correct["teacher"], n),
                      mean_token_kl=kl_sum / max(kl_count, 1), rollout_tokens=kl_count, model=model_name)
-
-
-def is_correct_text(text: str, answer: str, grader) -> bool:
-    """Grade a completion by its last ``\\boxed{}`` (``opsd.evaluate``)."""
-    from opsd.evaluate import extract_boxed
-
-    return bool(grader(extract_boxed(text), answer))
 
 
 def gap_for_config(config, n: int = 200, *, model=None, tokenizer=None, progress=None) -> GapReport:
