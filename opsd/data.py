@@ -24,9 +24,11 @@ WARMUP_EVERY = 16  # of the others, one in 16 (another part of the hash) is the 
 #: Problem wordings: ``standard`` ("What is a + b?", the only one training ever uses) and ``paraphrased``
 #: (other wordings, one per key, for held-out checks that learning is not tied to the template).
 PHRASINGS = ("standard", "paraphrased")
-#: Reference solutions: ``worked`` (place-value steps, then the boxed answer) and ``terse`` (the equation
-#: and the boxed answer only: the answer without a derivation the model could usefully imitate).
-REFERENCE_STYLES = ("worked", "terse")
+#: Reference solutions: ``worked`` (place-value steps, then the boxed answer), ``terse`` (the equation and
+#: the boxed answer only: the answer without a derivation the model could usefully imitate) and ``verbose``
+#: (the worked steps wrapped in a long-winded plan, decomposition and check: correct, but longer than the
+#: CPU answer budget of 64 tokens, so a model that imitates the style runs out of tokens before its answer).
+REFERENCE_STYLES = ("worked", "terse", "verbose")
 
 # ----------------------------------------------------------------------------------------------
 # Synthetic arithmetic
@@ -115,7 +117,20 @@ def _render(op: str, a: int, b: int, phrasing: str = "standard", reference: str 
     if reference == "terse":
         symbol = "\\times" if op == "*" else op
         steps = f"{a} {symbol} {b} = {c}."
+    elif reference == "verbose":
+        steps = _verbose_steps(op, a, b, c, steps)
     return {"problem": problem, "solution": f"{steps}\n\nThe answer is \\boxed{{{c}}}.", "answer": str(c)}
+
+
+def _verbose_steps(op: str, a: int, b: int, c: int, worked: str) -> str:
+    """The worked steps inside a plan, a place-value decomposition and an inverse-operation check."""
+    check = {"+": f"To check, I subtract: {c} - {b} = {c - b}, which is {a}, as it should be.",
+             "-": f"To check, I add back: {c} + {b} = {c + b}, which is {a}, as it should be.",
+             "*": f"To check, I divide: {c} / {a} = {c // a}, which is {b}, as it should be."}[op]
+    return (f"Let me solve this carefully, step by step, and check the result before I give the answer. "
+            f"First I write each number by place value. The number {a} has tens digit {a // 10} and ones digit "
+            f"{a % 10}, and the number {b} has tens digit {b // 10} and ones digit {b % 10}. {worked} {check} "
+            f"The check works, so I am confident in the result.")
 
 
 def synthetic_problem_keys(split: str = "train", *, kind: str = "add", digits: int = 2) -> list[tuple[str, int, int]]:
@@ -183,6 +198,7 @@ DEFAULT_SYNTHETIC_SIZES = {"train": 512, "heldout": 64, "warmup": 64}
 SYNTHETIC_SOURCES: dict[str, dict[str, str]] = {
     "synthetic": {},                                   # "What is a + b?", worked references
     "synthetic-terse": {"reference": "terse"},         # same problems, references without a derivation
+    "synthetic-verbose": {"reference": "verbose"},     # same problems, long-winded references (> 64 tokens)
     "synthetic-paraphrased": {"phrasing": "paraphrased"},  # other wordings (held-out checks only)
 }
 

@@ -91,6 +91,8 @@ QUICK_EVAL: dict[str, Any] = {"n_problems": 4, "k": 1, "temperature": 0.0, "top_
                               "batch_size": 4}
 #: Dataset of the data variant: the same problems with terse references (no worked derivation).
 TERSE_DATASET = "synthetic-terse"
+#: Dataset of the second data variant: the same problems with long-winded references (> 64 tokens).
+VERBOSE_DATASET = "synthetic-verbose"
 
 #: Wall seconds on 2 otherwise idle CPU cores with torch's default 2 threads, for the printed estimate.
 #: Measured from the starting model: an OPSD step of cpu-tiny (8 problems x <=64 tokens) ~15 s, a GRPO
@@ -153,6 +155,7 @@ def campaign(quick: bool = False, *, steps: int = STEPS, save_every: int = SAVE_
         opsd, long, grpo = dict(common), LONG_COMPLETION_LENGTH, dict(common)
         sft = {**common, "max_steps": SFT_STEPS_PER_STEP * steps, "save_steps": SFT_STEPS_PER_STEP * save_every}
     terse = {"dataset": TERSE_DATASET}
+    verbose = {"dataset": VERBOSE_DATASET}
     return [
         CampaignRun("OPSD", "train", "cpu-tiny", dict(opsd), "forward KL, no clip (cpu-tiny): Fig 3, 5, Tables 2, 3, 5"),
         CampaignRun("OPSD-clip", "train", "cpu-tiny", {**opsd, "clip": 0.05, "clip_mode": "pointwise"},
@@ -167,6 +170,10 @@ def campaign(quick: bool = False, *, steps: int = STEPS, save_every: int = SAVE_
                     "OPSD with terse references (answer, no derivation): imitation figure"),
         CampaignRun("SFT-terse", "sft", "sft-cpu-tiny", {**sft, **terse},
                     "SFT on the terse references: imitation figure"),
+        CampaignRun("OPSD-verbose", "train", "cpu-tiny", {**opsd, **verbose},
+                    "OPSD with long-winded references (longer than the answer budget): imitation figure"),
+        CampaignRun("SFT-verbose", "sft", "sft-cpu-tiny", {**sft, **verbose},
+                    "SFT on the long-winded references: imitation figure"),
     ]
 
 
