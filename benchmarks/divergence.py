@@ -106,7 +106,8 @@ def _random(torch, shape, dtype, device, seed):
 def run_worker(args) -> dict:
     import torch
 
-    from opsd.divergence import distillation_loss, distillation_loss_from_hidden
+    from opsd.divergence import distillation_loss
+    from opsd.divergence_chunked import distillation_loss_from_hidden
 
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
@@ -266,7 +267,7 @@ def _predicted_bytes(args, path, batch, length, units) -> int:
 def run_driver(args) -> None:
     import torch
 
-    from opsd.divergence import CUDA_CHUNK_ELEMENTS, FUSED_BLOCK_ELEMENTS, suggest_chunk_size
+    from opsd.divergence_chunked import CUDA_CHUNK_ELEMENTS, FUSED_BLOCK_ELEMENTS, suggest_chunk_size
 
     if args.chunk_size is None:
         args.chunk_size = suggest_chunk_size(args.vocab, device=args.device)

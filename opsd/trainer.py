@@ -30,15 +30,9 @@ from transformers.utils import logging
 
 from opsd.config import RunFields
 from opsd.contexts import build_dual_contexts, join_rollout
-from opsd.divergence import (
-    distillation_loss,
-    distillation_loss_from_hidden,
-    divergence_diagnostics,
-    sampled_token_loss,
-    suggest_chunk_size,
-    token_divergence,
-    token_logprobs,
-)
+from opsd.diagnostics import divergence_diagnostics
+from opsd.divergence import distillation_loss, sampled_token_loss, token_divergence, token_logprobs
+from opsd.divergence_chunked import distillation_loss_from_hidden, suggest_chunk_size
 from opsd.rollout import SamplingParams, make_rollout_backend
 from opsd.runlog import (
     RunDirectoryCallback,

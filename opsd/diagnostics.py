@@ -1,0 +1,224 @@
+"""Per-step numbers about the OPSD divergence, and the token categories they are broken down by.
+
+`divergence_diagnostics` reports, over the masked-in rollout positions, the mean clipped and unclipped
+D[n] (see `opsd.divergence`), how much the clip bites and how often D[n] < 0; given the decoded tokens it
+also averages the unclipped D[n] per `token_category` ("style" words, "math" tokens, "other"), the
+breakdown of the paper's Table 5.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+
+from opsd.divergence import _check_options, _check_pair, _checked_rows, _masked_rows, _reduce, _summands
+from opsd.divergence_chunked import _check_chunk_size
+
+__all__ = ["MATH_PATTERN", "STYLE_WORDS", "divergence_diagnostics", "token_category"]
+
+# --------------------------------------------------------------------------------------------------
+# Token categories
+# --------------------------------------------------------------------------------------------------
+
+
+#: Discourse and reasoning-style words (lower case). A token is "style" when, stripped of its leading
+#: space marker ("Ġ", "▁", whitespace) and trailing punctuation, it is one of these, ignoring case.
+STYLE_WORDS = frozenset(
+    {
+        "wait",
+        "so",
+        "think",
+        "thinking",
+        "hmm",
+        "hm",
+        "um",
+        "uh",
+        "let",
+        "let's",
+        "lets",
+        "okay",
+        "ok",
+        "alright",
+        "alternatively",
+        "alternative",
+        "maybe",
+        "perhaps",
+        "check",
+        "checking",
+        "verify",
+        "double",
+        "actually",
+        "first",
+        "second",
+        "next",
+        "now",
+        "then",
+        "therefore",
+        "thus",
+        "hence",
+        "but",
+        "however",
+        "also",
+        "again",
+        "instead",
+        "well",
+        "oh",
+        "ah",
+        "right",
+        "yes",
+        "no",
+        "sure",
+        "indeed",
+        "recall",
+        "remember",
+        "notice",
+        "note",
+        "consider",
+        "suppose",
+        "assume",
+        "since",
+        "because",
+        "seems",
+        "seem",
+        "guess",
+        "wonder",
+        "try",
+        "finally",
+        "step",
+        "steps",
+        "hold",
+        "on",
+        "wrong",
+        "mistake",
+        "correct",
+        "really",
+        "probably",
+        "means",
+        "meaning",
+    }
+)
+
+#: A token is "math" when (stripped as above) it consists only of digits, operators, brackets, "$", "\",
+#: LaTeX commands (\frac, \boxed, ...) and decimal separators, with at least one digit, operator, bracket
+#: or command; or when it is a single-letter variable (any letter except "a", "A" and "I", which are
+#: mostly English words).
+MATH_PATTERN = re.compile(
+    r"""
+      [B-HJ-Zb-z]                           # a single-letter variable
+    | (?=.*[0-9+\-*/=^<>(){}\[\]\\|$])         # or at least one digit, operator, bracket, "$" or "\"
+      (?: \\[A-Za-z]+                        #   LaTeX command: \frac \boxed \sqrt ...
+        | [A-Za-z](?![A-Za-z])              #   a lone letter inside an expression: 2x, f(x)
+        | [0-9+\-*/=^<>(){}\[\]\\|_$%!.,:;']  #   digits, operators, brackets, separators
+      )+
+    """,
+    re.VERBOSE,
+)
+
+_SPACE_MARKERS = " \t\n\r\u0120\u2581\u010a"  # space, tab, newlines, "Ġ", "▁", "Ċ"
+_TRAILING_PUNCTUATION = ".,:;!?\"')"
+
+
+def token_category(token_string: str) -> str:
+    """ "style" | "math" | "other" for one decoded token (see STYLE_WORDS and MATH_PATTERN)."""
+    text = str(token_string).strip(_SPACE_MARKERS)
+    if not text:
+        return "other"
+    word = text.rstrip(_TRAILING_PUNCTUATION).lower().replace("\u2019", "'")
+    if word in STYLE_WORDS:
+        return "style"
+    if MATH_PATTERN.fullmatch(text):
+        return "math"
+    return "other"
+
+
+# --------------------------------------------------------------------------------------------------
+# Diagnostics
+# --------------------------------------------------------------------------------------------------
+
+
+def divergence_diagnostics(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    token_strings: Sequence[Sequence[str]] | None = None,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    clip: float | None = None,
+    clip_mode: str = "pointwise",
+    chunk_size: int | None = None,
+) -> dict[str, float]:
+    """Per-step numbers about the divergence over the masked-in positions (no gradient).
+
+    Keys: divergence_mean (mean D[n] with the configured clip), divergence_unclipped_mean (mean sum_v l),
+    clipped_fraction (pointwise: fraction of (position, entry) summands above c; token: fraction of
+    positions whose sum is above c; 0 without clipping), negative_token_fraction (fraction of positions
+    with D[n] < 0), num_tokens. With token_strings (decoded tokens, rows aligned with the mask's [B, T]):
+    kl_style / kl_math / kl_other (mean unclipped D by `token_category`, NaN when empty) and
+    count_style / count_math / count_other. No masked-in position -> NaN means and fractions.
+    """
+    _check_options(beta, temperature, top_k, clip, clip_mode)
+    _check_pair(student_logits, teacher_logits, "logits")
+    rows = _masked_rows(mask, student_logits.shape[:-1], student_logits.device)
+    if chunk_size is not None:
+        _check_chunk_size(chunk_size)
+    total = rows.numel()
+    step = chunk_size or max(total, 1)
+    lead = student_logits.shape[:-1]
+    student, teacher = student_logits.detach(), teacher_logits.detach()
+    clipped = entries = 0
+    clipped_sums, raw_sums = [], []
+    with torch.no_grad():
+        for start in range(0, total, step):
+            index = rows[start : start + step]
+            s, t = _checked_rows(student, teacher, index, lead)
+            summands = _summands(s, t, beta, temperature, top_k)
+            raw = summands.sum(-1)
+            if clip is not None and clip_mode == "pointwise":
+                clipped += int((summands > clip).sum())
+                entries += summands.numel()
+            elif clip is not None and clip_mode == "token":
+                clipped += int((raw > clip).sum())
+                entries += raw.numel()
+            clipped_sums.append(_reduce(summands, clip, clip_mode).double().cpu())
+            raw_sums.append(raw.double().cpu())
+    nan = float("nan")
+    d = torch.cat(clipped_sums) if clipped_sums else torch.zeros(0, dtype=torch.float64)
+    raw = torch.cat(raw_sums) if raw_sums else torch.zeros(0, dtype=torch.float64)
+    out = {
+        "divergence_mean": float(d.mean()) if total else nan,
+        "divergence_unclipped_mean": float(raw.mean()) if total else nan,
+        "clipped_fraction": (clipped / entries if entries else 0.0) if total else nan,
+        "negative_token_fraction": float((d < 0).double().mean()) if total else nan,
+        "num_tokens": float(total),
+    }
+    if token_strings is not None:
+        out.update(_category_means(token_strings, rows.tolist(), raw.tolist(), student_logits.shape[:-1]))
+    return out
+
+
+def _category_means(token_strings, rows, values, lead_shape) -> dict[str, float]:
+    if len(lead_shape) != 2:
+        raise ValueError(f"token_strings need [B, T] logits, got leading shape {tuple(lead_shape)}")
+    batch, length = lead_shape
+    if len(token_strings) != batch:
+        raise ValueError(f"token_strings has {len(token_strings)} rows, the mask {batch}")
+    sums = {"style": 0.0, "math": 0.0, "other": 0.0}
+    counts = {"style": 0, "math": 0, "other": 0}
+    for row, value in zip(rows, values):
+        b, n = divmod(row, length)
+        if n >= len(token_strings[b]):
+            raise ValueError(
+                f"token_strings row {b} has {len(token_strings[b])} entries; position {n} is masked in"
+            )
+        category = token_category(token_strings[b][n])
+        sums[category] += value
+        counts[category] += 1
+    out = {}
+    for category in ("style", "math", "other"):
+        out[f"kl_{category}"] = sums[category] / counts[category] if counts[category] else float("nan")
+        out[f"count_{category}"] = float(counts[category])
+    return out

@@ -1,0 +1,263 @@
+"""Memory-efficient paths of the OPSD objective (`opsd.divergence`): same loss, same gradients.
+
+A plain pass holds several (positions x V) tensors at once. `distillation_loss(chunk_size=N)` walks the
+masked-in positions N at a time and computes each chunk's gradient during the forward pass
+(`chunked_logits_loss`), so only one chunk's intermediates are alive at a time plus one gradient buffer
+shaped like the logits. `distillation_loss_from_hidden` goes further and never builds the full logits:
+blocks of positions are projected from the last hidden states, the divergence runs on sub-chunks of each
+block, and the gradient goes straight to the hidden states (and to the projection weight when it is
+trainable). Measurements: benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from opsd.divergence import (
+    _check_options,
+    _check_pair,
+    _checked_rows,
+    _compute_dtype,
+    _divergence,
+    _gather_rows,
+    _masked_rows,
+    _per_token_map,
+    assert_finite,
+)
+
+__all__ = [
+    "CUDA_CHUNK_ELEMENTS",
+    "DEFAULT_CHUNK_ELEMENTS",
+    "FUSED_BLOCK_ELEMENTS",
+    "chunked_logits_loss",
+    "distillation_loss_from_hidden",
+    "suggest_chunk_size",
+]
+
+# Elements of one chunk of logits (positions x vocabulary) in the chunked paths. CPU: 2**22 float32 values
+# are 16 MiB, i.e. 27 positions of Qwen3's 151,936-entry vocabulary (the fastest of 16/27/55/110 positions
+# in benchmarks/README.md). GPU: larger chunks amortise kernel launches (a heuristic, not measured here).
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
+CUDA_CHUNK_ELEMENTS = 1 << 26
+# Logits built at once by the fused hidden-state path on the CPU (2**25 values: 220 Qwen3 positions):
+# matrix products with few rows are several times slower per row, so the projection runs on blocks this
+# large while the divergence runs on DEFAULT_CHUNK_ELEMENTS sub-chunks of them.
+FUSED_BLOCK_ELEMENTS = 1 << 25
+
+
+def suggest_chunk_size(vocab_size: int, target_elements: int | None = None, *, device=None) -> int:
+    """Positions per chunk so that one chunk of logits holds about `target_elements` values.
+
+    target_elements defaults to DEFAULT_CHUNK_ELEMENTS, or CUDA_CHUNK_ELEMENTS when device is a GPU.
+    """
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    if target_elements is None:
+        on_gpu = device is not None and torch.device(device).type == "cuda"
+        target_elements = CUDA_CHUNK_ELEMENTS if on_gpu else DEFAULT_CHUNK_ELEMENTS
+    return max(1, int(target_elements) // int(vocab_size))
+
+
+def _check_chunk_size(chunk_size) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+
+
+def _value_and_grad(student, teacher, options, count, want_grad):
+    """D [n] of one chunk of logits [n, V] and, when want_grad, d(sum D / count)/d student (else None)."""
+    if not want_grad:
+        return _divergence(student, teacher, **options), None
+    student = student.detach().requires_grad_(True)
+    with torch.enable_grad():
+        d = _divergence(student, teacher, **options)
+        (grad,) = torch.autograd.grad(d.sum() / count, student)
+    return d.detach(), grad
+
+
+def _scaled(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """grad * grad_output, without a copy in the common case grad_output == 1."""
+    if grad_output.numel() == 1 and float(grad_output) == 1.0:
+        return grad
+    return grad * grad_output.to(grad.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chunked logits
+# --------------------------------------------------------------------------------------------------
+
+
+class _ChunkedLogitsLoss(torch.autograd.Function):
+    """mean_{masked n} D[n] over logits [B, T, V], chunk by chunk, with the gradient made in forward.
+
+    Each chunk of masked-in rows runs the plain per-token objective on a detached copy and asks autograd
+    for d(chunk loss)/d(chunk logits) at once; the result goes into one buffer shaped like the logits,
+    which backward hands on (scaled by the incoming gradient). Outputs: loss (scalar), D [M] (no grad).
+    """
+
+    @staticmethod
+    def forward(ctx, student_logits, teacher_logits, rows, chunk_size, options, grad_enabled):
+        vocab, lead = student_logits.shape[-1], student_logits.shape[:-1]
+        student, teacher = student_logits.detach(), teacher_logits.detach()
+        want_grad = ctx.needs_input_grad[0] and grad_enabled  # forward always runs in no-grad mode
+        grad = torch.zeros_like(student_logits, memory_format=torch.contiguous_format) if want_grad else None
+        grad_rows = grad.view(-1, vocab) if want_grad else None
+        count = max(rows.numel(), 1)
+        per_token = student.new_empty(rows.numel(), dtype=_compute_dtype(student.dtype))
+        for start in range(0, rows.numel(), chunk_size):
+            index = rows[start : start + chunk_size]
+            s, t = _checked_rows(student, teacher, index, lead)
+            d, g = _value_and_grad(s, t, options, count, want_grad)
+            if want_grad:
+                grad_rows.index_copy_(0, index, g)
+            per_token[start : start + index.numel()] = d
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(per_token)
+        return per_token.sum() / count, per_token
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_per_token):
+        (grad,) = ctx.saved_tensors
+        return None if grad is None else _scaled(grad, grad_loss), None, None, None, None, None
+
+
+def chunked_logits_loss(student_logits, teacher_logits, rows, chunk_size, options):
+    """(loss, D [M]) of `distillation_loss` at the flat masked-in positions `rows`, chunk_size at a time.
+
+    Logits [B, T, V]; options: the objective's keyword arguments (already checked). The gradient wrt the
+    student logits is computed chunk by chunk during this call (none under torch.no_grad()).
+    """
+    _check_chunk_size(chunk_size)
+    return _ChunkedLogitsLoss.apply(
+        student_logits, teacher_logits.detach(), rows, chunk_size, options, torch.is_grad_enabled()
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Loss fused with the output projection
+# --------------------------------------------------------------------------------------------------
+
+
+class _ChunkedHiddenLoss(torch.autograd.Function):
+    """mean_{masked n} D[n] with logits = hidden @ W.T built one block of positions at a time.
+
+    Per block: z_S = h_S W^T, z_T = h_T W_T^T (both without graph); g = d(loss)/d z_S from the per-token
+    objective, run in sub-chunks of `inner` positions; then grad h_S[block] = g W and, if W is trainable,
+    grad W += g^T h_S[block]. Blocks keep the matmuls efficient, sub-chunks keep the divergence small.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, student_hidden, teacher_hidden, weight, teacher_weight, rows, block, inner, options, grad_enabled
+    ):
+        width, lead = student_hidden.shape[-1], student_hidden.shape[:-1]
+        h_student, h_teacher = student_hidden.detach(), teacher_hidden.detach()
+        w_student = weight.detach()
+        w_teacher = w_student if teacher_weight is None else teacher_weight.detach()
+        want_hidden = ctx.needs_input_grad[0] and grad_enabled  # forward always runs in no-grad mode
+        want_weight = ctx.needs_input_grad[2] and grad_enabled
+        grad_hidden = (
+            torch.zeros_like(student_hidden, memory_format=torch.contiguous_format) if want_hidden else None
+        )
+        grad_hidden_rows = grad_hidden.view(-1, width) if want_hidden else None
+        grad_weight = (
+            torch.zeros(w_student.shape, dtype=_compute_dtype(w_student.dtype), device=w_student.device)
+            if want_weight
+            else None
+        )
+        count = max(rows.numel(), 1)
+        per_token = h_student.new_empty(rows.numel(), dtype=_compute_dtype(h_student.dtype))
+        want_grad = want_hidden or want_weight
+        for start in range(0, rows.numel(), block):
+            index = rows[start : start + block]
+            h = _gather_rows(h_student, index, lead)
+            z_student = h @ w_student.T
+            z_teacher = _gather_rows(h_teacher, index, lead) @ w_teacher.T
+            assert_finite(z_student, "student logits (from hidden states)")
+            assert_finite(z_teacher, "teacher logits (from hidden states)")
+            g = torch.empty_like(z_student) if want_grad else None
+            for sub in range(0, index.numel(), inner):
+                d, g_sub = _value_and_grad(
+                    z_student[sub : sub + inner], z_teacher[sub : sub + inner], options, count, want_grad
+                )
+                if want_grad:
+                    g[sub : sub + inner] = g_sub
+                per_token[start + sub : start + sub + d.numel()] = d
+            if want_hidden:
+                grad_hidden_rows.index_copy_(0, index, g @ w_student)
+            if want_weight:
+                grad_weight.addmm_(g.T.to(grad_weight.dtype), h.to(grad_weight.dtype))
+        if want_weight:
+            grad_weight = grad_weight.to(w_student.dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.mark_non_differentiable(per_token)
+        return per_token.sum() / count, per_token
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_per_token):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden = None if grad_hidden is None else _scaled(grad_hidden, grad_loss)
+        grad_weight = None if grad_weight is None else _scaled(grad_weight, grad_loss)
+        return grad_hidden, None, grad_weight, None, None, None, None, None, None
+
+
+def distillation_loss_from_hidden(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    clip: float | None = None,
+    clip_mode: str = "pointwise",
+    chunk_size: int | None = None,
+    teacher_lm_head_weight: torch.Tensor | None = None,
+    return_per_token: bool = False,
+):
+    """`distillation_loss` on logits = hidden @ lm_head_weight.T, never holding the full logits.
+
+    Shapes: hidden [B, T, H] for both roles (last hidden states at the rollout positions, after the final
+    norm), lm_head_weight [V, H] (no bias), mask bool [B, T]. teacher_lm_head_weight defaults to the
+    student's (the output projection is shared when only adapters train). Gradients: student hidden and
+    lm_head_weight (if it requires grad); the teacher side (hidden states and head) is a constant, even
+    when it shares the student's head. chunk_size: positions whose logits exist at once (None: about
+    FUSED_BLOCK_ELEMENTS values on CPU, CUDA_CHUNK_ELEMENTS on GPU); the divergence itself runs in
+    sub-chunks of at most `suggest_chunk_size(V, device=...)` positions. return_per_token=True returns
+    (loss, D [B, T] detached).
+    """
+    options = _check_options(beta, temperature, top_k, clip, clip_mode)
+    _check_pair(student_hidden, teacher_hidden, "hidden states")
+    teacher_weight = lm_head_weight if teacher_lm_head_weight is None else teacher_lm_head_weight
+    for name, w in (("lm_head_weight", lm_head_weight), ("teacher_lm_head_weight", teacher_weight)):
+        if w.dim() != 2 or w.shape[1] != student_hidden.shape[-1]:
+            raise ValueError(
+                f"{name} must be [V, H] with H = hidden size {student_hidden.shape[-1]}, got {tuple(w.shape)}"
+            )
+        if w.dtype != student_hidden.dtype:
+            raise TypeError(f"{name} dtype {w.dtype} differs from the hidden states' {student_hidden.dtype}")
+    if teacher_weight.shape[0] != lm_head_weight.shape[0]:
+        raise ValueError(
+            f"student and teacher vocabularies differ: {lm_head_weight.shape[0]} vs {teacher_weight.shape[0]}"
+        )
+    vocab, device = lm_head_weight.shape[0], student_hidden.device
+    if chunk_size is None:
+        on_gpu = device.type == "cuda"
+        chunk_size = suggest_chunk_size(vocab, CUDA_CHUNK_ELEMENTS if on_gpu else FUSED_BLOCK_ELEMENTS)
+    _check_chunk_size(chunk_size)
+    inner = min(chunk_size, suggest_chunk_size(vocab, device=device))
+    rows = _masked_rows(mask, student_hidden.shape[:-1], student_hidden.device)
+    loss, per_token = _ChunkedHiddenLoss.apply(
+        student_hidden,
+        teacher_hidden.detach(),
+        lm_head_weight,
+        None if teacher_lm_head_weight is None else teacher_lm_head_weight.detach(),
+        rows,
+        chunk_size,
+        inner,
+        options,
+        torch.is_grad_enabled(),
+    )
+    if return_per_token:
+        return loss, _per_token_map(per_token, rows, student_hidden.shape[:-1])
+    return loss
