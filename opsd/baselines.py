@@ -159,7 +159,7 @@ def boxed_answer_reward(completions: Sequence[Any], answer: Sequence[Any], **kwa
     passes them; `answer`: the dataset column, one gold answer per completion. Grading is
     `opsd.evaluate.is_correct(extract_boxed(text), answer)` (math-verify), the same as evaluation.
     """
-    from opsd.evaluate import extract_boxed, is_correct
+    from opsd.grading import extract_boxed, is_correct
 
     if len(completions) != len(answer):
         raise ValueError(f"{len(completions)} completions but {len(answer)} answers")
@@ -248,7 +248,7 @@ def grpo_dataset(ds, tokenizer=None, profile: str = "paper", *, chat_kwargs: dic
     With a tokenizer and `max_prompt_length`, longer prompts raise or are dropped (`on_overflow`).
     """
     from opsd.data import require_columns
-    from opsd.evaluate import extract_boxed
+    from opsd.grading import extract_boxed
 
     require_columns(ds, ["problem"], "GRPO data")
     if "answer" not in ds.column_names:

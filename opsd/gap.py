@@ -75,7 +75,7 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
     called after each batch."""
     from opsd.contexts import build_dual_contexts, join_rollout
     from opsd.divergence import token_divergence
-    from opsd.evaluate import extract_boxed, is_correct
+    from opsd.grading import extract_boxed, is_correct
     from opsd.rollout import HFRollout, SamplingParams
     from opsd.teacher import teacher_context
 

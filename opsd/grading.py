@@ -1,0 +1,267 @@
+"""Grading and metrics, pure Python (no torch, no transformers).
+
+- ``extract_boxed``: a completion -> the content of its last complete ``\\boxed{}`` (None without one).
+- ``is_correct``: an extracted answer vs the gold answer, with math-verify (``1/2`` = ``\\frac12`` = ``0.5``),
+  falling back to ``normalize_answer`` string equality. ``make_record``: one completion -> a graded record.
+- Metrics on records (dicts with ``problem_id``, ``sample_index``, ``extracted_answer``, ``correct``,
+  ``completion_tokens``, ``truncated``), grouped by problem: ``avg_at_k`` (the paper's Avg@k), unbiased
+  ``pass_at_k``, ``maj_at_k`` (``majority_vote`` of equivalent answers); ``summarize`` gives them all.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from opsd.stats import wilson_interval
+
+# ---------------------------------------------------------------------------------------------------
+# Extraction and grading
+# ---------------------------------------------------------------------------------------------------
+
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox|framebox)(?![A-Za-z])")
+
+
+def _box_content(text: str, start: int) -> str | None:
+    """Content of the box whose command ends at ``start`` ("" for an empty box); None if unterminated."""
+    i = start
+    while i < len(text) and text[i] in " \t\n":
+        i += 1
+    if i < len(text) and text[i] == "{":
+        depth = 0
+        for j in range(i, len(text)):
+            if text[j] == "{" and (j == 0 or text[j - 1] != "\\"):
+                depth += 1
+            elif text[j] == "}" and text[j - 1] != "\\":
+                depth -= 1
+                if depth == 0:
+                    return text[i + 1 : j].strip()
+        return None  # unbalanced: a completion cut inside its box
+    if i == start:
+        return None  # "\boxed" glued to something that is not a brace
+    # "\boxed 42": one token, up to whitespace or the closing math delimiter
+    match = re.match(r"[^\s$]+", text[i:])
+    if match is None:
+        return None
+    return match.group(0).rstrip(".,;") or None
+
+
+def extract_boxed(text: str | None) -> str | None:
+    """The content of the last complete ``\\boxed{...}`` (or ``\\boxed x``, ``\\fbox{...}``) in ``text``.
+
+    Braces nest (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``); a box cut off before its closing
+    brace does not count, so the previous complete box is returned. None when there is no box.
+    """
+    if not text:
+        return None
+    for match in reversed(list(_BOX_COMMAND.finditer(text))):
+        content = _box_content(text, match.end())
+        if content is not None:
+            return content
+    return None
+
+
+def normalize_answer(s: str) -> str:
+    """Textual normal form for the fallback comparison: no spaces, ``$``, ``\\!``, ``\\left/\\right``,
+    ``\\text{}`` unwrapped, ``\\dfrac`` -> ``\\frac``, integers without leading zeros or ``.0``."""
+    s = str(s).strip()
+    s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)
+    for old, new in (
+        ("\\dfrac", "\\frac"),
+        ("\\tfrac", "\\frac"),
+        ("\\left", ""),
+        ("\\right", ""),
+        ("\\!", ""),
+        ("\\,", ""),
+        ("\\;", ""),
+        ("$", ""),
+    ):
+        s = s.replace(old, new)
+    s = re.sub(r"\s+", "", s).rstrip(".")
+    if re.fullmatch(r"[+-]?\d+(\.0+)?", s):
+        s = str(int(float(s))) if len(s) < 16 else s.split(".")[0].lstrip("+").lstrip("0") or "0"
+    return s
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def is_correct(prediction: str | None, answer: str | float | None, *, timeout_seconds: int = 5) -> bool:
+    """Whether ``prediction`` (the extracted boxed content) equals the gold ``answer``.
+
+    Uses math-verify: gold parsed from ``\\boxed{answer}`` (or ``$answer$``), prediction from
+    ``\\boxed{prediction}``, compared with ``verify`` (fractions, decimals, LaTeX, intervals, sets,
+    units and degrees stripped as math-verify does). math-verify's timeouts use ``signal.alarm``,
+    which only works in the main thread, so outside it the timeout is off. A normalised string
+    equality (``normalize_answer``) is the fallback when math-verify fails to parse or raises, and
+    also accepts textually identical answers. Empty or None predictions are wrong.
+    """
+    if prediction is None or answer is None:
+        return False
+    prediction, answer = str(prediction).strip(), str(answer).strip()
+    if not prediction or not answer:
+        return False
+    textual = normalize_answer(prediction) == normalize_answer(answer)
+    try:
+        from math_verify import parse, verify
+
+        timeout = timeout_seconds if _in_main_thread() else None
+        gold = parse(answer if "\\boxed" in answer else f"\\boxed{{{answer}}}", parsing_timeout=timeout)
+        if not gold:
+            gold = parse(f"${answer}$", parsing_timeout=timeout)
+        pred = parse(f"\\boxed{{{prediction}}}", parsing_timeout=timeout)
+        if not gold or not pred:
+            return textual
+        return bool(verify(gold, pred, timeout_seconds=timeout)) or textual
+    except BaseException as err:  # math-verify raises TimeoutException, a BaseException
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        return textual
+
+
+# ---------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k).
+
+    Exact with ``math.comb`` for n <= 1000; for larger n the equivalent stable product
+    1 - prod_{i=n-c+1}^{n} (1 - k / i). Raises ``ValueError`` unless 0 <= c <= n and 1 <= k <= n.
+    """
+    n, c, k = operator.index(n), operator.index(c), operator.index(k)  # ints (numpy ints too), not floats
+    if n < 1 or c < 0 or c > n:
+        raise ValueError(f"need 0 <= c <= n and n >= 1, got n={n}, c={c}")
+    if k < 1 or k > n:
+        raise ValueError(f"need 1 <= k <= n, got k={k} with n={n} samples")
+    if n - c < k:
+        return 1.0
+    if n <= 1000:
+        return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def group_by_problem(records: Iterable[dict]) -> OrderedDict[Any, list[dict]]:
+    """``problem_id`` -> that problem's records, problems in order of first appearance."""
+    groups: OrderedDict[Any, list[dict]] = OrderedDict()
+    for r in records:
+        groups.setdefault(r["problem_id"], []).append(r)
+    return groups
+
+
+def avg_at_k(records: Sequence[dict]) -> float:
+    """Avg@k: per problem the mean of ``correct`` over its samples, then the mean over problems."""
+    groups = group_by_problem(records)
+    if not groups:
+        return 0.0
+    return sum(sum(bool(r["correct"]) for r in g) / len(g) for g in groups.values()) / len(groups)
+
+
+def answers_equivalent(a: str | None, b: str | None) -> bool:
+    """Whether two extracted answers say the same thing: the math-verify equivalence of ``is_correct``
+    (``b`` taken as the reference), or textual equality after ``normalize_answer``."""
+    if a is None or b is None:
+        return False
+    return a == b or is_correct(a, b)
+
+
+def majority_vote(answers: Sequence[str | None]) -> int | None:
+    """Index (into ``answers``) of the majority answer of one problem's samples; None when no sample
+    has an answer.
+
+    Samples without an answer (None or empty) do not vote. Answers are grouped greedily in sample
+    order: each joins the first group whose first answer is equivalent to it (``answers_equivalent``),
+    else opens a new group. The largest group wins; among groups of equal size the one opened first
+    (the lowest sample index) wins, so the result is deterministic. Returns that group's first index.
+    """
+    groups: list[list[int]] = []
+    for i, a in enumerate(answers):
+        if a is None or not str(a).strip():
+            continue
+        for g in groups:
+            if answers_equivalent(str(a), str(answers[g[0]])):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    if not groups:
+        return None
+    return max(groups, key=lambda g: (len(g), -g[0]))[0]
+
+
+def maj_at_k(records: Sequence[dict], k: int | None = None) -> float:
+    """maj@k: the fraction of problems whose majority answer (``majority_vote`` over the first k
+    samples by ``sample_index``; all samples when k is None) is correct. A problem where no sample
+    boxed an answer counts as wrong."""
+    groups = group_by_problem(records)
+    if not groups:
+        return 0.0
+    right = 0
+    for g in groups.values():
+        g = sorted(g, key=lambda r: r.get("sample_index", 0))[: k if k is not None else None]
+        winner = majority_vote([r.get("extracted_answer") for r in g])
+        right += winner is not None and bool(g[winner]["correct"])
+    return right / len(groups)
+
+
+def summarize(records: Sequence[dict], k: int | None = None) -> dict:
+    """Summary of per-sample records: Avg@k with its 95% Wilson interval (``avg_at_k_interval``),
+    pass@1..k (mean over problems of the unbiased estimator), maj@k (majority vote of the first k
+    samples, ``maj_at_k``), boxed rate (samples with a box), mean completion tokens (generated tokens, eos
+    included), truncation rate (samples cut by max_new_tokens). All rates are fractions in [0, 1]."""
+    groups = group_by_problem(records)
+    n_min = min((len(g) for g in groups.values()), default=0)
+    k = n_min if k is None else min(k, n_min)
+    pass_k = {}
+    for kk in range(1, k + 1):
+        vals = [pass_at_k(len(g), sum(bool(r["correct"]) for r in g), kk) for g in groups.values()]
+        pass_k[str(kk)] = sum(vals) / len(vals)
+    n = len(records)
+    correct = sum(bool(r["correct"]) for r in records)
+    return {
+        "n_problems": len(groups),
+        "n_samples": n,
+        "k": k,
+        "avg_at_k": avg_at_k(records),
+        # 95% Wilson interval of the share of correct samples; with k > 1 samples per problem they are not
+        # independent, so it understates the uncertainty (exact for greedy Avg@1).
+        "avg_at_k_interval": list(wilson_interval(correct, n)) if n else [0.0, 1.0],
+        "pass_at_k": pass_k,
+        "maj_at_k": maj_at_k(records, k),
+        "boxed_rate": sum(r["extracted_answer"] is not None for r in records) / n if n else 0.0,
+        "mean_completion_tokens": sum(r["completion_tokens"] for r in records) / n if n else 0.0,
+        "truncated_rate": sum(bool(r.get("truncated", False)) for r in records) / n if n else 0.0,
+    }
+
+
+def make_record(
+    problem_id,
+    sample_index: int,
+    completion: str,
+    answer: str,
+    completion_tokens: int,
+    truncated: bool = False,
+) -> dict:
+    """One graded sample: problem id, sample index, completion, extracted answer, gold, correct."""
+    extracted = extract_boxed(completion)
+    return {
+        "problem_id": problem_id,
+        "sample_index": int(sample_index),
+        "completion": completion,
+        "extracted_answer": extracted,
+        "answer": answer,
+        "correct": is_correct(extracted, answer),
+        "completion_tokens": int(completion_tokens),
+        "truncated": bool(truncated),
+    }
