@@ -1,4 +1,5 @@
-"""Problem sets: the synthetic offline math set, local files, Hub datasets; column validation.
+"""Problem sets: the synthetic offline math set, local files, Hub datasets; column validation; the named
+benchmarks (``BENCHMARKS``, ``load_benchmark``: rows with ``id``, ``problem``, ``answer``).
 
 Every loader returns a ``datasets.Dataset`` with a ``problem`` column and, where the source has them,
 ``solution`` (the reference solution the OPSD teacher sees) and ``answer`` (a string, for grading).
@@ -350,35 +351,49 @@ def _looks_like_hub_id(source: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# Named benchmarks and the training set: local copy first, then the Hub
+# Named benchmarks: the synthetic held-out sets, and Hub sets (a local copy first, then the Hub)
 # ----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class BenchmarkSource:
+    """A Hub dataset, read from ``<data dir>/<local_name>`` when there is a local copy."""
+
     hub_id: str
     split: str
     local_name: str  # folder under a data dir, e.g. "eval/aime24"
+    require: tuple[str, ...] = ("problem", "answer")  # the columns every row must have
 
 
-BENCHMARKS: dict[str, BenchmarkSource] = {
+#: Every named set ``load_benchmark`` knows. ``None``: a synthetic set (``SYNTHETIC_SOURCES``), evaluated on
+#: its held-out split (``synthetic-terse`` and ``-verbose`` hold the same problems as ``synthetic``).
+BENCHMARKS: dict[str, BenchmarkSource | None] = {
+    "synthetic": None,
+    "synthetic-paraphrased": None,
     "aime24": BenchmarkSource("HuggingFaceH4/aime_2024", "train", "eval/aime24"),
     "aime25": BenchmarkSource("yentinglin/aime_2025", "train", "eval/aime25"),
     "hmmt25": BenchmarkSource("MathArena/hmmt_feb_2025", "train", "eval/hmmt25"),
     "math500": BenchmarkSource("HuggingFaceH4/MATH-500", "test", "eval/math500"),
     # 40 AMC 2023 problems; a `question` column (normalised to `problem`) and float answers (cast to "27").
     "amc23": BenchmarkSource("math-ai/amc23", "test", "eval/amc23"),
-    "openthoughts": BenchmarkSource("siyanzhao/Openthoughts_math_30k_opsd", "train", "train/openthoughts_math_30k_opsd"),
+    # the OPSD training set (problems and solutions; as a benchmark its answers are the solutions' boxes)
+    "openthoughts": BenchmarkSource("siyanzhao/Openthoughts_math_30k_opsd", "train",
+                                    "train/openthoughts_math_30k_opsd", require=("problem", "solution")),
 }
+#: Held-out synthetic problems when no ``n`` is given.
+SYNTHETIC_EVAL_SIZE = 64
+_ID_COLUMNS = ("id", "problem_idx", "unique_id", "idx", "problem_id")
 
 
 def local_benchmark_dir(name: str, local_dir: str | os.PathLike | None = None) -> Path | None:
-    """A local copy of benchmark ``name`` under ``local_dir`` or ``$OPSD_DATA_DIR``, else None.
+    """A local copy of Hub benchmark ``name`` under ``local_dir`` or ``$OPSD_DATA_DIR``, else None.
 
     Looked up as ``<dir>/<local_name>`` (``eval/aime24``) or ``<dir>/<name>``.
     Raises FileNotFoundError if ``local_dir`` was given explicitly and holds no copy.
     """
-    source = _benchmark(name)
+    source = BENCHMARKS.get(name)
+    if source is None:
+        raise ValueError(f"{name!r} is not a Hub benchmark; known: {[n for n, s in BENCHMARKS.items() if s]}")
     root = local_dir if local_dir is not None else os.environ.get("OPSD_DATA_DIR")
     if not root:
         return None
@@ -393,21 +408,69 @@ def local_benchmark_dir(name: str, local_dir: str | os.PathLike | None = None) -
     return None
 
 
-def _benchmark(name: str) -> BenchmarkSource:
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
-    return BENCHMARKS[name]
+def _is_local(source: str) -> bool:
+    return os.path.exists(os.path.expanduser(str(source)))
 
 
-def load_benchmark(name: str, *, local_dir: str | os.PathLike | None = None, n: int | None = None,
-                   seed: int = 0, require: Sequence[str] | None = None) -> datasets.Dataset:
-    """Load a named set from :data:`BENCHMARKS`: a local copy if there is one, else the Hub.
+def check_benchmark(name: str) -> str:
+    """``name`` if it is a name of ``BENCHMARKS``, a local path or a Hub id, else a ValueError listing the names."""
+    if name not in BENCHMARKS and not (_is_local(name) or "/" in name):
+        raise ValueError(
+            f"unknown benchmark {name!r}: use one of {list(BENCHMARKS)} or a path to a local "
+            "parquet/jsonl file with `problem` and `answer` (or `solution`) columns"
+        )
+    return name
 
-    Benchmarks need ``problem`` and ``answer``; ``openthoughts`` (training data) ``problem`` and ``solution``.
+
+def benchmark_names(benchmarks: str | Sequence[str]) -> list[str]:
+    """``"aime24,aime25"`` (or a list) -> the names, each checked by ``check_benchmark``; none is an error."""
+    names = benchmarks.split(",") if isinstance(benchmarks, str) else list(benchmarks)
+    names = [check_benchmark(b.strip()) for b in names if b and b.strip()]
+    if not names:
+        raise ValueError("no benchmark given")
+    return names
+
+
+def load_benchmark(name: str, *, n: int | None = None, seed: int = 0,
+                   local_dir: str | os.PathLike | None = None) -> datasets.Dataset:
+    """A named benchmark, a local file or a Hub id as a ``Dataset`` with string columns ``id``, ``problem``,
+    ``answer`` (the source's other columns kept).
+
+    - ``synthetic`` / ``synthetic-paraphrased``: ``n`` (default 64) held-out problems, picked by ``seed``.
+    - another name of ``BENCHMARKS``: the local copy under ``local_dir`` or ``$OPSD_DATA_DIR`` if there is
+      one (``local_dir`` given and no copy: FileNotFoundError), else the Hub.
+    - anything else ``load_problems`` reads: a local parquet/jsonl/json file or folder, a Hub id.
+
+    ``n``: the first ``n`` problems, in file order, so a limit picks the same problems every time. ``id``
+    comes from ``problem_idx`` / ``unique_id`` / ... or the row index; a source without ``answer`` takes
+    the last ``\\boxed{}`` of its ``solution``. An unknown name is a ValueError listing the known ones.
     """
-    source = _benchmark(name)
-    if require is None:
-        require = ("problem", "solution") if name == "openthoughts" else ("problem", "answer")
-    folder = local_benchmark_dir(name, local_dir)
-    where = folder if folder is not None else source.hub_id
-    return load_problems(where, source.split, n=n, seed=seed, require=require)
+    source = BENCHMARKS.get(check_benchmark(name))
+    if name in SYNTHETIC_SOURCES:
+        ds = held_out_problems(name, n or SYNTHETIC_EVAL_SIZE, seed=seed)
+    elif source is not None:
+        folder = local_benchmark_dir(name, local_dir)
+        ds = load_problems(folder if folder is not None else source.hub_id, source.split, require=source.require)
+    else:
+        ds = load_problems(name)
+    ds = _with_id_and_answer(ds, name)
+    return ds.select(range(n)) if n is not None and n < len(ds) else ds
+
+
+def _with_id_and_answer(ds: datasets.Dataset, name: str) -> datasets.Dataset:
+    """Add ``id`` (from ``problem_idx``/``unique_id``/... or the row index) and ``answer`` (as strings)."""
+    from opsd.grading import extract_boxed
+
+    cols = ds.column_names
+    if "problem" not in cols:
+        raise ValueError(f"benchmark {name!r}: missing column 'problem' (found {cols})")
+    if "answer" not in cols:
+        if "solution" in cols:
+            ds = ds.map(lambda row: {"answer": extract_boxed(row["solution"] or "") or ""})
+        else:
+            raise ValueError(f"benchmark {name!r}: missing column 'answer' or 'solution' (found {cols})")
+    answers = ["" if a is None else str(a) for a in ds["answer"]]
+    id_col = next((c for c in _ID_COLUMNS if c in ds.column_names), None)
+    ids = [str(i) for i in ds[id_col]] if id_col is not None else [str(i) for i in range(len(ds))]
+    ds = ds.remove_columns([c for c in ("answer", "id") if c in ds.column_names])
+    return ds.add_column("answer", answers).add_column("id", ids)

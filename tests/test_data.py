@@ -11,6 +11,7 @@ from opsd import data
 from opsd.data import (
     BENCHMARKS,
     SYNTHETIC_KINDS,
+    benchmark_names,
     load_benchmark,
     load_problems,
     require_columns,
@@ -217,8 +218,15 @@ def test_load_benchmark_prefers_local_copy(tmp_path, monkeypatch):
     assert load_benchmark("hmmt25")["answer"] == HMMT["answer"]
     with pytest.raises(FileNotFoundError, match="no local copy of 'aime25'"):
         load_benchmark("aime25", local_dir=tmp_path)
-    monkeypatch.setattr(data, "load_problems", lambda source, split, **kw: (source, split))
-    assert load_benchmark("aime25") == ("yentinglin/aime_2025", "train")  # no local copy -> the Hub id
+    asked = []
+
+    def from_hub(source, split, **kw):
+        asked.append((source, split))
+        return datasets.Dataset.from_dict({"problem": ["P"], "answer": ["1"]})
+
+    monkeypatch.setattr(data, "load_problems", from_hub)
+    load_benchmark("aime25")
+    assert asked == [("yentinglin/aime_2025", "train")]  # no local copy -> the Hub id
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="no ../shared/data on this machine")
@@ -229,6 +237,71 @@ def test_shared_eval_copies_load(name):
     assert all(p and a for p, a in zip(ds["problem"], ds["answer"]))
     if name != "hmmt25":
         assert "solution" in ds.column_names
+
+
+AIME_ROWS = {
+    "id": [60, 61],
+    "problem": ["Find $x$ if $x + 1 = 3$.", "Compute $7 \\cdot 6$."],
+    "solution": ["Subtract: $x = \\boxed{2}$.", "It is $42$."],
+    "answer": ["2", "042"],
+    "url": ["u1", "u2"],
+    "year": ["2024", "2024"],
+}
+HMMT_ROWS = [
+    {"problem_idx": 1, "problem": "Compute $1+1$.", "answer": "2", "problem_type": ["Algebra"]},
+    {
+        "problem_idx": 2,
+        "problem": "Compute $\\frac{1}{2}+\\frac{1}{4}$.",
+        "answer": "\\frac{3}{4}",
+        "problem_type": ["Algebra", "Number Theory"],
+    },
+    {"problem_idx": 3, "problem": "Compute $2^3$.", "answer": "8", "problem_type": []},
+]
+
+
+def test_load_benchmark_from_aime_parquet(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "aime.parquet"
+    pd.DataFrame(AIME_ROWS).to_parquet(path)
+    ds = load_benchmark(str(path))
+    assert len(ds) == 2
+    assert list(ds["id"]) == ["60", "61"] and list(ds["answer"]) == ["2", "042"]
+    assert ds["problem"][1] == "Compute $7 \\cdot 6$."
+    assert len(load_benchmark(str(path), n=1)) == 1
+
+
+def test_load_benchmark_from_hmmt_jsonl(tmp_path):
+    path = tmp_path / "hmmt.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in HMMT_ROWS))
+    ds = load_benchmark(str(path))
+    assert list(ds["id"]) == ["1", "2", "3"]  # from problem_idx
+    assert list(ds["answer"]) == ["2", "\\frac{3}{4}", "8"]
+
+
+def test_load_benchmark_answer_from_solution_and_question_alias(tmp_path):
+    rows = [
+        {"question": "What is 3+4?", "solution": "So \\boxed{7}."},
+        {"question": "2*2?", "solution": "\\boxed{4}"},
+    ]
+    path = tmp_path / "amc_like.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = load_benchmark(str(path))
+    assert list(ds["problem"]) == ["What is 3+4?", "2*2?"]
+    assert list(ds["answer"]) == ["7", "4"] and list(ds["id"]) == ["0", "1"]
+
+
+def test_unknown_benchmark_names_the_valid_ones():
+    with pytest.raises(ValueError, match="aime24"):
+        load_benchmark("aime2099")
+    with pytest.raises(ValueError, match="math500"):
+        benchmark_names("synthetic,aime2099")
+
+
+def test_synthetic_benchmark_is_the_heldout_split():
+    ds = load_benchmark("synthetic", n=5)
+    assert len(ds) == 5 and set(ds.column_names) >= {"id", "problem", "answer"}
+    assert list(ds["problem"]) == list(data.synthetic_math(5, split="heldout")["problem"])
 
 
 @pytest.mark.parametrize("kind", SYNTHETIC_KINDS)
