@@ -266,7 +266,7 @@ def train_run(run: CampaignRun, root: Path, *, fresh: bool = False) -> str:
 def share_base_eval(source: Path, target: Path, benchmark: str = BENCHMARK) -> bool:
     """Copy ``source``'s step-0 (base model) eval JSON into ``target`` unless it has one; the copy
     gets ``copied_from``. ``evaluate_run`` then keeps it when its settings match. Returns whether copied."""
-    from opsd.evaluate import eval_path
+    from opsd.eval_results import eval_path
 
     src, dst = eval_path(source, benchmark, 0), eval_path(target, benchmark, 0)
     if not src.is_file() or dst.is_file():
@@ -295,7 +295,7 @@ def evaluate_campaign_run(run: CampaignRun, root: Path, eval_settings: dict, bas
 
 def _base_eval_source(root: Path, runs: Sequence[CampaignRun]) -> Path | None:
     """A campaign run directory under ``root`` that already holds the base model's (step-0) eval."""
-    from opsd.evaluate import eval_path
+    from opsd.eval_results import eval_path
 
     for run in runs:
         if eval_path(root / run.name, BENCHMARK, 0).is_file():
