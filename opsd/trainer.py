@@ -9,8 +9,10 @@ One training step (per micro-batch of problems):
     4. student    one forward over [student prompt][ŷ] with grad
     5. objective  per-token divergence on the rollout positions (opsd.divergence), backward
 
-Gradient accumulation, checkpointing, mixed precision and DDP / DeepSpeed come from `Trainer`
-and accelerate. The run directory receives config.yaml, metrics.jsonl, rollouts.jsonl and checkpoints.
+Steps 3-5 are `opsd.step.opsd_loss`; `compute_loss` adds the bookkeeping (timers, finiteness errors that
+name the step and rows, metrics, rollouts.jsonl). Gradient accumulation, checkpointing, mixed precision and
+DDP / DeepSpeed come from `Trainer` and accelerate; `opsd.loop.train_plain` writes the same training out
+in plain PyTorch. The run directory receives config.yaml, metrics.jsonl, rollouts.jsonl and checkpoints.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from transformers.utils import logging
 from opsd.config import RunFields
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.diagnostics import divergence_diagnostics
-from opsd.divergence import distillation_loss, sampled_token_loss, token_divergence, token_logprobs
-from opsd.divergence_chunked import distillation_loss_from_hidden, suggest_chunk_size
+from opsd.divergence import token_divergence
+from opsd.divergence_chunked import suggest_chunk_size
 from opsd.rollout import SamplingParams, make_rollout_backend
 from opsd.runlog import (
     RunDirectoryCallback,
@@ -43,6 +45,7 @@ from opsd.runlog import (
     resume_checkpoint,
     write_json_atomic,
 )
+from opsd.step import NonFiniteScoresError, opsd_loss
 from opsd.teacher import EMATeacher, teacher_context
 
 # transformers 5.23's own Trainer calls its deprecated `is_gradient_checkpointing`; nothing a user can act on.
@@ -133,10 +136,26 @@ class OPSDConfig(RunFields, TrainingArguments):
         )
 
     def divergence_kwargs(self) -> dict[str, Any]:
-        return dict(
-            beta=self.beta, temperature=self.effective_loss_temperature, top_k=self.top_k_loss,
-            clip=self.clip, clip_mode=self.clip_mode,
-        )
+        return {
+            "beta": self.beta, "temperature": self.effective_loss_temperature, "top_k": self.top_k_loss,
+            "clip": self.clip, "clip_mode": self.clip_mode,
+        }
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `opsd.step.opsd_loss` this config sets (not ema, chunk_size, unwrapped)."""
+        return {
+            "teacher_mode": self.teacher_mode, "loss_type": self.loss_type, "fused_hidden": self.fused_hidden_loss,
+            **self.divergence_kwargs(),
+        }
+
+    def context_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `opsd.contexts.build_dual_contexts` this config sets."""
+        return {
+            "profile": self.prompt_profile, "student_chat_kwargs": self.student_chat_kwargs,
+            "teacher_chat_kwargs": self.teacher_chat_kwargs, "max_prompt_length": self.max_prompt_length,
+            "legacy_mismatch": self.legacy_mismatch, "on_overflow": self.on_overflow,
+            "teacher_think_opener": self.teacher_think_opener,
+        }
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -185,7 +204,7 @@ def combine_diagnostics(parts: list[tuple[dict, int]]) -> dict[str, float]:
 
 
 class _EMAUpdateCallback(TrainerCallback):
-    def __init__(self, trainer: "OPSDTrainer"):
+    def __init__(self, trainer: OPSDTrainer):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -223,11 +242,11 @@ class OPSDTrainer(Trainer):
         if rollout_backend is None:
             backend_kwargs = {}
             if args.rollout_backend == "vllm":
-                backend_kwargs = dict(
-                    model_name=args.model_name, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-                    max_model_len=args.max_length, sleep=args.vllm_sleep, seed=args.seed,
-                    dtype=args.torch_dtype,
-                )
+                backend_kwargs = {
+                    "model_name": args.model_name, "gpu_memory_utilization": args.vllm_gpu_memory_utilization,
+                    "max_model_len": args.max_length, "sleep": args.vllm_sleep, "seed": args.seed,
+                    "dtype": args.torch_dtype,
+                }
             rollout_backend = make_rollout_backend(args.rollout_backend, model, processing_class, **backend_kwargs)
         self.rollout_backend = rollout_backend
         self._weights_synced_at = -1
@@ -250,24 +269,11 @@ class OPSDTrainer(Trainer):
                 contexts.student.input_ids, contexts.student.attention_mask, self.sampling
             )
 
-    def _forward_rollout_logits(self, model, inputs: dict, n: int, *, hidden: bool):
-        """Logits [B, N, V] (or last hidden states [B, N, H]) at the positions predicting the rollout."""
-        if hidden:
-            out = model(**inputs, output_hidden_states=True, logits_to_keep=1)
-            return out.hidden_states[-1]
-        return model(**inputs, logits_to_keep=n + 1).logits
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args: OPSDConfig = self.args
         step = self.state.global_step + 1
-        unwrapped = self.accelerator.unwrap_model(model)
-        device = self.accelerator.device
-        contexts = build_dual_contexts(
-            self.tokenizer, inputs["problem"], inputs["solution"], profile=args.prompt_profile,
-            student_chat_kwargs=args.student_chat_kwargs, teacher_chat_kwargs=args.teacher_chat_kwargs,
-            max_prompt_length=args.max_prompt_length, legacy_mismatch=args.legacy_mismatch,
-            on_overflow=args.on_overflow, row_ids=inputs["row_id"], teacher_think_opener=args.teacher_think_opener,
-        )
+        contexts = build_dual_contexts(self.tokenizer, inputs["problem"], inputs["solution"],
+                                       row_ids=inputs["row_id"], **args.context_kwargs())
         row_ids = [inputs["row_id"][i] for i in contexts.kept_rows]
         self.seen_row_ids.append(list(inputs["row_id"]))
         if contexts.dropped_rows:
@@ -277,46 +283,21 @@ class OPSDTrainer(Trainer):
         rollout = self._sample(model, contexts)
         t1 = time.perf_counter()
         contexts = contexts.repeat_interleave(args.num_generations)
-        batch = join_rollout(contexts, rollout.completion_ids, rollout.completion_mask).to(device)
-        n = batch.completion_length
-        mask = batch.loss_mask
-        fused = args.fused_hidden_loss and args.loss_type == "full"
-
-        was_training = unwrapped.training
-        unwrapped.eval()  # no dropout in the teacher pass
+        batch = join_rollout(contexts, rollout.completion_ids, rollout.completion_mask).to(self.accelerator.device)
         try:
-            with torch.no_grad(), teacher_context(unwrapped, args.teacher_mode, self.ema):
-                teacher_out = self._forward_rollout_logits(unwrapped, batch.teacher_inputs(), n, hidden=fused)
-        finally:
-            unwrapped.train(was_training)
-        teacher_out = batch.rollout_slice(teacher_out, "teacher")
-        t2 = time.perf_counter()
-
-        student_out = batch.rollout_slice(self._forward_rollout_logits(model, batch.student_inputs(), n, hidden=fused), "student")
-        self._check_finite(student_out, "student logits" if not fused else "student hidden states", step, row_ids, mask)
-        self._check_finite(teacher_out, "teacher logits" if not fused else "teacher hidden states", step, row_ids, mask)
-        kwargs = args.divergence_kwargs()
-        if args.loss_type == "sampled_token":
-            tau = kwargs["temperature"]
-            s_logp = token_logprobs(student_out, batch.completion_ids, tau)
-            t_logp = token_logprobs(teacher_out, batch.completion_ids, tau)
-            loss = sampled_token_loss(s_logp, t_logp, mask)
-        elif fused:
-            weight = unwrapped.get_output_embeddings().weight
-            loss = distillation_loss_from_hidden(
-                student_out, teacher_out, weight, mask, chunk_size=self.chunk_size, **kwargs
-            )
-        else:
-            loss = distillation_loss(student_out, teacher_out, mask, chunk_size=self.chunk_size, **kwargs)
+            result = opsd_loss(model, batch, ema=self.ema, chunk_size=self.chunk_size,
+                               unwrapped=self.accelerator.unwrap_model(model), **args.loss_kwargs())
+        except NonFiniteScoresError as err:
+            raise self._nonfinite(str(err), step, row_ids) from None
+        loss = result.loss
         if not torch.isfinite(loss):
-            self._raise_nonfinite(f"the OPSD loss is {loss.item()}", step, row_ids)
-        if student_out.requires_grad:
-            student_out.register_hook(self._zero_grad_hook(mask))
-        t3 = time.perf_counter()
+            raise self._nonfinite(f"the OPSD loss is {loss.item()}", step, row_ids)
+        if result.student.requires_grad:
+            result.student.register_hook(self._zero_grad_hook(batch.loss_mask))
 
         self._step_times["rollout"] = self._step_times.get("rollout", 0.0) + (t1 - t0)
-        self._step_times["teacher"] = self._step_times.get("teacher", 0.0) + (t2 - t1)
-        self._record(batch, rollout, student_out.detach(), teacher_out, contexts, step, fused, loss)
+        self._step_times["teacher"] = self._step_times.get("teacher", 0.0) + result.teacher_seconds
+        self._record(batch, rollout, result.student.detach(), result.teacher, contexts, step, result.fused, loss)
         return loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -342,13 +323,9 @@ class OPSDTrainer(Trainer):
 
         return hook
 
-    def _check_finite(self, tensor, what, step, row_ids, mask):
-        if mask.any() and not torch.isfinite(tensor[mask.bool()]).all():
-            self._raise_nonfinite(f"the {what} contain NaN/inf", step, row_ids)
-
-    def _raise_nonfinite(self, what: str, step: int, row_ids) -> None:
+    def _nonfinite(self, what: str, step: int, row_ids) -> NonFiniteLossError:
         ckpt = last_checkpoint(self.args.output_dir)
-        raise NonFiniteLossError(
+        return NonFiniteLossError(
             f"step {step}: {what} for the batch with dataset rows {row_ids}. Training stopped before the "
             f"optimizer step; the last good checkpoint is {ckpt if ckpt else '(none yet)'}. Lower the learning "
             "rate, check the dtype (bf16 overflow), or inspect these rows."
