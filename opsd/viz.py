@@ -1,28 +1,23 @@
-"""Pictures of OPSD: per-token divergence heatmaps, KL by token category, training and evaluation curves.
+"""The kit's one figure style, the one accuracy plotter, and curves over training steps and runs.
 
-Every function takes plain Python / torch inputs (lists of token strings, per-token values, metric
-records from ``metrics.jsonl``, eval JSON dicts) and returns a ``matplotlib.figure.Figure``, an HTML
-string or a ``pandas.DataFrame``; nothing here computes the objective (that is ``opsd.divergence``).
+Every function takes plain Python inputs (metric records from ``metrics.jsonl``, eval JSON dicts) and
+returns a ``matplotlib.figure.Figure`` or a ``pandas.DataFrame``; pictures of one rollout's tokens are in
+``opsd.viz_rollout``, the paper's figures in ``opsd.paper_figures``.
 
-    html  divergence_heatmap_html / show_divergence_heatmap   tokens coloured by D[n] (JupyterLab)
-          special_tokens_html                                  chat text with control tokens made visible
-    figs  plot_divergence_heatmap                              the same heatmap as a figure (PNG / PDF)
-          plot_kl_by_category (+ PAPER_TABLE5)                 mean KL of style / math / other tokens
-          plot_training_diagnostics, plot_runs                 metrics.jsonl curves, runs overlaid
-          plot_accuracy_vs_step                                eval results (run_dir/eval/*/step-N.json)
-          plot_prompt_lengths, plot_logprob_scatter, plot_summands, plot_divergence_kinds
-    data  token_table, top_alternatives, top_divergence_alternatives
-
-All figures share one style: ``reproduce/opsd.mplstyle`` when present, else the fallback below
-(``use_style()`` applies it globally, e.g. at the top of a notebook).
+    style     use_style (globally), styled (a context)       reproduce/opsd.mplstyle, the only style
+    accuracy  plot_accuracy                                  accuracy curves on one axes: every accuracy figure
+              plot_accuracy_vs_step                          eval results (run_dir/eval/*/step-N.json)
+    curves    plot_training_diagnostics, plot_runs           metrics.jsonl curves, runs overlaid
+              runs_table, live_metrics                       the same as numbers / printed while training
+    other     plot_kl_by_category                            mean KL of style / math / other tokens, paper beside
+              plot_prompt_lengths                            student and teacher prompt lengths
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,86 +25,33 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = [
-    "CATEGORIES",
-    "NEGATIVE_LOSS_NOTE",
-    "PAPER_TABLE5",
-    "STYLE_PATH",
-    "divergence_colors",
-    "divergence_heatmap_html",
-    "live_metrics",
-    "plot_accuracy_vs_step",
-    "plot_divergence_heatmap",
-    "plot_divergence_kinds",
-    "plot_kl_by_category",
-    "plot_logprob_scatter",
-    "plot_prompt_lengths",
-    "plot_runs",
-    "plot_summands",
-    "plot_training_diagnostics",
-    "runs_table",
-    "show_divergence_heatmap",
-    "special_tokens_html",
-    "token_table",
-    "top_alternatives",
-    "top_divergence_alternatives",
-    "use_style",
-    "visible_token",
-]
+from opsd.config import REPO_ROOT
+from opsd.paper_data import CATEGORIES, PAPER_TABLE5, eval_curves, metric_series
 
-#: Mean per-token KL by token category, paper v3 (arXiv 2601.18734) Table 5 (style / math / other).
-PAPER_TABLE5: dict[str, dict[str, float]] = {
-    "Qwen3-1.7B": {"style": 0.85, "math": 0.14, "other": 0.25},
-    "Qwen3-4B": {"style": 0.92, "math": 0.10, "other": 0.29},
-    "Qwen3-8B": {"style": 0.79, "math": 0.06, "other": 0.25},
-}
-CATEGORIES = ("style", "math", "other")
-
-#: Shared figure style, written next to the reproduction notebooks.
-STYLE_PATH = Path(__file__).resolve().parents[1] / "reproduce" / "opsd.mplstyle"
-
-_FALLBACK_STYLE = {
-    "figure.dpi": 100,
-    "savefig.dpi": 150,
-    "savefig.bbox": "tight",
-    "font.size": 10,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "legend.frameon": False,
-    "legend.fontsize": 9,
-    "lines.linewidth": 1.8,
-    "axes.prop_cycle": mpl.cycler(color=["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
-                                         "#e377c2", "#7f7f7f"]),
-}
+#: The figure style of every figure of the kit (figures/, notebooks).
+STYLE_PATH = REPO_ROOT / "reproduce" / "opsd.mplstyle"
+#: Markers of successive curves, so that curves on top of each other stay distinguishable.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 NEGATIVE_LOSS_NOTE = "loss < 0: clipping lets the optimizer push below zero"
 _ZERO_LINE_KEYS = ("loss", "divergence_mean", "divergence", "objective")
 _NEGATIVE_MARK_KEYS = ("loss", "divergence_mean", "objective")
-# Colours of the heatmap's two ends (sequential for D >= 0, diverging when some D < 0).
-_SEQUENTIAL_CMAP = "Reds"
-_DIVERGING_CMAP = "RdBu_r"
 
 
 # ------------------------------------------------------------------------------------------------ style
 
 
 def _style_params() -> dict[str, Any]:
-    if STYLE_PATH.is_file():
-        return dict(mpl.rc_params_from_file(str(STYLE_PATH), use_default_template=False))
-    return dict(_FALLBACK_STYLE)
+    return dict(mpl.rc_params_from_file(str(STYLE_PATH), use_default_template=False))
 
 
 def use_style() -> None:
-    """Apply the kit's matplotlib style globally (``reproduce/opsd.mplstyle`` if present, else a fallback)."""
+    """Apply the kit's matplotlib style (``reproduce/opsd.mplstyle``) globally."""
     mpl.rcParams.update(_style_params())
 
 
 @contextlib.contextmanager
-def _styled():
+def styled():
     """The kit's style for the figures made inside, without changing the caller's rcParams.
 
     The first pyplot figure of a Jupyter session may switch on interactive mode (inline backend) while
@@ -128,290 +70,78 @@ def _new_axes(ax=None, figsize=(6.0, 3.6)):
     return fig, ax
 
 
-# ------------------------------------------------------------------------------------- token heatmaps
+# --------------------------------------------------------------------------------------------- accuracy
 
 
-def visible_token(token: str, *, spaces: bool = False) -> str:
-    """A token string with invisible characters shown: newline ``⏎``, tab ``→``, carriage return ``␍``,
-    empty ``∅``; with ``spaces=True`` also spaces as ``␣`` (for tables, where HTML would swallow them)."""
-    token = str(token)
-    if token == "":
-        return "∅"
-    token = token.replace("\r", "␍").replace("\t", "→").replace("\n", "⏎")
-    return token.replace(" ", "␣") if spaces else token
+def integer_steps(ax) -> None:
+    """Training steps are integers: no 0.25-step ticks on short runs."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _as_floats(values) -> list[float]:
-    if hasattr(values, "detach"):
-        values = values.detach().float().cpu().tolist()
-    elif hasattr(values, "tolist"):
-        values = values.tolist()
-    return [float("nan") if v is None else float(v) for v in values]
+def accuracy_limits(ax, values: Sequence[float]) -> None:
+    """Accuracy axes start at 0 % (flat zero curves sit on the axis, not mid-plot)."""
+    top = max(5.0, max(values, default=0.0) * 1.15 + 1.0)
+    ax.set_ylim(-0.03 * top, top)
 
 
-def _norm_and_cmap(values: Sequence[float], vmax: float | None, cmap: str | None):
-    finite = [v for v in values if math.isfinite(v)]
-    has_negative = any(v < 0 for v in finite)
-    top = vmax if vmax is not None else max((abs(v) for v in finite), default=0.0)
-    top = top if top > 0 else 1.0
-    if has_negative:
-        norm = mpl.colors.Normalize(vmin=-top, vmax=top)
-        name = cmap or _DIVERGING_CMAP
-    else:
-        norm = mpl.colors.Normalize(vmin=0.0, vmax=top)
-        name = cmap or _SEQUENTIAL_CMAP
-    return norm, mpl.colormaps[name]
+def plot_accuracy(ax, curves, *, xlabel: str | None = "training step", ylabel: str | None = None,
+                  title: str | None = None, integer_x: bool = True, from_zero: bool = True,
+                  legend: Mapping[str, Any] | None = None) -> list[float]:
+    """Accuracy curves on one axes: the plotter of every accuracy figure of the kit.
 
-
-def divergence_colors(values, *, vmax: float | None = None, cmap: str | None = None) -> list[str | None]:
-    """Hex background colour per value (None for NaN).
-
-    D >= 0 everywhere: a sequential map from 0 (white) to ``vmax`` (default: the largest value), so
-    the colour darkens monotonically with D. Some D < 0 (point-wise clipping): a diverging map
-    centred on 0, negative blue, positive red.
+    ``curves``: (label, xs, ys, style) per curve (ys in %); style: ``ax.plot`` keyword arguments (marker
+    default: the i-th of MARKERS) and optionally ``band=(lo, hi)``, a shaded interval in the curve's
+    colour. ``integer_x``: integer ticks (training steps); ``from_zero``: y from 0 % (``accuracy_limits``);
+    ``legend``: ``ax.legend`` keyword arguments, None for no legend. Returns the values drawn (band tops
+    included), for a limit shared by several axes.
     """
-    values = _as_floats(values)
-    norm, colormap = _norm_and_cmap(values, vmax, cmap)
-    out = []
-    for v in values:
-        out.append(mpl.colors.to_hex(colormap(norm(v)), keep_alpha=False) if math.isfinite(v) else None)
-    return out
+    shown = []
+    for i, (label, xs, ys, style) in enumerate(curves):
+        style = dict(style)
+        band = style.pop("band", None)
+        ax.plot(xs, ys, label=label, **{"marker": MARKERS[i % len(MARKERS)], **style})
+        shown += list(ys)
+        if band is not None:
+            ax.fill_between(xs, *band, color=style.get("color"), alpha=0.18, lw=0)
+            shown += list(band[1])
+    if integer_x:
+        integer_steps(ax)
+    if from_zero:
+        accuracy_limits(ax, shown)
+    if title is not None:
+        ax.set_title(title)
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    if legend is not None and ax.get_legend_handles_labels()[0]:
+        ax.legend(**legend)
+    return shown
 
 
-def _text_color(background: str | None) -> str:
-    if background is None:
-        return "#000000"
-    r, g, b = mpl.colors.to_rgb(background)
-    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
-    return "#ffffff" if luminance < 0.45 else "#000000"
+def plot_accuracy_vs_step(results, *, metric: str = "avg_at_k", ax=None, percent: bool = True,
+                          reference: Mapping[str, Mapping[int, float]] | None = None, title: str | None = None):
+    """Accuracy vs training step from eval results (dicts of ``run_dir/eval/<benchmark>/step-N.json``).
 
-
-def divergence_heatmap_html(tokens: Sequence[str], values, *, vmax: float | None = None, title: str | None = None,
-                            cmap: str | None = None, digits: int = 4) -> str:
-    """HTML of the rollout with each token's background coloured by its divergence D[n].
-
-    One ``<span class="opsd-tok">`` per token (HTML-escaped; newlines shown as ``⏎`` and a line break,
-    tabs as ``→``), with the value in its tooltip. A colour legend and the optional title come first.
-    ``values``: one number per token (list, numpy or torch); NaN tokens stay uncoloured.
+    ``results``: a list of such dicts (one line per benchmark) or {run label: list} (one line per
+    run and benchmark). ``metric``: a key of ``summary``, dotted for nested ones (``pass_at_k.1``).
+    ``reference``: {label: {step: value in %}}, e.g. the paper's Table 3, drawn dashed.
     """
-    values = _as_floats(values)
-    tokens = [str(t) for t in tokens]
-    if len(tokens) != len(values):
-        raise ValueError(f"got {len(tokens)} tokens but {len(values)} values")
-    colors = divergence_colors(values, vmax=vmax, cmap=cmap)
-    norm, colormap = _norm_and_cmap(values, vmax, cmap)
-    parts = [('<div class="opsd-heatmap" style="font-family: ui-monospace, Menlo, Consolas, monospace; '
-              'font-size: 13px; line-height: 1.9;">')]
-    if title:
-        parts.append(f'<div class="opsd-title" style="font-weight: bold; margin-bottom: 4px;">{html.escape(title)}</div>')
-    stops = ", ".join(mpl.colors.to_hex(colormap(x)) for x in np.linspace(0, 1, 7))
-    parts.append(
-        '<div class="opsd-legend" style="display: flex; align-items: center; gap: 6px; font-size: 11px; '
-        f'margin-bottom: 6px;"><span>{norm.vmin:.3g}</span><span style="display: inline-block; width: 160px; '
-        f'height: 10px; background: linear-gradient(to right, {stops});"></span><span>{norm.vmax:.3g}</span>'
-        "<span>per-token divergence D[n] (hover a token for its value)</span></div>"
-    )
-    parts.append('<div class="opsd-text" style="white-space: pre-wrap; word-break: break-word;">')
-    for i, (token, value, color) in enumerate(zip(tokens, values, colors)):
-        shown = html.escape(visible_token(token))
-        tip = f"#{i} {token!r}: D = {value:.{digits}f}" if math.isfinite(value) else f"#{i} {token!r}: n/a"
-        style = (f"background-color: {color}; color: {_text_color(color)}; " if color else "") + \
-            "border-radius: 2px; padding: 0 1px;"
-        parts.append(f'<span class="opsd-tok" style="{style}" title="{html.escape(tip, quote=True)}">{shown}</span>')
-        if "\n" in token:
-            parts.append("<br>")
-    parts.append("</div></div>")
-    return "".join(parts)
-
-
-def show_divergence_heatmap(tokens: Sequence[str], values, **kwargs) -> None:
-    """Display :func:`divergence_heatmap_html` in Jupyter (returns None, so a cell ending with this call
-    shows the heatmap once)."""
-    from IPython.display import HTML, display
-
-    display(HTML(divergence_heatmap_html(tokens, values, **kwargs)))
-
-
-def _special_strings(special) -> list[str]:
-    if isinstance(special, str):
-        return [special]
-    if hasattr(special, "added_tokens_decoder"):  # a tokenizer: control tokens and other added tokens
-        found = {t.content for t in special.added_tokens_decoder.values()}
-        found |= set(getattr(special, "all_special_tokens", []) or [])
-        return sorted((s for s in found if s), key=len, reverse=True)
-    return sorted((str(s) for s in special if s), key=len, reverse=True)
-
-
-def special_tokens_html(text: str, special, *, title: str | None = None) -> str:
-    """HTML of a chat-templated prompt with its control tokens as coloured badges and newlines as ``⏎``.
-
-    ``special``: a tokenizer (its added tokens, e.g. ``<|im_start|>``, ``<think>``) or a list of strings.
-    Each badge is a ``<span class="opsd-special">``.
-    """
-    markers = _special_strings(special)
-    pieces: list[str] = []
-    i = 0
-    plain = []
-
-    def flush():
-        if plain:
-            chunk = html.escape("".join(plain)).replace("\n", '<span style="color: #999;">⏎</span>\n')
-            pieces.append(chunk)
-            plain.clear()
-
-    while i < len(text):
-        for m in markers:
-            if text.startswith(m, i):
-                flush()
-                pieces.append('<span class="opsd-special" style="background: #2f4b7c; color: white; '
-                              f'border-radius: 3px; padding: 0 3px;">{html.escape(m)}</span>')
-                i += len(m)
-                break
-        else:
-            plain.append(text[i])
-            i += 1
-    flush()
-    head = f'<div style="font-weight: bold; margin-bottom: 4px;">{html.escape(title)}</div>' if title else ""
-    return ('<div class="opsd-chat" style="font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px;">'
-            f'{head}<div style="white-space: pre-wrap; border: 1px solid #ddd; padding: 6px;">{"".join(pieces)}'
-            "</div></div>")
-
-
-def plot_divergence_heatmap(tokens: Sequence[str], values, *, ax=None, width: int = 80, vmax: float | None = None,
-                            cmap: str | None = None, title: str | None = None, fontsize: float = 9.0):
-    """The heatmap as a figure: token boxes wrapped at ``width`` characters, coloured by D[n], plus a colour bar.
-
-    Newline tokens end a line. One rectangle patch per token. Returns the Figure.
-    """
-    values = _as_floats(values)
-    tokens = [str(t) for t in tokens]
-    if len(tokens) != len(values):
-        raise ValueError(f"got {len(tokens)} tokens but {len(values)} values")
-    # Layout in character cells (monospace): x in [0, width), one row per line.
-    layout, x, line = [], 0, 0
-    for token in tokens:
-        shown = visible_token(token)
-        n = max(len(shown), 1)
-        if x > 0 and x + n > width:
-            x, line = 0, line + 1
-        layout.append((x, line, n, shown))
-        x += n
-        if "\n" in token:
-            x, line = 0, line + 1
-    n_lines = max((row for _, row, _, _ in layout), default=0) + 1
-    used = max((x0 + n for x0, _, n, _ in layout), default=1)  # widest line, in characters
-    char_in = 0.6 * fontsize / 72.0
-    line_in = 2.4 * fontsize / 72.0
-    with _styled():
-        cax = None
-        if ax is None:
-            # Axes exactly `used` monospace characters wide (so token text fits its box), colour bar beside.
-            text_w, text_h = used * char_in, n_lines * line_in
-            bar_h = min(max(text_h, 0.8), 1.5)
-            fig_w, fig_h = text_w + 1.1, max(text_h, bar_h) + 0.5
-            fig = plt.figure(figsize=(fig_w, fig_h))
-            top = max(text_h, bar_h) + 0.1
-            ax = fig.add_axes((0.05 / fig_w, (top - text_h) / fig_h, text_w / fig_w, text_h / fig_h))
-            cax = fig.add_axes(((0.2 + text_w) / fig_w, (top - bar_h) / fig_h, 0.12 / fig_w, bar_h / fig_h))
-        else:
-            fig = ax.figure
-        colors = divergence_colors(values, vmax=vmax, cmap=cmap)
-        norm, colormap = _norm_and_cmap(values, vmax, cmap)
-        for (x0, row, n, shown), color in zip(layout, colors):
-            ax.add_patch(mpl.patches.Rectangle((x0, row + 0.08), n, 0.84, facecolor=color or "none",
-                                               edgecolor="#dddddd", linewidth=0.3))
-            ax.text(x0 + n / 2, row + 0.5, shown, ha="center", va="center", fontsize=fontsize,
-                    family="monospace", color=_text_color(color))
-        ax.set_xlim(0, used)
-        ax.set_ylim(n_lines, 0)
-        ax.set_axis_off()
-        if title:
-            ax.set_title(title, loc="left")
-        mappable = mpl.cm.ScalarMappable(norm=norm, cmap=colormap)
-        if cax is not None:
-            fig.colorbar(mappable, cax=cax, label="D[n]")
-        else:
-            fig.colorbar(mappable, ax=ax, fraction=0.03, pad=0.01, label="D[n]")
+    groups = results.items() if isinstance(results, Mapping) else [(None, results)]
+    curves = []
+    for run, items in groups:
+        for bench, (steps, values) in eval_curves(items, metric, 100.0 if percent else 1.0).items():
+            curves.append((bench if run is None else f"{run} · {bench}", steps, values, {"marker": "o", "ms": 4}))
+    for label, points in (reference or {}).items():
+        steps = sorted(points)
+        curves.append((label, steps, [points[s] for s in steps], {"ls": "--", "marker": "s", "ms": 4, "alpha": 0.7}))
+    with styled():
+        fig, ax = _new_axes(ax)
+        plot_accuracy(ax, curves, ylabel=f"{metric} (%)" if percent else metric, from_zero=percent,
+                      title=title or f"{metric} vs training step", legend={})
     return fig
-
-
-# --------------------------------------------------------------------------------------- token tables
-
-
-def token_table(tokenizer, ids, *, offset: int = 0, highlight: int | None = None):
-    """DataFrame of token ids: position, id, token (visible), special. ``offset`` numbers the first row;
-    ``highlight`` adds a ``note`` column marking that position (e.g. where the rollout starts)."""
-    import pandas as pd
-
-    ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
-    special = set(_special_strings(tokenizer))
-    rows = []
-    for i, tid in enumerate(ids):
-        token = tokenizer.decode([tid])
-        rows.append({"position": offset + i, "id": tid, "token": visible_token(token, spaces=True),
-                     "special": token in special})
-    df = pd.DataFrame(rows)
-    if highlight is not None and not df.empty:
-        df["note"] = ["◀" if p == highlight else "" for p in df["position"]]
-    return df
-
-
-def _probs(logits_row, temperature: float):
-    import torch
-
-    row = logits_row.detach().float().reshape(-1)
-    return torch.softmax(row / temperature, dim=-1)
-
-
-def top_alternatives(student_logits_row, teacher_logits_row, tokenizer, k: int = 5, temperature: float = 1.0):
-    """Teacher's and student's k most likely next tokens at one position, side by side.
-
-    Logits rows: [V]. Returns a DataFrame with columns rank, teacher_token, p_teacher, student_token,
-    p_student (probabilities at ``temperature``), and each token's probability under the other role
-    (``p_student_of_teacher_token``, ``p_teacher_of_student_token``).
-    """
-    import pandas as pd
-
-    p_s = _probs(student_logits_row, temperature)
-    p_t = _probs(teacher_logits_row, temperature)
-    t_top = p_t.topk(k)
-    s_top = p_s.topk(k)
-    rows = []
-    for r in range(k):
-        ti, si = int(t_top.indices[r]), int(s_top.indices[r])
-        rows.append({
-            "rank": r + 1,
-            "teacher_token": visible_token(tokenizer.decode([ti]), spaces=True),
-            "p_teacher": float(t_top.values[r]),
-            "p_student_of_teacher_token": float(p_s[ti]),
-            "student_token": visible_token(tokenizer.decode([si]), spaces=True),
-            "p_student": float(s_top.values[r]),
-            "p_teacher_of_student_token": float(p_t[si]),
-        })
-    return pd.DataFrame(rows)
-
-
-def top_divergence_alternatives(student_logits, teacher_logits, token_ids, divergence, tokenizer, *,
-                                positions: int = 3, k: int = 5, temperature: float = 1.0):
-    """:func:`top_alternatives` at the ``positions`` rollout positions with the largest divergence.
-
-    student_logits, teacher_logits: [N, V] for one rollout; token_ids: [N] sampled tokens; divergence: [N].
-    Returns one DataFrame, rows grouped by position (columns position, sampled_token, D, then those of
-    ``top_alternatives``), positions in decreasing D.
-    """
-    import pandas as pd
-
-    values = np.asarray(_as_floats(divergence))
-    ids = [int(i) for i in (token_ids.tolist() if hasattr(token_ids, "tolist") else token_ids)]
-    order = [int(i) for i in np.argsort(-np.nan_to_num(values, nan=-np.inf))[:positions]]
-    frames = []
-    for pos in order:
-        df = top_alternatives(student_logits[pos], teacher_logits[pos], tokenizer, k=k, temperature=temperature)
-        df.insert(0, "D", float(values[pos]))
-        df.insert(0, "sampled_token", visible_token(tokenizer.decode([ids[pos]]), spaces=True))
-        df.insert(0, "position", pos)
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 # ------------------------------------------------------------------------------------ KL by category
@@ -431,7 +161,7 @@ def plot_kl_by_category(measured: Mapping[str, float], paper: Mapping[str, Mappi
     series = [(measured_label, [get(measured, c) for c in CATEGORIES])]
     for name, values in (paper or {}).items():
         series.append((f"paper {name}", [get(values, c) for c in CATEGORIES]))
-    with _styled():
+    with styled():
         fig, ax = _new_axes(ax, figsize=(6.4, 3.6))
         x = np.arange(len(CATEGORIES))
         width = 0.8 / len(series)
@@ -462,17 +192,6 @@ def _records(records_or_run_dir) -> list[dict]:
 
         return read_metrics(records_or_run_dir)
     return list(records_or_run_dir)
-
-
-def _series(records: Iterable[dict], key: str) -> tuple[list[float], list[float]]:
-    steps, values = [], []
-    for i, r in enumerate(records):
-        v = r.get(key)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        steps.append(r.get("step", i))
-        values.append(float(v))
-    return steps, values
 
 
 def _mark_negative(ax, steps, values) -> bool:
@@ -512,8 +231,8 @@ def plot_training_diagnostics(records_or_run_dir, keys: Sequence[str] = (
     divergence) goes negative, that stretch is shaded and annotated with ``NEGATIVE_LOSS_NOTE``.
     """
     records = _records(records_or_run_dir)
-    present = [k for k in keys if _series(records, k)[0]]
-    with _styled():
+    present = [k for k in keys if metric_series(records, k)[0]]
+    with styled():
         n = max(len(present), 1)
         cols = min(ncols, n)
         rows = math.ceil(n / cols)
@@ -525,7 +244,7 @@ def plot_training_diagnostics(records_or_run_dir, keys: Sequence[str] = (
             flat[0].set_axis_off()
             flat[0].text(0.5, 0.5, "no metrics to plot", ha="center", va="center", transform=flat[0].transAxes)
         for ax, key in zip(flat, present):
-            steps, values = _series(records, key)
+            steps, values = metric_series(records, key)
             ax.plot(steps, values, marker="o" if len(steps) <= 30 else None, ms=3)
             ax.set_title(key)
             ax.set_xlabel("step")
@@ -541,11 +260,11 @@ def plot_training_diagnostics(records_or_run_dir, keys: Sequence[str] = (
 
 def plot_runs(runs: Mapping[str, Any], key: str, ax=None, *, title: str | None = None):
     """Overlay one metric of several runs: ``runs`` = {label: records or run directory}."""
-    with _styled():
+    with styled():
         fig, ax = _new_axes(ax)
         all_values = []
         for label, recs in runs.items():
-            steps, values = _series(_records(recs), key)
+            steps, values = metric_series(_records(recs), key)
             if not steps:
                 continue
             ax.plot(steps, values, marker="o" if len(steps) <= 30 else None, ms=3, label=label)
@@ -565,49 +284,6 @@ def plot_runs(runs: Mapping[str, Any], key: str, ax=None, *, title: str | None =
     return fig
 
 
-def _metric(summary: Mapping, metric: str):
-    value: Any = summary
-    for part in metric.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def plot_accuracy_vs_step(results, *, metric: str = "avg_at_k", ax=None, percent: bool = True,
-                          reference: Mapping[str, Mapping[int, float]] | None = None, title: str | None = None):
-    """Accuracy vs training step from eval results (dicts of ``run_dir/eval/<benchmark>/step-N.json``).
-
-    ``results``: a list of such dicts (one line per benchmark) or {run label: list} (one line per
-    run and benchmark). ``metric``: a key of ``summary``, dotted for nested ones (``pass_at_k.1``).
-    ``reference``: {label: {step: value in %}}, e.g. the paper's Table 3, drawn dashed.
-    """
-    groups = results.items() if isinstance(results, Mapping) else [(None, results)]
-    scale = 100.0 if percent else 1.0
-    with _styled():
-        fig, ax = _new_axes(ax)
-        for run, items in groups:
-            by_bench: dict[str, list[tuple[int, float]]] = {}
-            for r in items:
-                value = _metric(r.get("summary", {}), metric)
-                if value is None or r.get("step") is None:
-                    continue
-                by_bench.setdefault(str(r.get("benchmark")), []).append((int(r["step"]), float(value) * scale))
-            for bench, points in sorted(by_bench.items()):
-                points.sort()
-                label = bench if run is None else f"{run} · {bench}"
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=4, label=label)
-        for label, points in (reference or {}).items():
-            steps = sorted(points)
-            ax.plot(steps, [points[s] for s in steps], ls="--", marker="s", ms=4, alpha=0.7, label=label)
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"{metric} (%)" if percent else metric)
-        ax.set_title(title or f"{metric} vs training step")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    return fig
-
-
 def runs_table(runs: Mapping[str, Any], keys: Sequence[str]):
     """DataFrame with one row per (run, key): first, last, min, max over the logged steps.
 
@@ -619,7 +295,7 @@ def runs_table(runs: Mapping[str, Any], keys: Sequence[str]):
     for label, recs in runs.items():
         records = _records(recs)
         for key in keys:
-            _, values = _series(records, key)
+            _, values = metric_series(records, key)
             if values:
                 rows.append({"run": label, "metric": key, "first": values[0], "last": values[-1],
                              "min": min(values), "max": max(values), "steps": len(values)})
@@ -656,7 +332,7 @@ def plot_prompt_lengths(audit_rows: Sequence[Mapping], *, max_prompt_length: int
     """
     student = [r["student_tokens"] for r in audit_rows]
     teacher = [r["teacher_tokens"] for r in audit_rows]
-    with _styled():
+    with styled():
         fig, ax = _new_axes(ax)
         edges = np.histogram_bin_edges(student + teacher, bins=bins) if student else bins
         ax.hist(student, bins=edges, alpha=0.6, label=f"student prompt ({len(student)} rows)")
@@ -672,72 +348,3 @@ def plot_prompt_lengths(audit_rows: Sequence[Mapping], *, max_prompt_length: int
     return fig
 
 
-def plot_logprob_scatter(student_logprobs, teacher_logprobs, *, tokens: Sequence[str] | None = None, ax=None,
-                         annotate: int = 6, title: str | None = None):
-    """log p_S(ŷ_n) vs log p_T(ŷ_n) for sampled tokens, with the diagonal; the ``annotate`` tokens
-    farthest from it are labelled. Points above the diagonal: the teacher likes the token more."""
-    s = np.asarray(_as_floats(student_logprobs))
-    t = np.asarray(_as_floats(teacher_logprobs))
-    with _styled():
-        fig, ax = _new_axes(ax, figsize=(4.8, 4.4))
-        ax.scatter(s, t, s=14, alpha=0.6)
-        lo = float(min(s.min(initial=0), t.min(initial=0))) - 0.5
-        ax.plot([lo, 0.2], [lo, 0.2], color="black", lw=0.8, ls="--", label="log p_T = log p_S")
-        if tokens is not None and annotate:
-            gap = np.abs(t - s)
-            for i in np.argsort(-gap)[:annotate]:
-                ax.annotate(visible_token(tokens[i]), (s[i], t[i]), fontsize=8, xytext=(3, 3),
-                            textcoords="offset points")
-        ax.set_xlabel("log p_S(sampled token)  (student context)")
-        ax.set_ylabel("log p_T(sampled token)  (teacher context)")
-        ax.set_title(title or "The same sampled tokens, scored in both contexts")
-        ax.legend(loc="lower right")
-    return fig
-
-
-def plot_summands(summands, *, clip: float | None = 0.05, ax=None, title: str | None = None, linthresh: float = 1e-4):
-    """Histogram of per-entry summands l[n, v] (symlog x axis), with the point-wise clip c marked.
-
-    Everything right of c is cut to c by point-wise clipping; negative summands pass untouched.
-    """
-    values = summands.detach().float().reshape(-1).cpu().numpy() if hasattr(summands, "detach") \
-        else np.asarray(summands, dtype=float).reshape(-1)
-    with _styled():
-        fig, ax = _new_axes(ax, figsize=(6.4, 3.4))
-        top = max(float(np.abs(values).max(initial=0.0)), linthresh * 10)
-        pos = np.logspace(np.log10(linthresh), np.log10(top), 30)
-        edges = np.concatenate([-pos[::-1], [0.0], pos])
-        ax.hist(values, bins=edges, color="#7f7f7f")
-        ax.set_xscale("symlog", linthresh=linthresh)
-        ax.set_yscale("log")
-        if clip is not None:
-            above = int((values > clip).sum())
-            ax.axvspan(clip, top * 1.5, color="#d62728", alpha=0.12, lw=0)
-            ax.axvline(clip, color="#d62728", ls="--", label=f"c = {clip}: {above} of {values.size:,} entries above")
-        negative = int((values < 0).sum())
-        ax.axvline(0.0, color="black", lw=0.8)
-        ax.plot([], [], " ", label=f"{negative:,} negative entries (never clipped)")
-        ax.set_xlabel("summand l[n, v]  (symlog)")
-        ax.set_ylabel("entries")
-        ax.set_title(title or "Per-entry summands of the divergence")
-        ax.legend(loc="upper left")
-    return fig
-
-
-def plot_divergence_kinds(per_token: Mapping[str, Any], *, mask=None, ax=None, title: str | None = None):
-    """Per-position divergence of one rollout under several objectives ({label: [N] values}), means in
-    the legend (over ``mask`` when given, a [N] bool)."""
-    keep = None if mask is None else np.asarray(_as_floats(mask)) > 0
-    with _styled():
-        fig, ax = _new_axes(ax, figsize=(7.0, 3.2))
-        for label, values in per_token.items():
-            v = np.asarray(_as_floats(values))
-            shown = v if keep is None else np.where(keep, v, np.nan)
-            mean = np.nanmean(shown) if np.isfinite(shown).any() else float("nan")
-            ax.plot(np.arange(len(v)), shown, marker=".", ms=4, label=f"{label} (mean {mean:.3f})")
-        ax.axhline(0.0, color="black", lw=0.8, ls="--")
-        ax.set_xlabel("rollout position n")
-        ax.set_ylabel("D[n]")
-        ax.set_title(title or "Per-token divergence, same rollout")
-        ax.legend()
-    return fig

@@ -8,7 +8,6 @@ SFT-terse), evaluates them on a few problems and executes the notebook.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -17,13 +16,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pytest
-import yaml
+from fake_runs import (
+    BENCH,
+    GRPO_CONFIG,
+    OPSD_CONFIG,
+    grpo_metrics,
+    make_full_runs,
+    opsd_metrics,
+    write_run,
+)
 
 from opsd import figure_runs
 from opsd import paper_figures as pf
+from opsd.paper_data import RUN_NAMES, problems_per_step
 
 REPO = Path(__file__).resolve().parents[1]
-BENCH = "synthetic"
+
+
+@pytest.fixture()
+def full_runs(tmp_path) -> Path:
+    return make_full_runs(tmp_path)
 
 
 @pytest.fixture(autouse=True)
@@ -32,120 +44,7 @@ def _close_figures():
     plt.close("all")
 
 
-# ------------------------------------------------------------------------------------------ fake runs
-
-OPSD_CONFIG = {
-    "model_name": "smollm2-135m-instruct", "dataset": "synthetic", "beta": 0.0, "clip": None, "clip_mode": "none",
-    "teacher_mode": "fixed",
-    "max_completion_length": 48, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "num_generations": 1,
-    "use_lora": True, "lora_r": 16, "learning_rate": 3e-4, "max_steps": 4, "temperature": 1.0,
-}
-GRPO_CONFIG = {
-    "model_name": "smollm2-135m-instruct", "reward_functions": ["boxed_answer"], "num_generations": 4,
-    "max_completion_length": 48, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "use_lora": True,
-    "lora_r": 16, "learning_rate": 3e-4, "max_steps": 4, "temperature": 1.2, "beta": 0.0,
-}
-SFT_CONFIG = {"model_name": "smollm2-135m-instruct", "dataset": "synthetic", "per_device_train_batch_size": 8,
-              "use_lora": True, "lora_r": 16,
-                  "learning_rate": 3e-4, "max_steps": 4, "completion_only_loss": None}
-
-
-def eval_json(step: int, avg: float, benchmark: str = BENCH, k: int = 1) -> dict:
-    return {
-        "benchmark": benchmark, "step": step, "k": k, "checkpoint": None if step == 0 else f"checkpoint-{step}",
-        "settings": {"k": k, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 96, "thinking": False,
-                     "backend": "hf", "seed": 0, "n_problems": 64, "model": "smollm2-135m-instruct", "batch_size": 32},
-        "summary": {"avg_at_k": avg, "pass_at_k": {"1": avg}, "boxed_rate": 1.0, "mean_completion_tokens": 30.0,
-                    "n_problems": 64, "k": k},
-        "records": [{"problem_id": "0", "sample_index": 0, "correct": True}],
-    }
-
-
-def write_run(path: Path, config: dict | None, metrics: list[dict] | None = None,
-              evals: dict[int, float] | None = None, benchmark: str = BENCH) -> Path:
-    """A run directory as the trainers and evaluate_run write it."""
-    path.mkdir(parents=True, exist_ok=True)
-    if config is not None:
-        (path / "config.yaml").write_text(yaml.safe_dump(config))
-    if metrics:
-        (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    for step, avg in (evals or {}).items():
-        p = path / "eval" / benchmark / f"step-{step}.json"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(eval_json(step, avg, benchmark)))
-    return path
-
-
-def opsd_metrics(n: int = 4, clipped: float = 0.0, length: float = 30.0) -> list[dict]:
-    return [{"step": s, "loss": 0.5 / s, "divergence_mean": 0.5 / s, "clipped_fraction": clipped,
-             "negative_token_fraction": 0.0, "rollout_length_mean": length, "tokens_generated": 240 * s,
-             "kl_style": 1.0 * s, "kl_math": 0.1, "kl_other": 0.3, "count_style": float(s), "count_math": 10.0,
-             "count_other": 5.0, "run_kind": "opsd"} for s in range(1, n + 1)]
-
-
-def grpo_metrics(n: int = 4) -> list[dict]:
-    return [{"step": s, "loss": 0.0, "reward_mean": 0.25, "reward_std_zero_fraction": 1.0 - 0.25 * (s % 2),
-             "tokens_generated": 300 * s, "run_kind": "grpo"} for s in range(1, n + 1)]
-
-
-@pytest.fixture()
-def full_runs(tmp_path) -> Path:
-    """Every run of the campaign, 4 steps, evaluated at 0, 2, 4."""
-    root = tmp_path / "runs"
-    write_run(root / "OPSD", OPSD_CONFIG, opsd_metrics(), {0: 0.25, 2: 0.5, 4: 0.75})
-    write_run(root / "OPSD-clip", {**OPSD_CONFIG, "clip": 0.05, "clip_mode": "pointwise"},
-              opsd_metrics(clipped=0.01), {0: 0.25, 2: 0.3, 4: 0.25})
-    write_run(root / "OPSD-reverse-KL", {**OPSD_CONFIG, "beta": 1.0}, opsd_metrics(), {0: 0.25, 2: 0.4, 4: 0.45})
-    write_run(root / "OPSD-JSD", {**OPSD_CONFIG, "beta": 0.5}, opsd_metrics(), {0: 0.25, 2: 0.35, 4: 0.5})
-    write_run(root / "OPSD-long", {**OPSD_CONFIG, "max_completion_length": 96}, opsd_metrics(length=60.0),
-              {0: 0.25, 2: 0.55, 4: 0.6})
-    write_run(root / "SFT", SFT_CONFIG, [{"step": s, "loss": 1.0 / s, "run_kind": "sft"} for s in (1, 2, 3, 4)],
-              {0: 0.25, 2: 0.2, 4: 0.125})
-    write_run(root / "GRPO", GRPO_CONFIG, grpo_metrics(), {0: 0.25, 2: 0.25, 4: 0.375})
-    write_run(root / "OPSD-terse", {**OPSD_CONFIG, "dataset": "synthetic-terse"}, opsd_metrics(),
-              {0: 0.25, 2: 0.375, 4: 0.5})
-    write_run(root / "SFT-terse", {**SFT_CONFIG, "dataset": "synthetic-terse"},
-              [{"step": s, "loss": 1.0 / s, "run_kind": "sft"} for s in (1, 2, 3, 4)], {0: 0.25, 2: 0.125, 4: 0.0})
-    return root
-
-
-# ------------------------------------------------------------------------------------------ readers
-
-
-def test_read_run_reads_config_metrics_and_eval_summaries(full_runs):
-    rec = pf.read_run("OPSD", full_runs / "OPSD")
-    assert rec.config["beta"] == 0.0 and rec.kind == "opsd"
-    assert [m["step"] for m in rec.metrics] == [1, 2, 3, 4]
-    assert rec.curve(BENCH) == ([0, 2, 4], [25.0, 50.0, 75.0])
-    assert rec.final_accuracy(BENCH) == (4, 75.0)
-    assert all("records" not in e for e in rec.evals)  # per-sample records are not kept in memory
-    assert rec.metric("tokens_generated") == ([1, 2, 3, 4], [240.0, 480.0, 720.0, 960.0])
-    assert rec.benchmarks() == [BENCH]
-
-
-def test_read_run_tolerates_a_directory_with_only_eval(tmp_path):
-    write_run(tmp_path / "base", None, None, {0: 0.5})
-    rec = pf.read_run("base", tmp_path / "base")
-    assert rec.config == {} and rec.metrics == [] and rec.curve(BENCH) == ([0], [50.0])
-    with pytest.raises(FileNotFoundError):
-        pf.read_run("x", tmp_path / "missing")
-
-
-def test_metric_series_skip_missing_and_nan(tmp_path):
-    write_run(tmp_path / "r", OPSD_CONFIG, [{"step": 1, "loss": 1.0}, {"step": 2}, {"step": 3, "loss": float("nan")}])
-    rec = pf.read_run("r", tmp_path / "r")
-    assert rec.metric("loss") == ([1], [1.0])
-
-
-def test_resolve_runs_accepts_mapping_json_string_and_directory(full_runs):
-    as_dir = pf.resolve_runs(str(full_runs))
-    assert list(as_dir) == ["OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO",
-                            "OPSD-terse", "SFT-terse"]
-    as_json = pf.resolve_runs(json.dumps({"OPSD": str(full_runs / "OPSD"), "GRPO": None}))
-    assert as_json == {"OPSD": full_runs / "OPSD", "GRPO": None}
-    assert pf.resolve_runs({"OPSD": full_runs / "OPSD"}) == {"OPSD": full_runs / "OPSD"}
-    with pytest.raises(ValueError, match="neither a mapping"):
-        pf.resolve_runs(str(full_runs / "nope"))
+# ------------------------------------------------------------------------------------------ skipped figures
 
 
 def test_missing_run_is_left_out_with_a_note_and_its_figures_are_skipped(full_runs, tmp_path, capsys):
@@ -171,30 +70,6 @@ def test_a_run_without_eval_results_is_skipped_not_drawn(full_runs, tmp_path, ca
     records = pf.load_runs({"OPSD": full_runs / "OPSD", "OPSD-clip": tmp_path / "clip"})
     assert pf.fig4_clipping(records, [BENCH]) is None
     assert "skipped Fig 4: no ['synthetic'] eval results in runs ['OPSD-clip']" in capsys.readouterr().out
-
-
-def test_default_runs_are_the_campaign_directory(monkeypatch, full_runs, tmp_path, capsys):
-    monkeypatch.setattr(pf, "DEFAULT_RUNS_ROOT", full_runs)
-    assert set(pf.resolve_runs(None)) == set(pf.RUN_NAMES) - {"base"}
-    monkeypatch.setattr(pf, "DEFAULT_RUNS_ROOT", tmp_path / "none")
-    assert pf.resolve_runs(None) == {}
-    assert "make figures" in capsys.readouterr().out
-
-
-# ------------------------------------------------------------------------------------------ labels
-
-
-def test_labels_come_from_the_run_config():
-    assert pf.clip_label({"clip": 0.05, "clip_mode": "pointwise"}) == "point-wise clip 0.05"
-    assert pf.clip_label({"clip": None, "clip_mode": "none"}) == "no clip"
-    assert pf.clip_label({"clip": 0.05, "clip_mode": "none"}) == "no clip"
-    assert pf.clip_label({"clip": 0.06, "clip_mode": "token"}) == "token clip 0.06"
-    assert [pf.objective_label({"beta": b}) for b in (0.0, 1.0, 0.5)] == ["forward KL", "reverse KL", "JSD(0.5)"]
-    assert pf.train_label(OPSD_CONFIG, "opsd") == "8 problems x <=48 tokens/step, LoRA r16, lr 0.0003, 4 steps"
-    assert pf.train_label(GRPO_CONFIG).startswith("2 prompts x 4 samples x <=48 tokens/step")
-    assert pf.model_label({"model_name": "Qwen/Qwen3-1.7B"}) == "Qwen3-1.7B"
-    assert pf.eval_label(eval_json(0, 0.5)) == "synthetic held-out, 64 problems, greedy, <=96 tokens, Avg@1"
-    assert pf.run_kind(GRPO_CONFIG) == "grpo" and pf.run_kind(OPSD_CONFIG) == "opsd" and pf.run_kind(SFT_CONFIG) == "sft"
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -264,150 +139,6 @@ def test_diagnostics_overlays_opsd_runs(full_runs):
     assert pf.diagnostics({"SFT": records["SFT"]}) is None
 
 
-# ------------------------------------------------------------------------------------------ tables
-
-
-def test_table2_has_ours_and_the_papers_numbers_side_by_side(full_runs, tmp_path):
-    records = pf.load_runs({n: full_runs / n for n in ("OPSD", "GRPO")})
-    df = pf.table2(records, [BENCH])
-    paper = yaml.safe_load((REPO / "reproduce" / "paper_results.yaml").read_text())["table2"]
-    assert list(df.index) == ["base", "SFT", "GRPO", "OPSD"]
-    assert df.loc["OPSD", "ours: synthetic"] == 75.0 and df.loc["GRPO", "ours: synthetic"] == 37.5
-    assert df.loc["base", "ours: synthetic"] == 25.0 and df.loc["base", "ours: synthetic step"] == 0
-    assert math.isnan(df.loc["SFT", "ours: synthetic"])  # no SFT run: shown as --, not invented
-    assert df.loc["OPSD", "paper Qwen3-1.7B: aime24"] == paper["Qwen3-1.7B"]["OPSD"][0]
-    assert "not comparable" in df.attrs["note"] and "CPU edition" in df.attrs["note"]
-    paths = pf.save_table(df, "table2", tmp_path / "figs")
-    md = (tmp_path / "figs" / "table2.md").read_text()
-    assert [p.name for p in paths] == ["table2.csv", "table2.md"]
-    # 75% of 64 problems = 48/64, Wilson 95% [63.2, 84.0]; base 16/64 [16.0, 36.8]
-    assert "| OPSD | 75.0 [63.2, 84.0] | 4 |" in md and "| base | 25.0 [16.0, 36.8] | 0 |" in md
-    assert "| SFT | -- | -- |" in md and "Paper scale vs CPU edition" in md
-    assert df.loc["OPSD", "ours: synthetic 95% lo"] == pytest.approx(63.2, abs=0.05)
-    assert "Wilson" in df.attrs["note"] and "n = problems" in df.attrs["note"]
-    assert "95% lo" not in md and "95% hi" not in md  # folded into the value's cell
-    assert pf.table2(records, [BENCH], paper_model="Qwen3-8B").loc["OPSD", "paper Qwen3-8B: aime24"] == 77.8
-    with pytest.raises(ValueError, match="valid"):
-        pf.table2(records, [BENCH], paper_model="Qwen3-70B")
-
-
-def test_table2_base_row_prefers_a_base_run(full_runs, tmp_path):
-    write_run(tmp_path / "base", None, None, {0: 0.125})
-    records = pf.load_runs({"OPSD": full_runs / "OPSD", "base": tmp_path / "base"})
-    assert pf.table2(records, [BENCH]).loc["base", "ours: synthetic"] == 12.5
-
-
-def test_table3_rows_per_objective_with_paper_columns(full_runs):
-    records = pf.load_runs(str(full_runs))
-    df = pf.table3(records, [BENCH])
-    assert list(df.index) == ["forward KL (OPSD)", "reverse KL (OPSD-reverse-KL)", "JSD(0.5) (OPSD-JSD)"]
-    assert list(df.columns) == ["ours: step 0", "ours: step 0 95% lo", "ours: step 0 95% hi",
-                                "ours: step 2", "ours: step 2 95% lo", "ours: step 2 95% hi",
-                                "ours: step 4", "ours: step 4 95% lo", "ours: step 4 95% hi",
-                                "ours: best", "ours: best 95% lo", "ours: best 95% hi", "ours: best step",
-                                "paper: step 0", "paper: step 50", "paper: step 100"]
-    md = pf.markdown_table(df)
-    assert "| JSD(0.5) (OPSD-JSD) | 25.0 [16.0, 36.8] | 35.0 [" in md and "| 50.0 [38.1, 61.9] | 4 |" in md
-    assert df.loc["JSD(0.5) (OPSD-JSD)", "ours: step 4"] == 50.0
-    assert df.loc["reverse KL (OPSD-reverse-KL)", "paper: step 100"] == 35.0
-    assert df.loc["JSD(0.5) (OPSD-JSD)", "paper: step 100"] == 39.0
-    assert pf.table3_figure(records, [BENCH]) is not None
-
-
-def test_best_and_last_checkpoint_selection_on_hand_made_evals(tmp_path):
-    # the paper's forward-KL curve: 36.7 at step 0, 43.9 at 50, 41.1 at 100 -> best is step 50, last step 100
-    write_run(tmp_path / "OPSD", OPSD_CONFIG, opsd_metrics(), {0: 0.367, 50: 0.439, 100: 0.411})
-    rec = pf.read_run("OPSD", tmp_path / "OPSD")
-    assert rec.selected_accuracy(BENCH, "best") == (50, pytest.approx(43.9))
-    assert rec.selected_accuracy(BENCH, "last") == (100, pytest.approx(41.1))
-    assert rec.selected_accuracy("aime24", "best") == (None, None)
-    with pytest.raises(ValueError, match="valid"):
-        rec.selected_accuracy(BENCH, "median")
-    # ties go to the earliest step; the base model (step 0) is not a checkpoint of the run ...
-    write_run(tmp_path / "tie", OPSD_CONFIG, None, {0: 0.9, 25: 0.5, 75: 0.5})
-    assert pf.read_run("tie", tmp_path / "tie").selected_accuracy(BENCH) == (25, 50.0)
-    # ... unless nothing else was evaluated
-    write_run(tmp_path / "only-base", OPSD_CONFIG, None, {0: 0.25})
-    assert pf.read_run("only-base", tmp_path / "only-base").selected_accuracy(BENCH) == (0, 25.0)
-
-
-def test_table2_and_table3_report_best_or_last_with_the_chosen_step(tmp_path):
-    # two benchmarks whose best checkpoints differ: the step is printed beside each value
-    root = tmp_path / "runs"
-    for name, beta in (("OPSD", 0.0), ("OPSD-reverse-KL", 1.0), ("OPSD-JSD", 0.5)):
-        write_run(root / name, {**OPSD_CONFIG, "beta": beta}, opsd_metrics(), {0: 0.3, 50: 0.6, 100: 0.4})
-        write_run(root / name, None, None, {0: 0.2, 50: 0.2, 100: 0.5}, benchmark="aime25")
-    records = pf.load_runs(str(root))
-    best = pf.table2(records, [BENCH, "aime25"])
-    assert best.attrs["select"] == "best" and "best evaluated checkpoint" in best.attrs["note"]
-    assert best.loc["OPSD", "ours: synthetic"] == pytest.approx(60.0) and best.loc["OPSD", "ours: synthetic step"] == 50
-    assert best.loc["OPSD", "ours: aime25"] == pytest.approx(50.0) and best.loc["OPSD", "ours: aime25 step"] == 100
-    assert list(best.columns[:8]) == ["ours: synthetic", "ours: synthetic 95% lo", "ours: synthetic 95% hi",
-                                      "ours: synthetic step", "ours: aime25", "ours: aime25 95% lo",
-                                      "ours: aime25 95% hi", "ours: aime25 step"]
-    last = pf.table2(records, [BENCH, "aime25"], select="last")
-    assert last.attrs["select"] == "last" and "last evaluated checkpoint" in last.attrs["note"]
-    assert last.loc["OPSD", "ours: synthetic"] == pytest.approx(40.0) and last.loc["OPSD", "ours: synthetic step"] == 100
-    md = pf.markdown_table(best)
-    assert "| OPSD | 60.0 [47.1, 70.5] | 50 | 50.0 [38.1, 61.9] | 100 |" in md  # 60% of 64 -> 38/64
-    t3 = pf.table3(records, [BENCH, "aime25"], select="best")  # aime25 is the paper's Table 3 benchmark
-    assert t3.attrs["benchmark"] == "aime25" and t3.attrs["select"] == "best"
-    assert t3.loc["forward KL (OPSD)", "ours: best"] == pytest.approx(50.0)
-    assert t3.loc["forward KL (OPSD)", "ours: best step"] == 100
-    t3_last = pf.table3(records, [BENCH], select="last")
-    assert t3_last.loc["forward KL (OPSD)", "ours: last step"] == 100 and "ours: best" not in t3_last.columns
-    with pytest.raises(ValueError, match="valid"):
-        pf.table2(records, [BENCH], select="first")
-
-
-def test_eval_proportion_counts_correct_answers_with_the_wilson_interval():
-    from opsd.stats import wilson_interval
-
-    e = eval_json(4, 41 / 200)
-    e["summary"].update(n_problems=200, n_samples=200)
-    prop = pf.eval_proportion(e)
-    assert (prop.k, prop.n) == (41, 200) and str(prop) == "41/200 = 20.5% [15.5, 26.6]"
-    assert (prop.lo, prop.hi) == wilson_interval(41, 200)
-    # without n_samples: n = problems x k (Avg@4 of 10 problems, 0.5 -> 20 of 40 samples)
-    e = eval_json(4, 0.5, k=4)
-    e["summary"].update(n_problems=10)
-    assert (pf.eval_proportion(e).k, pf.eval_proportion(e).n) == (20, 40)
-    e["summary"].pop("avg_at_k")
-    assert pf.eval_proportion(e) is None
-
-
-def test_markdown_folds_interval_columns_into_the_value_cell():
-    import pandas as pd
-
-    df = pd.DataFrame({"acc": [50.0, None], "acc 95% lo": [38.1, None], "acc 95% hi": [61.9, None],
-                       "acc step": [4, None], "other": [1.25, 2.0]}, index=["a", "b"])
-    md = pf.markdown_table(df).splitlines()
-    assert md[0] == "|  | acc | acc step | other |"
-    assert md[2] == "| a | 50.0 [38.1, 61.9] | 4 | 1.2 |" and md[3] == "| b | -- | -- | 2.0 |"
-
-
-def test_imitation_table_has_every_checkpoint_with_intervals_and_problems_seen(full_runs):
-    records = pf.load_runs(str(full_runs))
-    df = pf.imitation_vs_self_distillation_table(records, [BENCH])
-    assert list(dict.fromkeys(df.index)) == ["OPSD", "SFT", "OPSD-terse", "SFT-terse"]
-    assert list(df.loc["SFT-terse", "references"]) == ["terse"] * 3
-    assert set(df.loc["SFT", "method"]) == {"imitation (SFT)"}
-    assert set(df.loc["OPSD", "method"]) == {"self-distillation (OPSD)"}
-    opsd = df.loc["OPSD"]
-    assert list(opsd["step"]) == [0, 2, 4] and list(opsd["problems seen"]) == [0, 16, 32]  # 8 problems per step
-    assert list(opsd["correct"]) == [16, 32, 48] and set(opsd["n"]) == {64}
-    assert list(opsd["vs start (points)"]) == [0.0, 25.0, 50.0]
-    assert list(df.loc["SFT-terse", "accuracy"]) == [25.0, 12.5, 0.0]
-    assert df.loc["SFT-terse", "accuracy 95% hi"].iloc[-1] == pytest.approx(5.7, abs=0.05)  # 0/64: [0, 5.7]
-    assert "synthetic-terse" in df.attrs["note"] and "Wilson" in df.attrs["note"]
-    md = pf.markdown_table(df)
-    assert "| OPSD | worked | self-distillation (OPSD) | 4 | 32 | 75.0 [63.2, 84.0] | 48 | 64 | 50.0 |" in md
-    for missing in ("OPSD-terse", "SFT"):
-        partial = {n: r for n, r in records.items() if n != missing}
-        assert pf.imitation_vs_self_distillation_table(partial, [BENCH]) is None
-        assert pf.imitation_vs_self_distillation(partial, [BENCH]) is None
-
-
 def test_imitation_figure_panels_bands_and_starting_model(full_runs):
     records = pf.load_runs(str(full_runs))
     fig = pf.imitation_vs_self_distillation(records, [BENCH])
@@ -429,23 +160,6 @@ def test_imitation_figure_panels_bands_and_starting_model(full_runs):
     assert "95% Wilson" in title and "OPSD: 8 problems x <=48 tokens/step" in title and "SFT: 8 solutions/step" in title
 
 
-def test_table5_category_means_first_step_and_count_weighted(full_runs):
-    records = pf.load_runs(str(full_runs))
-    df = pf.table5(records)
-    first, mean = df.iloc[0], df.iloc[1]
-    assert first["style"] == 1.0 and first["math"] == pytest.approx(0.1)
-    # kl_style = s with weight count_style = s over s = 1..4: sum(s^2) / sum(s) = 30 / 10
-    assert mean["style"] == pytest.approx(3.0)
-    assert df.loc["paper: Qwen3-1.7B", "style"] == 0.85
-    assert pf.table5_figure(records) is not None
-    assert pf.table5({"SFT": records["SFT"]}) is None
-    # rollouts without any style word log no kl_style: that column is NaN, the table is still made
-    for m in records["OPSD"].metrics:
-        m.pop("kl_style")
-    df = pf.table5(records)
-    assert math.isnan(df.iloc[0]["style"]) and df.iloc[1]["math"] == pytest.approx(0.1)
-
-
 # ------------------------------------------------------------------------------------------ saving
 
 
@@ -461,17 +175,12 @@ def test_build_all_writes_every_file_with_the_shared_style(full_runs, tmp_path):
     assert set(pf.FIGURES) == {p.stem for p in out.iterdir()}
 
 
-def test_style_file_parses():
-    params = matplotlib.rc_params_from_file(str(pf.STYLE_PATH), use_default_template=False)
-    assert params["savefig.bbox"] == "tight" and params["axes.grid"] is True
-
-
 # ------------------------------------------------------------------------------------------ campaign
 
 
 def test_campaign_has_every_run_the_figures_need():
     names = [r.name for r in figure_runs.campaign()]
-    assert set(names) == set(pf.RUN_NAMES) - {"base"}
+    assert set(names) == set(RUN_NAMES) - {"base"}
     runs = {r.name: r for r in figure_runs.campaign()}
     assert runs["OPSD-clip"].overrides["clip"] == 0.05 and runs["OPSD-clip"].overrides["clip_mode"] == "pointwise"
     assert runs["OPSD-reverse-KL"].overrides["beta"] == 1.0 and runs["OPSD-JSD"].overrides["beta"] == 0.5
@@ -508,8 +217,8 @@ def test_campaign_configs_load(quick, tmp_path):
         # at every evaluated checkpoint SFT and OPSD have read the same number of training problems, and
         # both are evaluated as often
         opsd, sft = configs["OPSD"], configs["SFT"]
-        assert opsd.max_steps * pf.problems_per_step(vars(opsd), "opsd") == \
-            sft.max_steps * pf.problems_per_step(vars(sft), "sft")
+        assert opsd.max_steps * problems_per_step(vars(opsd), "opsd") == \
+            sft.max_steps * problems_per_step(vars(sft), "sft")
         assert opsd.max_steps // opsd.save_steps == sft.max_steps // sft.save_steps
         # the student prompt of the baselines is the one OPSD's student reads
         from opsd.contexts import PROMPT_PROFILES

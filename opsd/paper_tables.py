@@ -1,0 +1,366 @@
+"""The paper's tables (arXiv 2601.18734 v3) rebuilt from run directories, the paper's numbers beside ours.
+
+Each builder takes the loaded runs (``opsd.paper_data.load_runs``) and returns a ``pandas.DataFrame``
+whose ``attrs["note"]`` says what the columns are, or None with a printed note when the runs it needs
+(listed in ``opsd.paper_figures``) are missing.
+
+Every accuracy comes with its 95% Wilson score interval (``opsd.stats``), printed as ``61.5 [54.6, 68.0]``:
+k correct answers out of n = problems x samples per problem (Avg@1, greedy: one sample per problem, so n
+is the number of problems). The DataFrames keep the bounds in columns ``<column> 95% lo`` /
+``<column> 95% hi``; ``markdown_table`` folds them into the value's cell. Tables 2 and 3 report, per
+benchmark, the checkpoint ``select`` picks (``opsd.paper_data.SELECTION_RULES``); the chosen step is
+printed beside each value and the note names the rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from opsd.paper_data import (
+    CATEGORIES,
+    DEFAULT_SELECTION,
+    RunRecord,
+    _check_select,
+    _skip,
+    bench_label,
+    clip_label,
+    eval_label,
+    eval_proportion,
+    load_paper_results,
+    model_label,
+    need_evals,
+    need_runs,
+    objective_label,
+    problems_per_step,
+    references_label,
+    resolve_figures_dir,
+    selection_label,
+    table5_by_model,
+    train_label,
+)
+
+#: The imitation-vs-self-distillation comparison: (references, (self-distillation run, imitation run)).
+IMITATION_PANELS = (("worked", ("OPSD", "SFT")), ("terse", ("OPSD-terse", "SFT-terse")))
+#: Suffixes of the columns holding an accuracy column's 95% interval bounds (in %).
+CI_LO, CI_HI = " 95% lo", " 95% hi"
+DEFAULT_PAPER_MODEL = "Qwen3-1.7B"
+#: Table 3's runs, one per divergence objective.
+TABLE3_RUNS = ("OPSD", "OPSD-reverse-KL", "OPSD-JSD")
+
+
+def _add_interval(row: dict, column: str, prop) -> None:
+    """``row[column + CI_LO]`` / ``CI_HI``: the 95% interval bounds in % (None without a proportion)."""
+    row[column + CI_LO] = None if prop is None else 100.0 * prop.lo
+    row[column + CI_HI] = None if prop is None else 100.0 * prop.hi
+
+
+def _interval_note(evaluation: Mapping | None) -> str:
+    k = ((evaluation or {}).get("settings") or {}).get("k", (evaluation or {}).get("k", 1))
+    note = ("[lo, hi] after each accuracy: its 95% Wilson score interval (opsd.stats), k correct of "
+            "n = problems x samples")
+    if k == 1:
+        return note + " (Avg@1: one sample per problem, so n = problems)"
+    return note + f" ({k} samples per problem are not independent: the true interval is wider)"
+
+
+def imitation_vs_self_distillation_table(records: Mapping[str, RunRecord], benchmarks: Sequence[str]):
+    """The data of ``fig_imitation_vs_self_distillation``: one row per evaluated checkpoint of OPSD, SFT,
+    OPSD-terse and SFT-terse, with the references the run trained on, the method, the step, the
+    training problems seen by then (step x ``problems_per_step``), the accuracy (%) with its 95% Wilson
+    interval, k correct of n, and the change from the starting model (step 0) in points. None (with a
+    printed note) when a run or its evaluations are missing."""
+    import pandas as pd
+
+    what = "imitation vs self-distillation"
+    if not (bs := need_evals(what, records, [n for _, pair in IMITATION_PANELS for n in pair], benchmarks)):
+        return None
+    if len(bs) > 1:
+        print(f"{what}: drawn for {bs[0]} (the first of {bs})")
+    bench = bs[0]
+    rows = []
+    for references, pair in IMITATION_PANELS:
+        for name in pair:
+            rec = records[name]
+            per_step = problems_per_step(rec.config, rec.kind)
+            start = rec.proportion_at(bench, 0)
+            for step in rec.curve(bench)[0]:
+                prop = rec.proportion_at(bench, step)
+                row = {"run": name, "references": references,
+                       "method": "self-distillation (OPSD)" if rec.kind == "opsd" else f"imitation ({rec.kind.upper()})",
+                       "step": step, "problems seen": None if per_step is None else step * per_step,
+                       "accuracy": None if prop is None else 100.0 * prop.value}
+                _add_interval(row, "accuracy", prop)
+                row["correct"] = None if prop is None else prop.k
+                row["n"] = None if prop is None else prop.n
+                row["vs start (points)"] = (None if prop is None or start is None
+                                            else 100.0 * (prop.value - start.value))
+                rows.append(row)
+    df = pd.DataFrame(rows).set_index("run")
+    first = records["OPSD"].first_eval()
+    df.attrs["note"] = (
+        f"Imitation (SFT) vs self-distillation (OPSD) on two kinds of reference solutions: "
+        f"{references_label(records['OPSD'].config)} and {references_label(records['OPSD-terse'].config)}. "
+        f"Every run starts from {model_label(records['OPSD'].config)} (step 0) and is evaluated on the same "
+        f"held-out problems: {eval_label(records['OPSD'].eval_at(bench, 0) or first)}, accuracy in %; "
+        f"{_interval_note(first)}. 'problems seen': training problems read by that step "
+        "(step x problems per step)."
+    )
+    df.attrs["benchmark"] = bench
+    return df
+
+
+def _paper_model(records: Mapping[str, RunRecord], paper_section: Mapping, paper_model: str | None) -> str:
+    models = [k for k in paper_section if k not in ("benchmarks", "steps", "categories")]
+    if paper_model is not None:
+        if paper_model not in models:
+            raise ValueError(f"paper_model {paper_model!r} not in the paper's table; valid: {models}")
+        return paper_model
+    ours = {model_label(r.config).lower() for r in records.values() if r.config}
+    for m in models:
+        if m.lower() in ours:
+            return m
+    return DEFAULT_PAPER_MODEL if DEFAULT_PAPER_MODEL in models else models[0]
+
+
+def _fmt(v, digits: int = 1, integer: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "--"
+    if integer and float(v).is_integer():
+        return str(int(v))
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown_table(df, *, index: bool = True, digits: int = 1) -> str:
+    """A GitHub-flavoured Markdown table of a DataFrame (floats to ``digits`` places, steps as integers,
+    NaN as --). A column ``X`` with interval columns ``X 95% lo`` / ``X 95% hi`` is printed as one cell
+    ``value [lo, hi]``."""
+    names = [str(c) for c in df.columns]
+    folded = {c + CI_LO for c in names if c + CI_LO in names and c + CI_HI in names}
+    folded |= {c[: -len(CI_LO)] + CI_HI for c in folded}
+    shown = [c for c in names if c not in folded]
+    cols = ([df.index.name or ""] if index else []) + shown
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for idx, row in df.iterrows():
+        values = dict(zip(names, row.tolist()))
+        cells = [str(idx)] if index else []
+        for c in shown:
+            cell = _fmt(values[c], digits, c.endswith("step"))
+            lo, hi = values.get(c + CI_LO), values.get(c + CI_HI)
+            if cell != "--" and c + CI_LO in folded and _fmt(lo) != "--" and _fmt(hi) != "--":
+                cell += f" [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def base_eval_source(records: Mapping[str, RunRecord], benchmarks: Sequence[str]) -> RunRecord | None:
+    """The run whose step-0 evaluation is the base model's: ``base``, else OPSD, else any run."""
+    order = ["base", "OPSD"] + [n for n in records if n not in ("base", "OPSD")]
+    for name in order:
+        rec = records.get(name)
+        if rec is not None and any(rec.eval_at(b, 0) for b in benchmarks):
+            return rec
+    return None
+
+
+def table2(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: Mapping | None = None,
+           paper_model: str | None = None, select: str = DEFAULT_SELECTION):
+    """Table 2: accuracy (%) of base / SFT / GRPO / OPSD per benchmark, the paper's beside.
+
+    Ours: per benchmark the checkpoint ``select`` picks (``best``, the paper's rule: the highest
+    accuracy over the run's evaluated checkpoints; ``last``: the latest), with its step in the column
+    ``ours: <benchmark> step`` beside the value and its 95% Wilson interval in ``ours: <benchmark> 95% lo``
+    / ``95% hi`` (``eval_proportion``); base: the step-0 evaluation of ``base`` (else of OPSD). The runs
+    trained on terse references (``SFT-terse``, ``OPSD-terse``) get rows of their own when present (the
+    paper has none: --). Paper: ``paper_results.yaml`` table2 for ``paper_model``
+    (default: the run's model if the paper has it, else Qwen3-1.7B). A method without a run shows --.
+    ``df.attrs["note"]`` says what the columns are.
+    """
+    import pandas as pd
+
+    what = "Table 2"
+    _check_select(select)
+    if not (bs := need_evals(what, records, ("OPSD",), benchmarks)):
+        return None
+    paper = paper if paper is not None else load_paper_results()
+    section = paper["table2"]
+    pmodel = _paper_model(records, section, paper_model)
+    pbench = list(section["benchmarks"])
+    if missing := [n for n in ("SFT", "GRPO") if n not in records]:
+        print(f"Table 2: no runs {missing}; their rows show -- for the CPU edition")
+    base_src = base_eval_source(records, bs)
+    rows = {}
+    methods = ["base", "SFT", "GRPO", "OPSD"] + [n for n in ("SFT-terse", "OPSD-terse") if n in records]
+    for method in methods:
+        row: dict[str, Any] = {}
+        for b in bs:
+            step, value, prop = None, None, None
+            if method == "base":
+                e = base_src.eval_at(b, 0) if base_src else None
+                if e:
+                    step, value, prop = 0, 100.0 * e["summary"]["avg_at_k"], eval_proportion(e)
+            elif method in records:
+                step, value = records[method].selected_accuracy(b, select)
+                prop = records[method].proportion_at(b, step)
+            row[f"ours: {b}"] = value
+            _add_interval(row, f"ours: {b}", prop)
+            row[f"ours: {b} step"] = step
+        for i, b in enumerate(pbench):
+            row[f"paper {pmodel}: {b}"] = float(section[pmodel][method][i]) if method in section[pmodel] else None
+        rows[method] = row
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "method"
+    first = records["OPSD"].first_eval()
+    df.attrs["note"] = (
+        f"ours = CPU edition: {model_label(records['OPSD'].config)}, {eval_label(first)}, accuracy in %, "
+        f"{selection_label(select)} (base = step 0 of the {base_src.name if base_src else '?'} run); "
+        f"{_interval_note(first)}. "
+        + ("SFT-terse / OPSD-terse: trained on references without a derivation (synthetic-terse), evaluated on "
+           "the same held-out problems; the paper has no such rows. " if len(methods) > 4 else "")
+        + f"paper = arXiv 2601.18734 v3 Table 2, {pmodel}, Avg@12 (%), thinking on, {', '.join(bench_label(b) for b in pbench)}. "
+        "Paper scale vs CPU edition: different model, data and budget, so the absolute values are not "
+        "comparable; compare the ordering of the methods."
+    )
+    df.attrs["select"] = select
+    return df
+
+
+def table3_benchmark(what: str, records: Mapping[str, RunRecord], benchmarks: Sequence[str]) -> str | None:
+    """Table 3's benchmark: aime25 (the paper's) when every run of TABLE3_RUNS has evals of it, else the
+    first benchmark they all have; None, with a printed note, when there is none."""
+    if not (bs := need_evals(what, records, TABLE3_RUNS, benchmarks)):
+        return None
+    return "aime25" if "aime25" in bs else bs[0]
+
+
+def table3(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: Mapping | None = None,
+           select: str = DEFAULT_SELECTION):
+    """Table 3: accuracy (%) at each evaluated step for forward KL / reverse KL / JSD(0.5), the paper's beside.
+
+    Ours: runs OPSD, OPSD-reverse-KL, OPSD-JSD on the first benchmark of ``benchmarks`` (aime25, the
+    paper's, when present), at every evaluated step, then the checkpoint ``select`` picks (``best``
+    or ``last``) in ``ours: <select>`` with its step in ``ours: <select> step``; row labels come from
+    each run's ``beta``.
+    Paper: ``paper_results.yaml`` table3 (Qwen3-1.7B, AIME25, steps 0 / 50 / 100).
+    """
+    import pandas as pd
+
+    names = TABLE3_RUNS
+    _check_select(select)
+    if (bench := table3_benchmark("Table 3", records, benchmarks)) is None:
+        return None
+    paper = paper if paper is not None else load_paper_results()
+    section = paper["table3"]
+    steps = sorted({s for n in names for s in records[n].curve(bench)[0]})
+    rows = {}
+    for n in names:
+        label = objective_label(records[n].config)
+        curve = dict(zip(*records[n].curve(bench)))
+        row = {}
+        for s in steps:
+            row[f"ours: step {s}"] = curve.get(s)
+            _add_interval(row, f"ours: step {s}", records[n].proportion_at(bench, s if s in curve else None))
+        chosen_step, chosen = records[n].selected_accuracy(bench, select)
+        row[f"ours: {select}"] = chosen
+        _add_interval(row, f"ours: {select}", records[n].proportion_at(bench, chosen_step))
+        row[f"ours: {select} step"] = chosen_step
+        for i, s in enumerate(section["steps"]):
+            row[f"paper: step {s}"] = float(section[label][i]) if label in section else None
+        rows[f"{label} ({n})"] = row
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "objective"
+    first = records["OPSD"].first_eval()
+    df.attrs["note"] = (
+        f"ours = CPU edition: {model_label(records['OPSD'].config)}, {train_label(records['OPSD'].config, 'opsd')}, "
+        f"{clip_label(records['OPSD'].config)}; {eval_label(records['OPSD'].eval_at(bench, steps[0]) or first)}, %; "
+        f"'ours: {select}' = {selection_label(select)}; {_interval_note(first)}. "
+        "paper = arXiv 2601.18734 v3 Table 3, Qwen3-1.7B, AIME25 Avg@12 (%) at steps 0 / 50 / 100. "
+        "Paper scale vs CPU edition: not comparable in absolute value; compare how each objective moves from step 0."
+    )
+    df.attrs["benchmark"] = bench
+    df.attrs["select"] = select
+    return df
+
+
+def _category_means(rec: RunRecord, steps: Sequence[int] | None = None) -> dict[str, float]:
+    """Mean ``kl_<category>`` over logged steps (weighted by ``count_<category>`` when logged)."""
+    out = {}
+    for c in CATEGORIES:
+        total = weight = 0.0
+        for r in rec.metrics:
+            if steps is not None and r.get("step") not in steps:
+                continue
+            v = r.get(f"kl_{c}")
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            w = float(r.get(f"count_{c}") or 1.0)
+            total += w * float(v)
+            weight += w
+        out[c] = total / weight if weight else float("nan")
+    return out
+
+
+def table5(records: Mapping[str, RunRecord], paper: Mapping | None = None, run: str = "OPSD"):
+    """Table 5: mean per-token divergence by token category (style / math / other).
+
+    Ours, from the ``run``'s metrics (``kl_style`` ... = mean unclipped D[n] of its objective, forward
+    KL for OPSD): at the first logged step (the base model, before any update) and averaged over all
+    steps (token-count weighted). Paper: ``paper_results.yaml`` table5, one row per model.
+    """
+    import pandas as pd
+
+    what = "Table 5"
+    if not need_runs(what, records, (run,)):
+        return None
+    rec = records[run]
+    # a category is logged only at steps whose rollouts had tokens of it (short rollouts may have no
+    # style word): the steps are those where any category was logged, a category never seen is NaN (--)
+    steps = sorted({s for c in CATEGORIES for s in rec.metric(f"kl_{c}")[0]})
+    if not steps:
+        _skip(what, f"run {run!r} logged no kl_style / kl_math / kl_other")
+        return None
+    model, objective = model_label(rec.config), objective_label(rec.config)
+    rows = {
+        f"ours: {model}, {objective}, step {steps[0]} (base model)": _category_means(rec, [steps[0]]),
+        f"ours: {model}, {objective}, mean over steps {steps[0]}-{steps[-1]}": _category_means(rec),
+    }
+    for m, values in table5_by_model(paper).items():
+        rows[f"paper: {m}"] = values
+    df = pd.DataFrame.from_dict(rows, orient="index")[list(CATEGORIES)]
+    df.index.name = "source"
+    df.attrs["note"] = (
+        f"Mean per-token divergence by token category (keyword lists of opsd.divergence.token_category). "
+        f"ours = CPU edition run {run!r}: {train_label(rec.config, rec.kind)}, {clip_label(rec.config)}, unclipped D[n] "
+        "on its training rollouts. paper = arXiv 2601.18734 v3 Table 5. Not comparable in absolute value "
+        "(different model, vocabulary and data); compare the ordering of the categories."
+    )
+    return df
+
+
+def _markdown_with_note(df, digits: int) -> str:
+    note = df.attrs.get("note")
+    return (f"{note}\n\n" if note else "") + markdown_table(df, digits=digits) + "\n"
+
+
+def save_table(df, name: str, figures_dir: str | Path = "figures", *, digits: int = 1) -> list[Path]:
+    """Write ``<name>.csv`` and ``<name>.md`` (the Markdown with ``df.attrs["note"]`` above the table);
+    returns the paths ([] when ``df`` is None)."""
+    if df is None:
+        return []
+    out = resolve_figures_dir(figures_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv, md = out / f"{name}.csv", out / f"{name}.md"
+    df.to_csv(csv, float_format="%.4f")
+    md.write_text(_markdown_with_note(df, digits))
+    return [csv, md]
+
+
+def print_table(df, *, digits: int = 1) -> None:
+    """Print what ``save_table`` writes to ``<name>.md`` (the notebook shows the DataFrame as well)."""
+    if df is not None:
+        print(_markdown_with_note(df, digits), end="")
