@@ -23,12 +23,13 @@ def base_model(tokenizer):
 
 def lora_model(tokenizer):
     """The tiny model with LoRA adapters whose B factors are non-zero, so student and fixed teacher differ."""
-    model = apply_lora(base_model(tokenizer), LoRASettings(r=4, alpha=8))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)  # LoRA's A factors are drawn from the global generator
+        model = apply_lora(base_model(tokenizer), LoRASettings(r=4, alpha=8))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape) * 0.05)
     return model.train()
 
 
