@@ -60,8 +60,8 @@ def _model_device(model):
 
 
 def generate_hf(model, tokenizer, prompts: list[str], *, k, temperature, top_p, max_new_tokens,
-                context_length=None):
-    """k completions per prompt with ``opsd.rollout.HFRollout``. With ``context_length`` the batch
+                context_length=None, fast: bool = True):
+    """k completions per prompt with ``opsd.rollout.HFRollout`` (``fast``: its packed CPU path). With ``context_length`` the batch
     generates at most ``context_length`` minus its longest prompt (one budget per generate call).
 
     Returns per prompt a list of k tuples (text, completion_tokens, truncated); completion_tokens
@@ -85,7 +85,7 @@ def generate_hf(model, tokenizer, prompts: list[str], *, k, temperature, top_p, 
         greedy=greedy,
     )
     with torch.no_grad():
-        rollout = HFRollout(model, tokenizer).generate(
+        rollout = HFRollout(model, tokenizer, fast=fast).generate(
             enc["input_ids"].to(device), enc["attention_mask"].to(device), params
         )
     ids, mask = rollout.completion_ids.cpu(), rollout.completion_mask.cpu().bool()

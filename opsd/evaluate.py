@@ -59,6 +59,7 @@ def evaluate(
     chat_kwargs: dict | None = None,
     prompt: str = DEFAULT_EVAL_PROMPT,
     context_length: int | None = None,
+    fast: bool = True,
 ) -> tuple[list[dict], dict]:
     """Sample k completions per problem, grade them, and summarise.
 
@@ -71,6 +72,7 @@ def evaluate(
     template. ``prompt`` names the evaluation prompt (``reference``: the problem, a blank line, the
     instruction, as the reference evaluation; ``student``: the training student prompt).
     ``context_length`` (e.g. 32,768 in the non-thinking setting) caps prompt + completion tokens.
+    ``fast`` (hf backend): ``HFRollout``'s packed CPU path; False: the reference path (same answers).
 
     Returns (records, summary): one record per (problem, sample) with ``problem_id``,
     ``sample_index``, ``completion``, ``extracted_answer``, ``answer``, ``correct``,
@@ -134,6 +136,7 @@ def evaluate(
                 top_p=top_p,
                 max_new_tokens=max_new_tokens,
                 context_length=context_length,
+                fast=fast,
             )
             for offset, per_prompt in enumerate(samples):
                 i = start + offset
@@ -161,12 +164,14 @@ def heldout_accuracy(
     prompt: str = DEFAULT_EVAL_PROMPT,
     benchmark: str = "synthetic",
     progress=False,
+    fast: bool = True,
 ) -> dict:
     """Greedy accuracy of ``model`` on the first ``n`` held-out synthetic problems (one sample each):
     ``{"n", "correct", "accuracy", "interval", "boxed_rate", "mean_completion_tokens"}``, ``interval``
     the 95% Wilson interval ``[lo, hi]`` of the accuracy (``opsd.stats``). ``benchmark``: ``synthetic``
     or ``synthetic-paraphrased`` (same problems, other wordings). ``progress``: a callable gets
-    ``(done, total)`` after each batch. The before/after check of
+    ``(done, total)`` after each batch; ``fast``: ``HFRollout``'s packed CPU path (False: the reference
+    path, same answers; ``benchmarks/step.py``). The before/after check of
     ``reproduce/train.ipynb``; ``evaluate`` / ``evaluate_run`` give the full protocol."""
     from opsd.data import load_benchmark
 
@@ -183,6 +188,7 @@ def heldout_accuracy(
         progress=progress,
         chat_kwargs=chat_kwargs,
         prompt=prompt,
+        fast=fast,
     )
     correct = sum(bool(r["correct"]) for r in records)
     return {

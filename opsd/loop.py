@@ -78,7 +78,7 @@ def train_plain(config: OPSDConfig, *, model=None, tokenizer=None, dataset=None,
 
     # 3. teacher, sampler, objective ----------------------------------------------------------------------
     ema = EMATeacher(model, decay=config.ema_decay) if config.teacher_mode == "ema" else None
-    sampler = rollout_backend if rollout_backend is not None else HFRollout(model, tokenizer)
+    sampler = rollout_backend if rollout_backend is not None else HFRollout(model, tokenizer, fast=config.fast_inference)
     head = model.get_output_embeddings().weight
     objective = {"ema": ema, "chunk_size": resolve_chunk_size(config, head.shape[0], head.device),
                  **config.loss_kwargs()}  # teacher_mode, loss_type, fused_hidden, beta, temperature, top_k, clip

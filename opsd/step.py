@@ -30,6 +30,7 @@ import torch
 from opsd.contexts import JoinedBatch
 from opsd.divergence import distillation_loss, sampled_token_loss, token_logprobs
 from opsd.divergence_chunked import distillation_loss_from_hidden
+from opsd.packed_linear import packed_linears
 from opsd.teacher import EMATeacher, teacher_context
 
 ROLES = ("student", "teacher")
@@ -80,18 +81,20 @@ def score_rollout(model, batch: JoinedBatch, role: str, *, hidden: bool = False)
 
 
 def teacher_scores(
-    model, batch: JoinedBatch, mode: str = "fixed", ema: EMATeacher | None = None, *, hidden: bool = False
+    model, batch: JoinedBatch, mode: str = "fixed", ema: EMATeacher | None = None, *, hidden: bool = False,
+    fast: bool = True,
 ) -> torch.Tensor:
     """`score_rollout(model, batch, "teacher")` with the teacher's weights θ': [B, N, V] (or [B, N, H]).
 
     mode "fixed": θ' = base model (LoRA adapters disabled); "ema": θ' = the EMA weights of `ema`;
     "dynamic": θ' = the current weights (`opsd.teacher.teacher_context`). Under no_grad and in eval mode
-    (no dropout); the model's weights, adapters and train/eval mode are restored afterwards.
+    (no dropout); the model's weights, adapters and train/eval mode are restored afterwards. fast: on a
+    CPU, the linear layers run on packed weights (`opsd.packed_linear`; the fixed teacher packs once).
     """
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), teacher_context(model, mode, ema):
+        with torch.no_grad(), teacher_context(model, mode, ema), packed_linears(model, enabled=fast):
             return score_rollout(model, batch, "teacher", hidden=hidden)
     finally:
         model.train(was_training)
@@ -118,6 +121,7 @@ def opsd_loss(
     top_k: int | None = None,
     clip: float | None = None,
     clip_mode: str = "pointwise",
+    fast_teacher: bool = True,
 ) -> StepResult:
     """The OPSD loss of one batch of rollouts: teacher pass (no grad), student pass (grad), divergence.
 
@@ -129,6 +133,7 @@ def opsd_loss(
     "sampled_token":    -mean_n A[n] log p_S(ŷ_n), A[n] = log p_T(ŷ_n) - log p_S(ŷ_n) detached, both at
                         temperature tau (`sampled_token_loss`); the other divergence options do not apply.
 
+    fast_teacher: the teacher pass on packed CPU weights (`teacher_scores(fast=...)`).
     `unwrapped`: the model without a DDP / DeepSpeed wrapper (default: `model`). The teacher pass and the
     output projection use it; the student pass goes through `model`, so a wrapper syncs the gradients.
     Raises `NonFiniteScoresError` when either role's scores hold NaN/inf at a rollout position.
@@ -140,7 +145,7 @@ def opsd_loss(
     mask = batch.loss_mask
 
     start = time.perf_counter()
-    teacher = teacher_scores(base, batch, teacher_mode, ema, hidden=fused)
+    teacher = teacher_scores(base, batch, teacher_mode, ema, hidden=fused, fast=fast_teacher)
     teacher_seconds = time.perf_counter() - start
     student = score_rollout(model, batch, "student", hidden=fused)
     kind = "hidden states" if fused else "logits"

@@ -1,0 +1,150 @@
+"""Fast no-grad CPU passes: every linear layer through oneDNN with its weight packed once.
+
+On CPU, ``torch.nn.functional.linear`` calls the BLAS of the torch wheel (MKL), which on this kit's
+2-core AMD machine multiplies the small matrices of decoding at a fraction of the memory bandwidth:
+measured ``[8, 576] x [576, 1536]``, 364 us with MKL against 153 us with oneDNN on a weight packed in
+oneDNN's blocked layout (``benchmarks/README.md``). ``packed_linears(model)`` routes every linear layer of
+``model`` through ``torch.ops.mkldnn._linear_pointwise`` (the kernel ``torch.compile`` uses for frozen CPU
+linears) while no gradient is recorded: rollouts, the teacher pass and evaluation. The training pass
+(gradients) keeps the standard path.
+
+A peft LoRA layer is packed *merged*: ``W + scaling * B @ A`` (``get_delta_weight``), or ``W`` alone when
+its adapters are disabled (the fixed teacher). The merge goes into the packed copy only: the model's own
+tensors are never written, so base and LoRA weights stay bitwise what they were (no merge/unmerge round
+trip). Packed copies are cached on each layer, one per adapter state, and rebuilt when a weight changes
+(the tensors' in-place version counters: an optimizer step): the fixed teacher packs once per run, the
+student once per step.
+
+Same computation, other rounding: outputs differ from the standard path by float32 rounding (the sum is
+blocked differently), e.g. log-probabilities by ~1e-6 (``tests/test_packed_linear.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+#: Rows per call the packed layout is tuned for (decoding a batch of 8); any row count is computed.
+PACK_ROWS_HINT = 8
+
+
+def available(model: torch.nn.Module) -> bool:
+    """True where the packed path applies: oneDNN present, the model's weights float32 on the CPU."""
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False
+    weight = next((p for p in model.parameters()), None)
+    return weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
+
+
+def _is_lora(module: torch.nn.Module) -> bool:
+    return hasattr(module, "base_layer") and hasattr(module, "lora_A") and hasattr(module, "get_delta_weight")
+
+
+def _active_adapters(layer) -> list[str]:
+    """Adapters a peft LoRA layer adds in its forward now ([] when disabled or already merged)."""
+    if layer.disable_adapters or layer.merged:
+        return []
+    return [a for a in layer.active_adapters if a in layer.lora_A.keys()]
+
+
+def _state(module) -> tuple:
+    """What the packed weight depends on: adapter set and every tensor's identity and version."""
+    if not _is_lora(module):
+        return ((id(module.weight), module.weight._version),)
+    adapters = tuple(_active_adapters(module))
+    tensors = [module.base_layer.weight] + [t for a in adapters for t in (module.lora_A[a].weight, module.lora_B[a].weight)]
+    return (adapters,) + tuple((id(t), t._version) for t in tensors)
+
+
+def _effective_weight(module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[out, in] weight the layer applies now (LoRA merged into a new tensor) and its bias."""
+    if not _is_lora(module):
+        return module.weight.detach(), module.bias
+    base = module.base_layer
+    weight = base.weight.detach()
+    for adapter in _active_adapters(module):
+        weight = weight + module.get_delta_weight(adapter).detach()
+    return weight, base.bias
+
+
+def _packed(module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The layer's packed weight and bias for its current state (cached on the layer)."""
+    cache: dict = module.__dict__.setdefault("_opsd_packed", {})
+    state = _state(module)
+    adapters = state[0] if _is_lora(module) else ()
+    hit = cache.get(adapters)
+    if hit is None or hit[0] != state:
+        weight, bias = _effective_weight(module)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_ROWS_HINT)
+        hit = cache[adapters] = (state, packed, None if bias is None else bias.detach())
+    return hit[1], hit[2]
+
+
+def _plain_merge(module) -> bool:
+    """False for LoRA layers whose forward is not ``base(x) + scaling * B(A(x))`` (DoRA and other
+    variants, or dropout in training mode): those keep their own forward."""
+    if not _is_lora(module):
+        return True
+    return not module.lora_variant and not (module.training and any(
+        not isinstance(module.lora_dropout[a], torch.nn.Identity) for a in _active_adapters(module)))
+
+
+def _packed_forward(module, original):
+    """The layer's forward for one ``packed_linears`` block: each adapter state (enabled / disabled) is
+    checked against the weights once, at its first call in the block; later calls go straight to the kernel."""
+    lora = _is_lora(module)
+    ready: dict[bool, tuple] = {}
+
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if torch.is_grad_enabled() or args or kwargs or x.dtype != torch.float32:
+            return original(x, *args, **kwargs)
+        disabled = module.disable_adapters if lora else False
+        hit = ready.get(disabled)
+        if hit is None:
+            hit = ready[disabled] = _packed(module)
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.ops.mkldnn._linear_pointwise(rows, hit[0], hit[1], "none", [], "")
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    return forward
+
+
+def _linear_layers(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """LoRA layers and plain ``nn.Linear`` layers that are not the base of a LoRA layer."""
+    bases = {id(m.base_layer) for m in model.modules() if _is_lora(m)}
+    for module in model.modules():
+        if _is_lora(module) or (isinstance(module, torch.nn.Linear) and id(module) not in bases):
+            yield module
+
+
+@contextlib.contextmanager
+def packed_linears(model: torch.nn.Module, enabled: bool = True):
+    """Inside the block, the no-grad forward of every linear layer of ``model`` runs on packed weights
+    (CPU, float32; elsewhere, or with ``enabled=False``, nothing changes). Gradient-recording calls
+    inside the block take the standard path. The weights are read at each adapter state's first call in
+    the block: do not change them (an optimizer step) inside it."""
+    if not enabled or not available(model):
+        yield model
+        return
+    patched = []
+    for module in _linear_layers(model):
+        if not _plain_merge(module):
+            continue
+        patched.append((module, module.__dict__.get("forward")))
+        module.forward = _packed_forward(module, module.forward)
+    try:
+        yield model
+    finally:
+        for module, own in reversed(patched):
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
+
+
+def clear_packed(model: torch.nn.Module) -> None:
+    """Drop the packed copies cached on ``model``'s layers (frees about one model's weights per state)."""
+    for module in model.modules():
+        module.__dict__.pop("_opsd_packed", None)
