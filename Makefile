@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 
-.PHONY: setup demo test test-fast lab figures benchmark clean-runs
+.PHONY: setup demo test test-fast lab figures benchmark benchmark-step clean-runs
 
 setup: $(STAMP)
 
@@ -47,6 +47,9 @@ figures: setup
 
 benchmark: setup
 	$(PY) -m benchmarks.divergence
+
+benchmark-step: setup
+	$(PY) -m benchmarks.step
 
 clean-runs:
 	rm -rf runs/

@@ -17,7 +17,7 @@ teacher pass, student forward + backward, the trainer's per-step metrics), then 
 starts from the same weights and seed, so both paths sample the same tokens. The LoRA B matrices are
 drawn N(0, 0.02) first so that the adapters are not zero, as after training. Evaluation is
 ``opsd.evaluate.evaluate`` on the first ``--eval-problems`` held-out problems, greedy, 64 new tokens,
-and checks that both paths give the same answers. Speeds are medians over ``--reps`` repetitions with
+from the starting weights, and checks that both paths give the same answers. Speeds are medians over ``--reps`` repetitions with
 the two paths interleaved (the order alternates). The estimated limit: at batch 8 a decoding step
 reads every weight once, so tokens/s <= 8 x bandwidth / weight bytes, bandwidth measured here by summing
 a 512 MiB tensor. The last line is ``step speedup: A.AAx (rollout B.BBx, eval C.CCx)``.
@@ -66,16 +66,20 @@ def build(profile: str):
     return config, trainer, batch, start
 
 
+def restore(model, start: dict) -> None:
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in start:
+                p.copy_(start[n])
+
+
 def timed_step(trainer, batch, start: dict, path: str, seed: int) -> dict:
     """One optimizer step from ``start`` on ``path``: seconds per part and tokens sampled."""
     fast = path == "fast"
     trainer.args.fast_inference = fast
     trainer.rollout_backend.fast = fast
     model = trainer.model
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in start:
-                p.copy_(start[n])
+    restore(model, start)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=trainer.args.learning_rate)
     tokens_before = trainer.tokens_generated
     torch.manual_seed(seed)
@@ -132,6 +136,7 @@ def main(argv=None) -> int:
     for rep in range(args.reps):
         for path in (PATHS if rep % 2 == 0 else PATHS[::-1]):
             step = timed_step(trainer, batch, start, path, seed=rep)
+            restore(model, start)
             seconds, completions, accuracy = timed_eval(model, tokenizer, dataset, path)
             step.update(eval=seconds, accuracy=accuracy)
             results[path].append(step)

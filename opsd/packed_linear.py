@@ -85,53 +85,86 @@ def _packed(module) -> tuple[torch.Tensor, torch.Tensor | None]:
 def _plain_merge(module) -> bool:
     """False for LoRA layers whose forward is not ``base(x) + scaling * B(A(x))`` (DoRA and other
     variants, or dropout in training mode): those keep their own forward."""
-    if not _is_lora(module):
-        return True
     return not module.lora_variant and not (module.training and any(
         not isinstance(module.lora_dropout[a], torch.nn.Identity) for a in _active_adapters(module)))
 
 
+class _FrozenPackedLinear(torch.autograd.Function):
+    """y = x W^T + b with a frozen W: forward on packed W, backward dx = dy W on packed W^T (no dW, db)."""
+
+    @staticmethod
+    def forward(ctx, rows, packed, packed_t, bias):
+        ctx.packed_t = packed_t
+        return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, grad):
+        dx = torch.ops.mkldnn._linear_pointwise(grad.contiguous(), ctx.packed_t, None, "none", [], "")
+        return dx, None, None, None
+
+
+def _transposed(module) -> torch.Tensor:
+    """Packed W^T ([in, out] as a linear weight from out to in) of a plain linear layer, cached."""
+    cache: dict = module.__dict__.setdefault("_opsd_packed", {})
+    state = ("T", id(module.weight), module.weight._version)
+    hit = cache.get("T")
+    if hit is None or hit[0] != state:
+        hit = cache["T"] = (state, torch.ops.mkldnn._reorder_linear_weight(module.weight.detach().t().contiguous(),
+                                                                           PACK_ROWS_HINT))
+    return hit[1]
+
+
 def _packed_forward(module, original):
     """The layer's forward for one ``packed_linears`` block: each adapter state (enabled / disabled) is
-    checked against the weights once, at its first call in the block; later calls go straight to the kernel."""
+    checked against the weights once, at its first call in the block; later calls go straight to the kernel.
+
+    No-grad calls: LoRA layers merged, plain layers as they are. Gradient-recording calls: a LoRA layer runs
+    peft's forward (its base layer is patched too); a plain layer with a frozen weight runs
+    ``_FrozenPackedLinear``; one with a trainable weight its own forward."""
     lora = _is_lora(module)
-    ready: dict[bool, tuple] = {}
+    ready: dict = {}
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if torch.is_grad_enabled() or args or kwargs or x.dtype != torch.float32:
+        if args or kwargs or x.dtype != torch.float32:
+            return original(x, *args, **kwargs)
+        grad = torch.is_grad_enabled()
+        if grad and (lora or module.weight.requires_grad or (module.bias is not None and module.bias.requires_grad)):
             return original(x, *args, **kwargs)
         disabled = module.disable_adapters if lora else False
         hit = ready.get(disabled)
         if hit is None:
             hit = ready[disabled] = _packed(module)
         rows = x.reshape(-1, x.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(rows, hit[0], hit[1], "none", [], "")
+        if grad:
+            if "T" not in ready:
+                ready["T"] = _transposed(module)
+            out = _FrozenPackedLinear.apply(rows.contiguous(), hit[0], ready["T"], hit[1])
+        else:
+            out = torch.ops.mkldnn._linear_pointwise(rows, hit[0], hit[1], "none", [], "")
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     return forward
 
 
 def _linear_layers(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """LoRA layers and plain ``nn.Linear`` layers that are not the base of a LoRA layer."""
-    bases = {id(m.base_layer) for m in model.modules() if _is_lora(m)}
+    """LoRA layers (plain merges only) and every ``nn.Linear``, LoRA base layers included."""
     for module in model.modules():
-        if _is_lora(module) or (isinstance(module, torch.nn.Linear) and id(module) not in bases):
+        if (_is_lora(module) and _plain_merge(module)) or isinstance(module, torch.nn.Linear):
             yield module
 
 
 @contextlib.contextmanager
 def packed_linears(model: torch.nn.Module, enabled: bool = True):
-    """Inside the block, the no-grad forward of every linear layer of ``model`` runs on packed weights
-    (CPU, float32; elsewhere, or with ``enabled=False``, nothing changes). Gradient-recording calls
-    inside the block take the standard path. The weights are read at each adapter state's first call in
+    """Inside the block, every linear layer of ``model`` runs on packed weights (CPU, float32; elsewhere,
+    or with ``enabled=False``, nothing changes): no-grad calls with LoRA merged; gradient-recording calls
+    for the frozen weights only (LoRA's own factors, and any trainable layer, keep the standard path; the
+    backward pass may run after the block). The weights are read at each adapter state's first call in
     the block: do not change them (an optimizer step) inside it."""
     if not enabled or not available(model):
         yield model
         return
     patched = []
     for module in _linear_layers(model):
-        if not _plain_merge(module):
-            continue
         patched.append((module, module.__dict__.get("forward")))
         module.forward = _packed_forward(module, module.forward)
     try:

@@ -91,7 +91,7 @@ class OPSDConfig(RunFields, TrainingArguments):
     num_generations: int = field(default=1, metadata={"help": "Rollouts per problem."})
     vllm_gpu_memory_utilization: float = 0.6
     vllm_sleep: bool = False
-    fast_inference: bool = field(default=True, metadata={"help": "CPU: rollouts and teacher pass on packed oneDNN weights, top-p without a full sort (opsd.packed_linear; same results up to float rounding). False: the reference path."})
+    fast_inference: bool = field(default=True, metadata={"help": "CPU: rollouts, teacher and student passes on packed oneDNN weights, top-p without a full sort (opsd.packed_linear; same results up to float rounding). False: the reference path."})
     # logging
     log_rollouts_every: int = field(default=10, metadata={"help": "Write sample rollouts every N steps (0: never)."})
     num_logged_rollouts: int = 2
@@ -146,7 +146,7 @@ class OPSDConfig(RunFields, TrainingArguments):
         """The keyword arguments of `opsd.step.opsd_loss` this config sets (not ema, chunk_size, unwrapped)."""
         return {
             "teacher_mode": self.teacher_mode, "loss_type": self.loss_type, "fused_hidden": self.fused_hidden_loss,
-            "fast_teacher": self.fast_inference, **self.divergence_kwargs(),
+            "fast": self.fast_inference, **self.divergence_kwargs(),
         }
 
     def context_kwargs(self) -> dict[str, Any]:

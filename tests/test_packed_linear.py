@@ -1,0 +1,167 @@
+"""The fast CPU path computes what the reference path computes (opsd.packed_linear, opsd.rollout).
+
+Packed oneDNN kernels sum in another order than MKL, so values agree to float32 rounding, not bitwise;
+the sampled and the greedy tokens are checked equal, the model's own weights bitwise unchanged.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from opsd.contexts import build_dual_contexts
+from opsd.data import synthetic_math
+from opsd.models import LoRASettings, apply_lora, tiny_qwen3
+from opsd.packed_linear import available, clear_packed, packed_linears
+from opsd.rollout import HFRollout, SamplingParams, SamplingWarper
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (torch CPU build)")
+
+
+def lora_model(vocab: int = 97):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = apply_lora(tiny_qwen3(vocab_size=vocab, hidden_size=64, num_layers=2, seed=0), LoRASettings(r=4, alpha=8))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape) * 0.05)
+    return model
+
+
+def snapshot(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def inputs(vocab: int = 97, rows: int = 3, cols: int = 7):
+    ids = torch.randint(0, vocab, (rows, cols), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # left padding in one row
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_available_only_for_float32_cpu_models():
+    model = lora_model()
+    assert available(model)
+    assert not available(model.to(torch.bfloat16))
+
+
+def test_no_grad_logits_match_with_adapters_on_and_off_and_weights_stay_bitwise():
+    model, x = lora_model().eval(), inputs()
+    before = snapshot(model)
+    with torch.no_grad():
+        ref_on = model(**x).logits
+        with model.disable_adapter():
+            ref_off = model(**x).logits
+        with packed_linears(model):
+            fast_on = model(**x).logits
+            with model.disable_adapter():
+                fast_off = model(**x).logits
+    assert (ref_on - ref_off).abs().max() > 1e-3  # the adapters matter, so the merge is exercised
+    torch.testing.assert_close(fast_on, ref_on, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast_off, ref_off, rtol=0, atol=1e-5)
+    after = snapshot(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no merge/unmerge round trip on the model
+    assert not any("forward" in m.__dict__ for m in model.modules())  # nothing left patched
+
+
+def test_packed_copy_follows_an_in_place_weight_update():
+    model, x = lora_model().eval(), inputs()
+    with torch.no_grad(), packed_linears(model):
+        model(**x)  # packs
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1)  # what an optimizer step does: in place, the version counter moves
+        ref = model(**x).logits
+        with packed_linears(model):
+            fast = model(**x).logits
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
+    clear_packed(model)
+    assert not any("_opsd_packed" in m.__dict__ for m in model.modules())
+
+
+def test_gradient_pass_matches_and_reaches_only_the_adapters():
+    x = inputs()
+    grads = {}
+    for fast in (False, True):
+        model = lora_model().train()
+        with packed_linears(model, enabled=fast):
+            loss = model(**x).logits.log_softmax(-1)[..., 5].mean()
+        loss.backward()  # after the block, as the Trainer's backward
+        grads[fast] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        assert all("lora_" in n for n in grads[fast][1])
+    torch.testing.assert_close(grads[True][0], grads[False][0], rtol=0, atol=1e-6)
+    for name, g in grads[False][1].items():
+        torch.testing.assert_close(grads[True][1][name], g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 0.95), (1.1, 20, 0.95), (1.0, 0, 0.5), (0.7, 5, 1.0)])
+def test_sampling_warper_keeps_the_set_transformers_keeps(temperature, top_k, top_p):
+    from transformers import LogitsProcessorList
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+
+    scores = torch.randn(64, 3000, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.5, 6, 64)[:, None]
+    chain = [TemperatureLogitsWarper(temperature)] + ([TopKLogitsWarper(top_k)] if top_k else []) + (
+        [TopPLogitsWarper(top_p)] if top_p < 1 else [])
+    ids = torch.zeros(64, 1, dtype=torch.long)
+    reference = LogitsProcessorList(chain)(ids, scores.clone())
+    for candidates in (1024, 4):  # 4: most rows fall back to the full sort
+        ours = SamplingWarper(temperature, top_k, top_p, candidates=candidates)(ids, scores.clone())
+        assert torch.equal(torch.isinf(ours), torch.isinf(reference))
+        kept = ~torch.isinf(reference)
+        torch.testing.assert_close(ours[kept], reference[kept], rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def start_model():
+    """The CPU starting model with LoRA (B drawn so the adapters matter) and a batch of student prompts."""
+    from opsd.models import load_model_and_tokenizer
+
+    torch.manual_seed(0)
+    model, tok = load_model_and_tokenizer("smollm2-135m-opsd-start", lora=LoRASettings(r=16, alpha=32))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+    data = synthetic_math(6, split="train")
+    contexts = build_dual_contexts(tok, data["problem"], data["solution"], profile="simple")
+    return model, tok, contexts
+
+
+def test_fast_rollout_samples_the_reference_tokens_with_the_same_log_probabilities(start_model):
+    model, tok, contexts = start_model
+    before = snapshot(model)
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=24, seed=5)
+    ids, mask = contexts.student.input_ids, contexts.student.attention_mask
+    reference = HFRollout(model, tok, fast=False).generate(ids, mask, params)
+    fast = HFRollout(model, tok, fast=True).generate(ids, mask, params)
+    assert torch.equal(fast.completion_ids, reference.completion_ids)
+    assert torch.equal(fast.completion_mask, reference.completion_mask)
+    after = snapshot(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # LoRA and base weights bitwise unchanged
+
+    full = torch.cat([ids, reference.completion_ids], 1)
+    attention = torch.cat([mask, torch.ones_like(reference.completion_ids)], 1)
+    width = ids.shape[1]
+    model.eval()
+    with torch.no_grad():
+        logp = {}
+        for on in (False, True):
+            with packed_linears(model, enabled=on):
+                logits = model(input_ids=full, attention_mask=attention).logits[:, width - 1 : -1] / 0.7
+            logp[on] = logits.log_softmax(-1).gather(-1, reference.completion_ids[..., None])[..., 0]
+    gap = (logp[True] - logp[False]).abs()[reference.completion_mask]
+    assert gap.max() < 1e-4
+
+
+def test_greedy_evaluation_answers_are_identical_across_paths_and_batch_sizes(start_model):
+    from opsd.data import load_benchmark
+    from opsd.evaluate import evaluate
+
+    model, tok, _ = start_model
+    data = load_benchmark("synthetic", n=8)
+    runs = [evaluate(model, tok, data, k=1, temperature=0.0, max_new_tokens=40, batch_size=batch, progress=False,
+                     fast=fast)[0] for fast, batch in ((False, 4), (True, 8))]
+    assert [r["completion"] for r in runs[0]] == [r["completion"] for r in runs[1]]
