@@ -84,9 +84,10 @@ SFT_STEPS_PER_STEP = 2
 LONG_COMPLETION_LENGTH = 128
 #: Evaluation settings shared by every run (opsd.evaluate.evaluate_run keyword arguments): 200 held-out
 #: problems (95% intervals of about +-7 points), greedy, 64 new tokens (a worked two-digit addition of the
-#: synthetic references is well under that), batches of 32. The same for every run, OPSD-long included.
+#: synthetic references is well under that), batches of 64 (faster than 32 on the packed CPU path, same
+#: answers). The same for every run, OPSD-long included.
 EVAL: dict[str, Any] = {"n_problems": 200, "k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64,
-                        "batch_size": 32}
+                        "batch_size": 64}
 QUICK_EVAL: dict[str, Any] = {"n_problems": 4, "k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16,
                               "batch_size": 4}
 #: Dataset of the data variant: the same problems with terse references (no worked derivation).
