@@ -10,7 +10,9 @@ into one ``RunRecord`` per run. The names the figures and tables use:
     OPSD-long         a longer generation length (max_completion_length)         (Fig 5)
     SFT, GRPO         the baselines                                              (Fig 3, Table 2)
     OPSD-terse,       OPSD and SFT trained on references without a derivation   (imitation vs
-    SFT-terse         (dataset synthetic-terse)                                  self-distillation)
+    SFT-terse         (dataset synthetic-terse)                                  self-distillation,
+    OPSD-verbose,     OPSD and SFT trained on long-winded references, longer     Table 2)
+    SFT-verbose       than the answer budget (dataset synthetic-verbose)
     base              optional: a directory holding the base model's step-0 eval (Table 2; else
                       the OPSD run's step-0 eval, which is the base model too)
 
@@ -32,8 +34,8 @@ import yaml
 from opsd.config import REPO_ROOT
 
 RUN_NAMES = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO", "OPSD-terse",
-             "SFT-terse", "base")
-OPSD_FAMILY = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "OPSD-terse")
+             "SFT-terse", "OPSD-verbose", "SFT-verbose", "base")
+OPSD_FAMILY = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "OPSD-terse", "OPSD-verbose")
 DEFAULT_RUNS_ROOT = REPO_ROOT / "runs" / "figures"
 #: Which checkpoint of a run a table reports. ``best``: the paper's rule, the highest accuracy over the
 #: run's evaluated checkpoints, per benchmark; ``last``: the latest evaluated checkpoint.
@@ -438,7 +440,8 @@ def problems_per_step(config: Mapping, kind: str | None = None) -> int | None:
 def references_label(config: Mapping) -> str:
     """The reference solutions a run trained on, from its ``dataset``."""
     dataset = str(config.get("dataset") or "?")
-    known = {"synthetic": "worked references", "synthetic-terse": "terse references (no derivation)"}
+    known = {"synthetic": "worked references", "synthetic-terse": "terse references (no derivation)",
+             "synthetic-verbose": "long-winded references"}
     return f"{known[dataset]} ({dataset})" if dataset in known else f"references of {dataset}"
 
 

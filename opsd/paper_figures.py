@@ -22,7 +22,9 @@ a figures directory.
     table5_kl_by_category (+ .csv)   table5, table5_figure   OPSD (kl_style / kl_math / kl_other)
     diagnostics                      diagnostics             any OPSD-family run (metrics)
     fig_imitation_vs_self_distillation  imitation_vs_self_distillation (+ _table)
-                                                             OPSD, SFT, OPSD-terse, SFT-terse (eval)
+                                                             OPSD, SFT, OPSD-terse, SFT-terse (eval);
+                                                             OPSD-verbose, SFT-verbose: a third panel
+                                                             when present
 
 ``python -m opsd.paper_figures --runs runs/figures --figures-dir figures`` builds them all (the
 notebook ``reproduce/figures.ipynb`` does the same, one cell per figure, through this module's names).
@@ -66,7 +68,6 @@ from opsd.paper_data import (
 from opsd.paper_tables import (
     CI_HI,
     CI_LO,
-    IMITATION_PANELS,
     TABLE3_RUNS,
     base_eval_source,
     imitation_vs_self_distillation_table,
@@ -102,8 +103,9 @@ FIGURES: dict[str, str] = {
     "table3_objectives": "Table 3 as curves: accuracy vs step per objective (ours | paper)",
     "table5_kl_by_category": "Table 5: mean per-token divergence by token category (style / math / other)",
     "diagnostics": "training diagnostics: loss, clipped fraction, negative-token fraction, rollout length",
-    "fig_imitation_vs_self_distillation": "held-out accuracy vs training, OPSD and SFT on worked references "
-                                          "beside OPSD and SFT on terse references, 95% bands, starting model",
+    "fig_imitation_vs_self_distillation": "held-out accuracy vs training, OPSD and SFT on worked references, "
+                                          "on terse references and on long-winded references, one panel each, "
+                                          "95% bands, starting model",
 }
 
 #: Summary keys drawn under the accuracy row when every run has them: at CPU scale the accuracy can sit
@@ -240,22 +242,24 @@ def table3_figure(records: Mapping[str, RunRecord], benchmarks: Sequence[str], p
 
 
 def imitation_vs_self_distillation(records: Mapping[str, RunRecord], benchmarks: Sequence[str]):
-    """Held-out accuracy vs training for OPSD and SFT on worked references (left) beside OPSD and SFT
-    on terse references (right): 95% Wilson interval bands, the starting model's accuracy (step 0) as a
-    dotted line with its band. x: training problems seen (step x problems per step), so SFT's smaller,
-    cheaper steps line up with OPSD's; the training step when a run does not record its batch size."""
+    """Held-out accuracy vs training for OPSD and SFT, one panel per kind of reference solutions: worked
+    (left), terse (middle) and long-winded (right; only when OPSD-verbose and SFT-verbose are there, see
+    ``opsd.paper_tables.imitation_panels``): 95% Wilson interval bands, the starting model's accuracy
+    (step 0) as a dotted line with its band. x: training problems seen (step x problems per step), so
+    SFT's smaller, cheaper steps line up with OPSD's; the training step when a run does not record its
+    batch size."""
     df = imitation_vs_self_distillation_table(records, benchmarks)
     if df is None:
         return None
-    bench = df.attrs["benchmark"]
+    bench, panels = df.attrs["benchmark"], df.attrs["panels"]
     by_seen = df["problems seen"].notna().all()
     base = base_eval_source(records, [bench])
     start = eval_proportion(base.eval_at(bench, 0)) if base else None
     colors = {"opsd": "#1f77b4", "sft": "#ff7f0e"}
     with styled():
-        fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.4), sharey=True, squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.4), sharey=True, squeeze=False)
         shown = []
-        for ax, (references, pair) in zip(axes[0], IMITATION_PANELS):
+        for ax, (references, pair) in zip(axes[0], panels):
             if start is not None:
                 ax.axhline(100 * start.value, color="black", ls=":", lw=1.0, label=f"starting model: {start}")
                 ax.axhspan(100 * start.lo, 100 * start.hi, color="0.5", alpha=0.12, lw=0)
@@ -272,10 +276,10 @@ def imitation_vs_self_distillation(records: Mapping[str, RunRecord], benchmarks:
                                    xlabel="training problems seen (steps x problems per step)" if by_seen else "training step",
                                    legend={"loc": "upper center", "bbox_to_anchor": (0.5, -0.3), "ncols": 1})
         accuracy_limits(axes[0][0], shown)
-        axes[0][0].set_ylabel(_accuracy_label([records[n] for _, pair in IMITATION_PANELS for n in pair]))
-        opsd, sft = (records[n] for n in IMITATION_PANELS[0][1])
-        fig.suptitle(_title("Imitation (SFT) vs self-distillation (OPSD)",
-                            [records[n] for _, pair in IMITATION_PANELS for n in pair])
+        drawn = [records[n] for _, pair in panels for n in pair]
+        axes[0][0].set_ylabel(_accuracy_label(drawn))
+        opsd, sft = (records[n] for n in panels[0][1])
+        fig.suptitle(_title("Imitation (SFT) vs self-distillation (OPSD)", drawn)
                      + f"\nOPSD: {train_label(opsd.config, opsd.kind)}; SFT: {train_label(sft.config, sft.kind)}"
                      + "\nbands: 95% Wilson intervals; dotted: the starting model (step 0)")
         fig.tight_layout()

@@ -42,8 +42,16 @@ from opsd.paper_data import (
     train_label,
 )
 
-#: The imitation-vs-self-distillation comparison: (references, (self-distillation run, imitation run)).
-IMITATION_PANELS = (("worked", ("OPSD", "SFT")), ("terse", ("OPSD-terse", "SFT-terse")))
+#: The imitation-vs-self-distillation comparison: (references, (self-distillation run, imitation run)),
+#: one panel each: worked references (the model's own format), terse ones (no derivation) and long-winded
+#: ones (longer than the evaluation's answer budget).
+IMITATION_PANELS = (("worked", ("OPSD", "SFT")), ("terse", ("OPSD-terse", "SFT-terse")),
+                    ("verbose", ("OPSD-verbose", "SFT-verbose")))
+#: Panels drawn only when their runs are there (the others are needed): without them the comparison
+#: is drawn with the panels it has, and a note names the runs left out.
+IMITATION_OPTIONAL = ("verbose",)
+#: The data variants' own rows in Table 2 (the paper has none), in this order, when their runs are there.
+VARIANT_ROWS = ("SFT-terse", "OPSD-terse", "SFT-verbose", "OPSD-verbose")
 #: Suffixes of the columns holding an accuracy column's 95% interval bounds (in %).
 CI_LO, CI_HI = " 95% lo", " 95% hi"
 DEFAULT_PAPER_MODEL = "Qwen3-1.7B"
@@ -66,22 +74,41 @@ def _interval_note(evaluation: Mapping | None) -> str:
     return note + f" ({k} samples per problem are not independent: the true interval is wider)"
 
 
+def imitation_panels(records: Mapping[str, RunRecord], bench: str, what: str = "imitation vs self-distillation"):
+    """The ``IMITATION_PANELS`` to draw for ``bench``: every required one, and each optional one whose
+    runs are all there with evaluations of ``bench`` (else a printed note names what is missing)."""
+    panels = []
+    for references, pair in IMITATION_PANELS:
+        if references in IMITATION_OPTIONAL:
+            if missing := [n for n in pair if n not in records]:
+                print(f"{what}: {references} references left out (missing runs {missing})")
+                continue
+            if lacking := [n for n in pair if not records[n].curve(bench)[0]]:
+                print(f"{what}: {references} references left out (no {bench} eval results in runs {lacking})")
+                continue
+        panels.append((references, pair))
+    return tuple(panels)
+
+
 def imitation_vs_self_distillation_table(records: Mapping[str, RunRecord], benchmarks: Sequence[str]):
     """The data of ``fig_imitation_vs_self_distillation``: one row per evaluated checkpoint of OPSD, SFT,
-    OPSD-terse and SFT-terse, with the references the run trained on, the method, the step, the
-    training problems seen by then (step x ``problems_per_step``), the accuracy (%) with its 95% Wilson
-    interval, k correct of n, and the change from the starting model (step 0) in points. None (with a
-    printed note) when a run or its evaluations are missing."""
+    OPSD-terse and SFT-terse (and OPSD-verbose and SFT-verbose when present: ``imitation_panels``), with
+    the references the run trained on, the method, the step, the training problems seen by then (step x
+    ``problems_per_step``), the accuracy (%) with its 95% Wilson interval, k correct of n, and the change
+    from the starting model (step 0) in points. ``df.attrs["panels"]``: the panels it holds. None (with a
+    printed note) when a required run or its evaluations are missing."""
     import pandas as pd
 
     what = "imitation vs self-distillation"
-    if not (bs := need_evals(what, records, [n for _, pair in IMITATION_PANELS for n in pair], benchmarks)):
+    required = [n for references, pair in IMITATION_PANELS if references not in IMITATION_OPTIONAL for n in pair]
+    if not (bs := need_evals(what, records, required, benchmarks)):
         return None
     if len(bs) > 1:
         print(f"{what}: drawn for {bs[0]} (the first of {bs})")
     bench = bs[0]
+    panels = imitation_panels(records, bench, what)
     rows = []
-    for references, pair in IMITATION_PANELS:
+    for references, pair in panels:
         for name in pair:
             rec = records[name]
             per_step = problems_per_step(rec.config, rec.kind)
@@ -100,15 +127,17 @@ def imitation_vs_self_distillation_table(records: Mapping[str, RunRecord], bench
                 rows.append(row)
     df = pd.DataFrame(rows).set_index("run")
     first = records["OPSD"].first_eval()
+    kinds = [references_label(records[pair[0]].config) for _, pair in panels]
     df.attrs["note"] = (
-        f"Imitation (SFT) vs self-distillation (OPSD) on two kinds of reference solutions: "
-        f"{references_label(records['OPSD'].config)} and {references_label(records['OPSD-terse'].config)}. "
+        f"Imitation (SFT) vs self-distillation (OPSD) on {len(panels)} kinds of reference solutions: "
+        f"{', '.join(kinds[:-1])} and {kinds[-1]}. "
         f"Every run starts from {model_label(records['OPSD'].config)} (step 0) and is evaluated on the same "
         f"held-out problems: {eval_label(records['OPSD'].eval_at(bench, 0) or first)}, accuracy in %; "
         f"{_interval_note(first)}. 'problems seen': training problems read by that step "
         "(step x problems per step)."
     )
     df.attrs["benchmark"] = bench
+    df.attrs["panels"] = panels
     return df
 
 
@@ -176,8 +205,9 @@ def table2(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
     accuracy over the run's evaluated checkpoints; ``last``: the latest), with its step in the column
     ``ours: <benchmark> step`` beside the value and its 95% Wilson interval in ``ours: <benchmark> 95% lo``
     / ``95% hi`` (``eval_proportion``); base: the step-0 evaluation of ``base`` (else of OPSD). The runs
-    trained on terse references (``SFT-terse``, ``OPSD-terse``) get rows of their own when present (the
-    paper has none: --). Paper: ``paper_results.yaml`` table2 for ``paper_model``
+    trained on terse references (``SFT-terse``, ``OPSD-terse``) and on long-winded ones (``SFT-verbose``,
+    ``OPSD-verbose``) get rows of their own when present (``VARIANT_ROWS``; the paper has none: --).
+    Paper: ``paper_results.yaml`` table2 for ``paper_model``
     (default: the run's model if the paper has it, else Qwen3-1.7B). A method without a run shows --.
     ``df.attrs["note"]`` says what the columns are.
     """
@@ -195,7 +225,8 @@ def table2(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
         print(f"Table 2: no runs {missing}; their rows show -- for the CPU edition")
     base_src = base_eval_source(records, bs)
     rows = {}
-    methods = ["base", "SFT", "GRPO", "OPSD"] + [n for n in ("SFT-terse", "OPSD-terse") if n in records]
+    variants = [n for n in VARIANT_ROWS if n in records]
+    methods = ["base", "SFT", "GRPO", "OPSD"] + variants
     for method in methods:
         row: dict[str, Any] = {}
         for b in bs:
@@ -220,14 +251,23 @@ def table2(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
         f"ours = CPU edition: {model_label(records['OPSD'].config)}, {eval_label(first)}, accuracy in %, "
         f"{selection_label(select)} (base = step 0 of the {base_src.name if base_src else '?'} run); "
         f"{_interval_note(first)}. "
-        + ("SFT-terse / OPSD-terse: trained on references without a derivation (synthetic-terse), evaluated on "
-           "the same held-out problems; the paper has no such rows. " if len(methods) > 4 else "")
+        + "".join(f"{' / '.join(names)}: trained on {label}, evaluated on the same held-out problems; the "
+                  "paper has no such rows. "
+                  for label, names in _variant_groups(records, variants))
         + f"paper = arXiv 2601.18734 v3 Table 2, {pmodel}, Avg@12 (%), thinking on, {', '.join(bench_label(b) for b in pbench)}. "
         "Paper scale vs CPU edition: different model, data and budget, so the absolute values are not "
         "comparable; compare the ordering of the methods."
     )
     df.attrs["select"] = select
     return df
+
+
+def _variant_groups(records: Mapping[str, RunRecord], variants: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """[(references label, [run names])] of Table 2's data-variant rows, grouped by their dataset."""
+    groups: dict[str, list[str]] = {}
+    for name in variants:
+        groups.setdefault(references_label(records[name].config), []).append(name)
+    return list(groups.items())
 
 
 def table3_benchmark(what: str, records: Mapping[str, RunRecord], benchmarks: Sequence[str]) -> str | None:

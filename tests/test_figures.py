@@ -2,11 +2,13 @@
 
 Unit tests build run directories by hand (config.yaml, metrics.jsonl, eval JSON as runs write them);
 the notebook test trains real 2-step runs (OPSD, OPSD-clip, and the quick campaign's SFT, OPSD-terse and
-SFT-terse), evaluates them on a few problems and executes the notebook.
+SFT-terse; not the verbose pair, whose panel the imitation figure leaves out when its runs are missing),
+evaluates them on a few problems and executes the notebook.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -20,6 +22,7 @@ from fake_runs import (
     BENCH,
     GRPO_CONFIG,
     OPSD_CONFIG,
+    SFT_CONFIG,
     grpo_metrics,
     make_full_runs,
     opsd_metrics,
@@ -33,9 +36,20 @@ from opsd.paper_data import RUN_NAMES, problems_per_step
 REPO = Path(__file__).resolve().parents[1]
 
 
+def add_verbose_runs(root: Path) -> Path:
+    """The campaign's OPSD-verbose and SFT-verbose runs (``synthetic-verbose``) under ``root``: OPSD rises,
+    SFT falls to 0 (its completions run past the answer budget)."""
+    write_run(root / "OPSD-verbose", {**OPSD_CONFIG, "dataset": "synthetic-verbose"}, opsd_metrics(),
+              {0: 0.25, 2: 0.5, 4: 0.625})
+    write_run(root / "SFT-verbose", {**SFT_CONFIG, "dataset": "synthetic-verbose"},
+              [{"step": s, "loss": 1.0 / s, "run_kind": "sft"} for s in (1, 2, 3, 4)], {0: 0.25, 2: 0.0, 4: 0.0})
+    return root
+
+
 @pytest.fixture()
 def full_runs(tmp_path) -> Path:
-    return make_full_runs(tmp_path)
+    """Every run of the campaign (the 11 runs), evaluated at steps 0, 2, 4."""
+    return add_verbose_runs(make_full_runs(tmp_path))
 
 
 @pytest.fixture(autouse=True)
@@ -142,22 +156,45 @@ def test_diagnostics_overlays_opsd_runs(full_runs):
 def test_imitation_figure_panels_bands_and_starting_model(full_runs):
     records = pf.load_runs(str(full_runs))
     fig = pf.imitation_vs_self_distillation(records, [BENCH])
-    left, right = fig.axes
-    assert _titles(fig) == ["worked references (synthetic)", "terse references (no derivation) (synthetic-terse)"]
-    assert left.get_xlabel().startswith("training problems seen")
+    left, middle, right = fig.axes
+    assert _titles(fig) == ["worked references (synthetic)", "terse references (no derivation) (synthetic-terse)",
+                            "long-winded references (synthetic-verbose)"]
+    assert all(ax.get_xlabel().startswith("training problems seen") for ax in fig.axes)
     # per panel: the starting model's line, then OPSD and SFT
     start, opsd, _ = left.get_lines()
     assert list(start.get_ydata()) == [25.0, 25.0]
     assert list(opsd.get_xdata()) == [0, 16, 32] and list(opsd.get_ydata()) == [25.0, 50.0, 75.0]
-    assert list(right.get_lines()[2].get_ydata()) == [25.0, 12.5, 0.0]
-    # one 95% band per curve (fill_between) plus the starting model's band (axhspan)
-    assert sum(type(c).__name__ in ("PolyCollection", "FillBetweenPolyCollection") for c in left.collections) == 2
-    assert len(left.patches) == 1
+    assert list(middle.get_lines()[2].get_ydata()) == [25.0, 12.5, 0.0]
+    start, opsd, sft = right.get_lines()
+    assert list(start.get_ydata()) == [25.0, 25.0]
+    assert list(opsd.get_xdata()) == [0, 16, 32] and list(opsd.get_ydata()) == [25.0, 50.0, 62.5]
+    assert list(sft.get_xdata()) == [0, 16, 32] and list(sft.get_ydata()) == [25.0, 0.0, 0.0]
+    # per panel: one 95% band per curve (fill_between) plus the starting model's band (axhspan)
+    for ax in fig.axes:
+        assert sum(type(c).__name__ in ("PolyCollection", "FillBetweenPolyCollection") for c in ax.collections) == 2
+        assert len(ax.patches) == 1
     legend = _legend_texts(fig)
-    assert "starting model: 16/64 = 25.0% [16.0, 36.8]" in legend
+    assert legend.count("starting model: 16/64 = 25.0% [16.0, 36.8]") == 3
     assert legend.count("OPSD (OPSD-terse)") == 1 and legend.count("SFT (SFT)") == 1
+    assert legend.count("OPSD (OPSD-verbose)") == 1 and legend.count("SFT (SFT-verbose)") == 1
     title = fig._suptitle.get_text()
     assert "95% Wilson" in title and "OPSD: 8 problems x <=48 tokens/step" in title and "SFT: 8 solutions/step" in title
+
+
+def test_imitation_figure_without_the_verbose_runs_draws_the_other_panels(full_runs, capsys):
+    records = pf.load_runs(str(full_runs))
+    partial = {n: r for n, r in records.items() if n not in ("OPSD-verbose", "SFT-verbose")}
+    fig = pf.imitation_vs_self_distillation(partial, [BENCH])
+    assert _titles(fig) == ["worked references (synthetic)", "terse references (no derivation) (synthetic-terse)"]
+    assert "verbose references left out (missing runs ['OPSD-verbose', 'SFT-verbose'])" in capsys.readouterr().out
+    # one of the pair without evaluations: the panel is left out too, never drawn half
+    for evaluation in records["SFT-verbose"].evals:
+        evaluation.pop("summary")
+    df = pf.imitation_vs_self_distillation_table(records, [BENCH])
+    assert list(dict.fromkeys(df.index)) == ["OPSD", "SFT", "OPSD-terse", "SFT-terse"]
+    assert [references for references, _ in df.attrs["panels"]] == ["worked", "terse"]
+    assert "left out (no synthetic eval results in runs ['SFT-verbose'])" in capsys.readouterr().out
+    assert len(pf.imitation_vs_self_distillation(records, [BENCH]).axes) == 2
 
 
 # ------------------------------------------------------------------------------------------ saving
@@ -173,6 +210,17 @@ def test_build_all_writes_every_file_with_the_shared_style(full_runs, tmp_path):
     for name in ("table2", "table3", "table5_kl_by_category"):
         assert (out / f"{name}.csv").is_file() and (out / f"{name}.md").is_file(), name
     assert set(pf.FIGURES) == {p.stem for p in out.iterdir()}
+    # the data variants' rows: Table 2 lists them after the methods, the imitation data has all 6 runs
+    table2 = (out / "table2.md").read_text()
+    rows = [line.split(" | ")[0] for line in table2.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == ["| base", "| SFT", "| GRPO", "| OPSD", "| SFT-terse", "| OPSD-terse", "| SFT-verbose",
+                        "| OPSD-verbose"]
+    assert "| SFT-verbose | 0.0 [0.0, 5.7] | 2 |" in table2  # best = earliest of the tied checkpoints
+    assert "| OPSD-verbose | 62.5 [50.3, 73.3] | 4 |" in table2
+    assert "SFT-verbose / OPSD-verbose: trained on long-winded references (synthetic-verbose)" in table2
+    curves = (out / "fig_imitation_vs_self_distillation.csv").read_text()
+    assert [line.split(",")[:2] for line in curves.splitlines()[1:]][-6:] == \
+        [["OPSD-verbose", "verbose"]] * 3 + [["SFT-verbose", "verbose"]] * 3
 
 
 # ------------------------------------------------------------------------------------------ campaign
@@ -186,6 +234,7 @@ def test_campaign_has_every_run_the_figures_need():
     assert runs["OPSD-reverse-KL"].overrides["beta"] == 1.0 and runs["OPSD-JSD"].overrides["beta"] == 0.5
     assert runs["OPSD-long"].overrides["max_completion_length"] > 64
     assert runs["OPSD-terse"].overrides["dataset"] == runs["SFT-terse"].overrides["dataset"] == "synthetic-terse"
+    assert runs["OPSD-verbose"].overrides["dataset"] == runs["SFT-verbose"].overrides["dataset"] == "synthetic-verbose"
     assert all(r.overrides["max_steps"] == figure_runs.STEPS for r in runs.values() if r.kind != "sft")
     assert runs["SFT"].overrides["max_steps"] == figure_runs.SFT_STEPS_PER_STEP * figure_runs.STEPS
     # the same held-out set for every run: 200 problems of `synthetic`, greedy, 64 new tokens
@@ -205,14 +254,19 @@ def test_campaign_configs_load(quick, tmp_path):
         assert config.max_steps == steps
         assert config.max_steps % config.save_steps == 0  # the last step is a checkpoint, so it is evaluated
         assert run.command(tmp_path).startswith(f"python -m opsd {run.kind} --config {run.profile} ")
-    # every run starts from the CPU starting model; the terse variants differ from their runs in the data only
+    # every run starts from the CPU starting model; the terse and verbose variants differ from their runs in
+    # the data only
     assert {c.model_name for c in configs.values()} == {"smollm2-135m-opsd-start"}
     assert configs["OPSD-terse"].dataset == configs["SFT-terse"].dataset == "synthetic-terse"
+    assert configs["OPSD-verbose"].dataset == configs["SFT-verbose"].dataset == "synthetic-verbose"
     assert configs["OPSD"].dataset == configs["SFT"].dataset == "synthetic"
     runs = {r.name: r for r in figure_runs.campaign(quick)}
-    for a, b in (("OPSD-terse", "OPSD"), ("SFT-terse", "SFT")):
+    for a, b in (("OPSD-terse", "OPSD"), ("SFT-terse", "SFT"), ("OPSD-verbose", "OPSD"), ("SFT-verbose", "SFT")):
         assert (runs[a].kind, runs[a].profile) == (runs[b].kind, runs[b].profile)
         assert {k: v for k, v in runs[a].overrides.items() if k != "dataset"} == runs[b].overrides
+        differ = [f.name for f in dataclasses.fields(configs[a])
+                  if getattr(configs[a], f.name) != getattr(configs[b], f.name)]
+        assert differ == ["output_dir", "dataset"], (a, differ)
     if not quick:
         # at every evaluated checkpoint SFT and OPSD have read the same number of training problems, and
         # both are evaluated as often
@@ -223,7 +277,7 @@ def test_campaign_configs_load(quick, tmp_path):
         # the student prompt of the baselines is the one OPSD's student reads
         from opsd.contexts import PROMPT_PROFILES
 
-        for name in ("SFT", "GRPO", "SFT-terse"):
+        for name in ("SFT", "GRPO", "SFT-terse", "SFT-verbose"):
             assert PROMPT_PROFILES[configs[name].prompt_profile]["student"] == \
                 PROMPT_PROFILES[opsd.prompt_profile]["student"]
 
@@ -233,9 +287,11 @@ def test_estimate_counts_every_step_and_evaluation():
     est = figure_runs.estimate_seconds(runs)
     s = figure_runs.SECONDS_PER_STEP
     long = s["train"] * figure_runs.LONG_COMPLETION_LENGTH / 64
-    train = 9 * figure_runs.SECONDS_PER_RUN_START + 4 * (5 * s["train"] + long + s["grpo"]) + 2 * 8 * s["sft"]
+    # 11 runs: 6 OPSD runs at the base length (OPSD, -clip, -reverse-KL, -JSD, -terse, -verbose), OPSD-long,
+    # GRPO, and 3 SFT runs (SFT, -terse, -verbose) of twice as many steps
+    train = 11 * figure_runs.SECONDS_PER_RUN_START + 4 * (6 * s["train"] + long + s["grpo"]) + 3 * 8 * s["sft"]
     assert est["train"] == pytest.approx(train)
-    assert est["eval"] == pytest.approx((9 * 2 + 1) * figure_runs.SECONDS_PER_EVAL)  # 2 checkpoints each + step 0
+    assert est["eval"] == pytest.approx((11 * 2 + 1) * figure_runs.SECONDS_PER_EVAL)  # 2 checkpoints each + step 0
     with pytest.raises(ValueError, match="multiple"):
         figure_runs.campaign(steps=5, save_every=2)
 
@@ -265,7 +321,8 @@ def test_plan_prints_commands(capsys, tmp_path):
     assert figure_runs.main(["--plan", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "python -m opsd train --config cpu-tiny" in out and "clip=0.05" in out and "estimate" in out
-    assert "dataset=synthetic-terse" in out and out.count("model_name=smollm2-135m-opsd-start") == 9
+    assert "dataset=synthetic-terse" in out and out.count("model_name=smollm2-135m-opsd-start") == 11
+    assert out.count("dataset=synthetic-verbose") == 2
     assert "--limit 200" in out and "--max-new-tokens 64" in out
     total = float(out.split("total ")[-1].split(" min")[0])
     assert 0 < total <= 60
@@ -301,8 +358,8 @@ TINY_EVAL = {"n_problems": 2, "k": 1, "temperature": 0.0, "top_p": 1.0, "max_new
 def test_notebook_draws_figures_from_real_tiny_runs(tmp_path):
     """Two real 2-step OPSD runs (no clip, point-wise clip), the quick campaign's SFT, OPSD-terse and
     SFT-terse runs, a 2-problem evaluation of their checkpoints, then the notebook: Fig 4, Table 2 (with
-    intervals and the terse rows), Table 5, the diagnostics and the imitation figure are drawn, the rest
-    skipped."""
+    intervals and the terse rows), Table 5, the diagnostics and the imitation figure (its worked and terse
+    panels; the verbose pair is not trained here, to keep the test cheap) are drawn, the rest skipped."""
     papermill = pytest.importorskip("papermill")
     from opsd.config import load_config
     from opsd.evaluate import evaluate_run
@@ -338,6 +395,8 @@ def test_notebook_draws_figures_from_real_tiny_runs(tmp_path):
     executed = (tmp_path / "figures.ipynb").read_text()
     assert "skipped Fig 3 (Avg@k vs step): missing runs ['GRPO']" in executed
     assert "skipped Fig 5: missing runs ['OPSD-long']" in executed
+    # the verbose pair was not trained: the imitation figure and table leave its panel out, with a note
+    assert "verbose references left out (missing runs ['OPSD-verbose', 'SFT-verbose'])" in executed
     table2 = (out / "table2.md").read_text()
     assert "| OPSD |" in table2 and "paper Qwen3-1.7B" in table2 and "Wilson" in table2
     assert "| SFT-terse |" in table2 and "| OPSD-terse |" in table2
