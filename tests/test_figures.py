@@ -237,10 +237,10 @@ def test_campaign_has_every_run_the_figures_need():
     assert runs["OPSD-verbose"].overrides["dataset"] == runs["SFT-verbose"].overrides["dataset"] == "synthetic-verbose"
     assert all(r.overrides["max_steps"] == figure_runs.STEPS for r in runs.values() if r.kind != "sft")
     assert runs["SFT"].overrides["max_steps"] == figure_runs.SFT_STEPS_PER_STEP * figure_runs.STEPS
-    # the same held-out set for every run: 200 problems of `synthetic`, greedy, 64 new tokens
+    # the same held-out set for every run: 200 problems of `synthetic`, greedy, 64 new tokens (batches of 64)
     assert figure_runs.BENCHMARK == "synthetic"
     assert figure_runs.EVAL == {"n_problems": 200, "k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64,
-                                "batch_size": 32}
+                                "batch_size": 64}
     assert sum(figure_runs.estimate_seconds(figure_runs.campaign()).values()) <= 60 * 60
 
 
