@@ -19,13 +19,17 @@ one run after the other, each into ``<root>/<name>/`` (``CAMPAIGN``):
     GRPO              grpo-cpu-tiny                                         Fig 3, Table 2
     OPSD-terse        cpu-tiny on synthetic-terse references                imitation figure
     SFT-terse         sft-cpu-tiny on synthetic-terse references            imitation figure
+    OPSD-verbose      cpu-tiny on synthetic-verbose references              imitation figure
+    SFT-verbose       sft-cpu-tiny on synthetic-verbose references          imitation figure
 
-The data variant: ``synthetic-terse`` holds the same training problems as ``synthetic``, but its reference
-solutions only state the sum and the boxed answer, without the worked place-value steps. Imitating them
-(SFT) teaches the model to write the answer without working it out; the OPSD teacher reads them only as a
-hint (it knows the answer) while the student keeps writing its own derivation. The worked references are
-the opposite case: perfect examples in exactly the format wanted, where imitation is at its strongest.
-``fig_imitation_vs_self_distillation`` (``opsd.paper_figures``) shows the two cases side by side.
+The data variants hold the same training problems as ``synthetic`` with other reference solutions.
+``synthetic-terse``: the sum and the boxed answer only, no worked steps. ``synthetic-verbose``: the worked
+steps inside a long-winded plan, place-value decomposition and check (~156 tokens), longer than the
+64-token answer budget: correct, but not the model's own way of working, the paper's condition for SFT on
+reference solutions. Imitating them (SFT) copies the style; the OPSD teacher reads them only as a hint
+(it knows the answer) while the student keeps writing its own derivation. The worked references are the
+opposite case: perfect examples in exactly the format wanted, where imitation is at its strongest.
+``fig_imitation_vs_self_distillation`` (``opsd.paper_figures``) shows the three cases side by side.
 
 Budget: the OPSD-type runs (and GRPO) take ``STEPS`` optimizer steps with a checkpoint every
 ``SAVE_EVERY``. An SFT step is much cheaper (no generation) and, in ``sft-cpu-tiny``, half as large

@@ -82,5 +82,10 @@ def make_full_runs(tmp_path: Path) -> Path:
               {0: 0.25, 2: 0.375, 4: 0.5})
     write_run(root / "SFT-terse", {**SFT_CONFIG, "dataset": "synthetic-terse"},
               [{"step": s, "loss": 1.0 / s, "run_kind": "sft"} for s in (1, 2, 3, 4)], {0: 0.25, 2: 0.125, 4: 0.0})
+    # long-winded references: OPSD rises, SFT falls to 0 (its completions run past the answer budget)
+    write_run(root / "OPSD-verbose", {**OPSD_CONFIG, "dataset": "synthetic-verbose"}, opsd_metrics(),
+              {0: 0.25, 2: 0.5, 4: 0.625})
+    write_run(root / "SFT-verbose", {**SFT_CONFIG, "dataset": "synthetic-verbose"},
+              [{"step": s, "loss": 1.0 / s, "run_kind": "sft"} for s in (1, 2, 3, 4)], {0: 0.25, 2: 0.0, 4: 0.0})
     return root
 

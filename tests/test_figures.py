@@ -36,20 +36,10 @@ from opsd.paper_data import RUN_NAMES, problems_per_step
 REPO = Path(__file__).resolve().parents[1]
 
 
-def add_verbose_runs(root: Path) -> Path:
-    """The campaign's OPSD-verbose and SFT-verbose runs (``synthetic-verbose``) under ``root``: OPSD rises,
-    SFT falls to 0 (its completions run past the answer budget)."""
-    write_run(root / "OPSD-verbose", {**OPSD_CONFIG, "dataset": "synthetic-verbose"}, opsd_metrics(),
-              {0: 0.25, 2: 0.5, 4: 0.625})
-    write_run(root / "SFT-verbose", {**SFT_CONFIG, "dataset": "synthetic-verbose"},
-              [{"step": s, "loss": 1.0 / s, "run_kind": "sft"} for s in (1, 2, 3, 4)], {0: 0.25, 2: 0.0, 4: 0.0})
-    return root
-
-
 @pytest.fixture()
 def full_runs(tmp_path) -> Path:
     """Every run of the campaign (the 11 runs), evaluated at steps 0, 2, 4."""
-    return add_verbose_runs(make_full_runs(tmp_path))
+    return make_full_runs(tmp_path)
 
 
 @pytest.fixture(autouse=True)

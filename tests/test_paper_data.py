@@ -57,7 +57,7 @@ def test_metric_series_skip_missing_and_nan(tmp_path):
 def test_resolve_runs_accepts_mapping_json_string_and_directory(full_runs):
     as_dir = pdata.resolve_runs(str(full_runs))
     assert list(as_dir) == ["OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO",
-                            "OPSD-terse", "SFT-terse"]
+                            "OPSD-terse", "SFT-terse", "OPSD-verbose", "SFT-verbose"]
     as_json = pdata.resolve_runs(json.dumps({"OPSD": str(full_runs / "OPSD"), "GRPO": None}))
     assert as_json == {"OPSD": full_runs / "OPSD", "GRPO": None}
     assert pdata.resolve_runs({"OPSD": full_runs / "OPSD"}) == {"OPSD": full_runs / "OPSD"}

@@ -129,7 +129,7 @@ def test_markdown_folds_interval_columns_into_the_value_cell():
 def test_imitation_table_has_every_checkpoint_with_intervals_and_problems_seen(full_runs):
     records = load_runs(str(full_runs))
     df = pt.imitation_vs_self_distillation_table(records, [BENCH])
-    assert list(dict.fromkeys(df.index)) == ["OPSD", "SFT", "OPSD-terse", "SFT-terse"]
+    assert list(dict.fromkeys(df.index)) == ["OPSD", "SFT", "OPSD-terse", "SFT-terse", "OPSD-verbose", "SFT-verbose"]
     assert list(df.loc["SFT-terse", "references"]) == ["terse"] * 3
     assert set(df.loc["SFT", "method"]) == {"imitation (SFT)"}
     assert set(df.loc["OPSD", "method"]) == {"self-distillation (OPSD)"}
