@@ -120,7 +120,7 @@ def run_worker(args) -> dict:
     options = {
         "beta": args.beta,
         "temperature": args.temperature,
-        "top_k": args.top_k,
+        "teacher_top_k": args.teacher_top_k,
         "clip": args.clip,
         "clip_mode": args.clip_mode,
     }
@@ -249,10 +249,9 @@ def _shared_flags(args) -> list[str]:
         "--threads",
         str(args.threads),
     ]
-    if args.clip is not None:
-        flags += ["--clip", str(args.clip)]
-    if args.top_k is not None:
-        flags += ["--top-k", str(args.top_k)]
+    flags += ["--clip", "none" if args.clip is None else str(args.clip)]
+    if args.teacher_top_k is not None:
+        flags += ["--teacher-top-k", str(args.teacher_top_k)]
     if args.head_grad:
         flags += ["--head-grad"]
     return flags
@@ -282,8 +281,10 @@ def run_driver(args) -> None:
     key = tuple(_ints(args.key)) if args.key else None
     print(_machine(args, torch))
     print(
-        f"objective: beta={args.beta} temperature={args.temperature} top_k={args.top_k} clip={args.clip} "
-        f"({args.clip_mode}); vocab {args.vocab}; hidden {args.hidden}; chunk {args.chunk_size} positions "
+        f"objective: beta={args.beta} temperature={args.temperature} teacher_top_k={args.teacher_top_k} "
+        f"clip={args.clip}"
+        + (f" ({args.clip_mode})" if args.clip is not None else " (no clipping)")
+        + f"; vocab {args.vocab}; hidden {args.hidden}; chunk {args.chunk_size} positions "
         f"(fused: blocks of {args.fused_chunk_size}); "
         f"lm_head grad {args.head_grad}; forward + backward, all positions masked in",
         flush=True,
@@ -397,7 +398,14 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.replace("x", ",").split(",") if x]
 
 
+def _clip(text: str) -> float | None:
+    """--clip value: a threshold, or none / null for no clipping (clip=None, the only no-clip spelling)."""
+    return None if text.strip().lower() in ("none", "null") else float(text)
+
+
 def parse_args(argv=None):
+    from opsd.divergence import CLIP_MODES
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
@@ -417,9 +425,13 @@ def parse_args(argv=None):
     p.add_argument("--key-paths", default="plain,chunked", help="paths repeated at the key configuration")
     p.add_argument("--beta", type=float, default=0.0)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--clip", type=float, default=0.05)
-    p.add_argument("--clip-mode", default="pointwise", choices=["pointwise", "token", "none"])
+    p.add_argument(
+        "--teacher-top-k", type=int, default=None, help="the teacher's top-k support (default: all)"
+    )
+    p.add_argument("--clip", type=_clip, default=0.05, help="clip threshold c, or 'none' for no clipping")
+    p.add_argument(
+        "--clip-mode", default="pointwise", choices=list(CLIP_MODES), help="how to clip when --clip is set"
+    )
     p.add_argument(
         "--chunk-size", type=int, default=None, help="positions per chunk (default: suggest_chunk_size)"
     )

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -125,6 +126,41 @@ def check_keys(config_class, keys, where: str) -> None:
         )
 
 
+#: Old spellings still read from profiles, overrides and old runs' config.yaml, so that each idea has one
+#: spelling today: renamed keys (old -> new; `top_k` stays the sampling top-k) ...
+RENAMED_KEYS = {"top_k_loss": "teacher_top_k"}
+#: ... and `clip_mode: none`, the old second spelling of "no clipping": read as `clip: null` with the default
+#: clip_mode (`opsd.divergence.resolve_clip`), whatever `clip` the same source set.
+
+
+def upgrade_legacy_spellings(values: Mapping[str, Any], config_class=None, where: str = "config") -> dict[str, Any]:
+    """`values` (one source: a profile, the overrides, an old run's config.yaml) with old spellings mapped.
+
+    `top_k_loss` becomes `teacher_top_k` (both keys with different values: an InputError); `clip_mode: none`
+    becomes `clip: null` and `clip_mode: pointwise`. With a `config_class`, only the keys it has are mapped
+    (an SFT or GRPO config keeps its own `top_k`, `loss_type`, ...).
+    """
+    from opsd.validation import InputError
+
+    names = set(field_names(config_class)) if config_class is not None else None
+    out = dict(values)
+    for old, new in RENAMED_KEYS.items():
+        if old not in out or (names is not None and (old in names or new not in names)):
+            continue
+        value = out.pop(old)
+        if new in out and out[new] != value:
+            raise InputError(f"{where} sets both {old}={value!r} (the old name of {new}) and {new}={out[new]!r}; "
+                             f"keep {new} only")
+        out[new] = value
+    if "clip_mode" in out and (names is None or "clip_mode" in names):
+        from opsd.divergence import resolve_clip
+
+        clip, mode = resolve_clip(out.get("clip"), out["clip_mode"])
+        if mode != out["clip_mode"]:  # the legacy clip_mode "none"
+            out["clip"], out["clip_mode"] = clip, mode
+    return out
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """['lr=1e-4', 'clip=null'] -> {'lr': '1e-4', 'clip': None}; values are parsed as YAML (flow) values,
     then `load_config` parses each to its field's type ('1e-4' -> 0.0001 for a float field)."""
@@ -146,8 +182,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def load_config(config_class, profile: str | Path | None = DEFAULT_PROFILE, overrides: Mapping | None = None, **extra):
     """Build `config_class` from a profile, then `overrides` and `extra` (later wins).
 
-    Keys are checked (unknown: an error listing the valid ones), every value is parsed to its field's
-    type and range-checked, and a profile of another kind (`kind: sft` for an OPSDConfig) is an error,
+    Old spellings are mapped first (`upgrade_legacy_spellings`: `top_k_loss` -> `teacher_top_k`,
+    `clip_mode: none` -> `clip: null`), per source. Keys are checked (unknown: an error listing the valid
+    ones), every value is parsed to its field's type and range-checked, and a profile of another kind (`kind: sft` for an OPSDConfig) is an error,
     all before the config class runs (so before any model is loaded).
     """
     from opsd.validation import InputError, check_config_values, coerce_config_values
@@ -159,10 +196,12 @@ def load_config(config_class, profile: str | Path | None = DEFAULT_PROFILE, over
     if declared is not None and expected is not None and declared != expected:
         raise InputError(f"profile {str(profile)!r} is a {declared!r} profile, not {expected!r}: use "
                          f"`python -m opsd {declared} --config {profile}`, or a {expected!r} profile")
+    values = upgrade_legacy_spellings(values, config_class, f"profile {str(profile)!r}")
     check_keys(config_class, values, "profile")
     values = coerce_config_values(config_class, values, f"profile {Path(str(profile)).name}:")
     overrides = dict(overrides or {})
     overrides.update(extra)
+    overrides = upgrade_legacy_spellings(overrides, config_class, "the overrides")
     check_keys(config_class, overrides, "override")
     values.update(coerce_config_values(config_class, overrides, "override"))
     check_config_values(config_class, values)

@@ -13,7 +13,15 @@ from collections.abc import Sequence
 
 import torch
 
-from opsd.divergence import _check_options, _check_pair, _checked_rows, _masked_rows, _reduce, _summands
+from opsd.divergence import (
+    DEFAULT_CLIP_MODE,
+    _check_options,
+    _check_pair,
+    _checked_rows,
+    _masked_rows,
+    _reduce,
+    _summands,
+)
 from opsd.divergence_chunked import _check_chunk_size
 
 __all__ = ["MATH_PATTERN", "STYLE_WORDS", "divergence_diagnostics", "token_category"]
@@ -146,9 +154,9 @@ def divergence_diagnostics(
     token_strings: Sequence[Sequence[str]] | None = None,
     beta: float = 0.0,
     temperature: float = 1.0,
-    top_k: int | None = None,
+    teacher_top_k: int | None = None,
     clip: float | None = None,
-    clip_mode: str = "pointwise",
+    clip_mode: str = DEFAULT_CLIP_MODE,
     chunk_size: int | None = None,
 ) -> dict[str, float]:
     """Per-step numbers about the divergence over the masked-in positions (no gradient).
@@ -160,7 +168,8 @@ def divergence_diagnostics(
     kl_style / kl_math / kl_other (mean unclipped D by `token_category`, NaN when empty) and
     count_style / count_math / count_other. No masked-in position -> NaN means and fractions.
     """
-    _check_options(beta, temperature, top_k, clip, clip_mode)
+    options = _check_options(beta, temperature, teacher_top_k, clip, clip_mode)
+    clip, clip_mode = options["clip"], options["clip_mode"]  # the legacy clip_mode "none" is clip=None
     _check_pair(student_logits, teacher_logits, "logits")
     rows = _masked_rows(mask, student_logits.shape[:-1], student_logits.device)
     if chunk_size is not None:
@@ -175,7 +184,7 @@ def divergence_diagnostics(
         for start in range(0, total, step):
             index = rows[start : start + step]
             s, t = _checked_rows(student, teacher, index, lead)
-            summands = _summands(s, t, beta, temperature, top_k)
+            summands = _summands(s, t, beta, temperature, teacher_top_k)
             raw = summands.sum(-1)
             if clip is not None and clip_mode == "pointwise":
                 clipped += int((summands > clip).sum())

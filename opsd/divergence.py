@@ -13,13 +13,16 @@ and one summand l[n, v] per vocabulary entry v:
     0 < beta < 1  generalised JSD with M = (1 - beta) p_S + beta p_T
                   l = beta * p_T(v) * log(p_T(v) / M(v)) + (1 - beta) * p_S(v) * log(p_S(v) / M(v))
 
-Teacher top-k (optional k) keeps, at each position, only the k entries with the largest teacher logits and
-renormalises both distributions over them before the formulas above. The per-token divergence D[n] then
-depends on the clip mode (clip c):
+Teacher top-k (optional k, `teacher_top_k`) keeps, at each position, only the k entries with the largest
+teacher logits and renormalises both distributions over them before the formulas above. The per-token
+divergence D[n] then depends on the clip threshold c (`clip`) and, when c is set, the clip mode (`clip_mode`):
 
+    clip=None    D[n] = sum_v l[n, v]                (no clipping, whatever the mode says)
     "pointwise"  D[n] = sum_v min(l[n, v], c)        (the reference implementation's clip)
     "token"      D[n] = min(max(sum_v l[n, v], 0), c)
-    "none"       D[n] = sum_v l[n, v]                (also what clip=None means in any mode)
+
+clip=None is the only spelling of "no clipping"; the older clip_mode="none" is still read, as clip=None
+(`resolve_clip`), so old configs and calls keep their meaning.
 
 Pointwise clipping caps only the positive summands, while the negative ones (entries where the student
 puts more mass than the teacher, for forward KL) pass unchanged, so D[n] can be negative, and so can the
@@ -46,17 +49,24 @@ import torch.nn.functional as F
 
 __all__ = [
     "CLIP_MODES",
+    "DEFAULT_CLIP_MODE",
     "LOSS_TYPES",
     "DivergenceSpec",
     "assert_finite",
     "distillation_loss",
+    "resolve_clip",
     "sampled_token_loss",
     "token_divergence",
     "token_logprobs",
 ]
 
-CLIP_MODES = ("pointwise", "token", "none")
+#: How to clip when a clip threshold is set (clip=None: no clipping). The one definition of each option set
+#: of the objective: `opsd.step`, `opsd.trainer` and the rest import these (teacher modes: `opsd.teacher`).
+CLIP_MODES = ("pointwise", "token")
+DEFAULT_CLIP_MODE = "pointwise"
 LOSS_TYPES = ("full", "sampled_token")
+#: The older second spelling of "no clipping" (clip_mode: none), still read as clip=None by `resolve_clip`.
+LEGACY_NO_CLIP_MODE = "none"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,21 +74,42 @@ LOSS_TYPES = ("full", "sampled_token")
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_options(beta, temperature, top_k, clip, clip_mode) -> dict:
-    """The objective's keyword arguments as a dict; ValueError for an invalid combination."""
+def resolve_clip(clip, clip_mode):
+    """(clip, clip_mode) with the legacy clip_mode "none" read as (None, DEFAULT_CLIP_MODE); else unchanged.
+
+    clip=None alone means "no clipping"; clip_mode only says how to clip when clip is set. Older configs,
+    run directories and calls spelled it clip_mode="none" too (case-insensitive here); they keep working.
+    """
+    if isinstance(clip_mode, str) and clip_mode.strip().lower() == LEGACY_NO_CLIP_MODE:
+        return None, DEFAULT_CLIP_MODE
+    return clip, clip_mode
+
+
+def _check_options(beta, temperature, teacher_top_k, clip, clip_mode) -> dict:
+    """The objective's keyword arguments as a dict (legacy clip_mode "none" resolved, `resolve_clip`);
+    ValueError for an invalid combination."""
+    clip, clip_mode = resolve_clip(clip, clip_mode)
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be a number in [0, 1] (0 forward KL, 1 reverse KL), got {beta!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    if top_k is not None and (
-        isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1
+    if teacher_top_k is not None and (
+        isinstance(teacher_top_k, bool)
+        or not isinstance(teacher_top_k, numbers.Integral)
+        or teacher_top_k < 1
     ):
-        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+        raise ValueError(f"teacher_top_k must be None or an integer >= 1, got {teacher_top_k!r}")
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not clip > 0):
         raise ValueError(f"clip must be None or a number > 0, got {clip!r}")
     if clip_mode not in CLIP_MODES:
         raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {clip_mode!r}")
-    return {"beta": beta, "temperature": temperature, "top_k": top_k, "clip": clip, "clip_mode": clip_mode}
+    return {
+        "beta": beta,
+        "temperature": temperature,
+        "teacher_top_k": teacher_top_k,
+        "clip": clip,
+        "clip_mode": clip_mode,
+    }
 
 
 @dataclass(frozen=True)
@@ -86,20 +117,23 @@ class DivergenceSpec:
     """The objective's options in one validated value (see the module docstring for the formulas).
 
     beta: 0 forward KL(p_T || p_S), 1 reverse KL(p_S || p_T), in between a generalised JSD.
-    temperature: tau applied to both logits. top_k: teacher top-k support, or None for the full vocabulary.
-    clip / clip_mode: c and "pointwise" | "token" | "none". loss_type: "full" (the distribution-level
+    temperature: tau applied to both logits. teacher_top_k: the teacher's top-k support, or None for the
+    full vocabulary. clip: c, or None for no clipping; clip_mode: "pointwise" | "token", how to clip when
+    c is set (the legacy "none" is stored as clip=None). loss_type: "full" (the distribution-level
     divergence) or "sampled_token" (the sampled-token advantage variant, `sampled_token_loss`).
     """
 
     beta: float = 0.0
     temperature: float = 1.0
-    top_k: int | None = None
+    teacher_top_k: int | None = None
     clip: float | None = None
-    clip_mode: str = "pointwise"
+    clip_mode: str = DEFAULT_CLIP_MODE
     loss_type: str = "full"
 
     def __post_init__(self) -> None:
-        _check_options(self.beta, self.temperature, self.top_k, self.clip, self.clip_mode)
+        options = _check_options(self.beta, self.temperature, self.teacher_top_k, self.clip, self.clip_mode)
+        object.__setattr__(self, "clip", options["clip"])
+        object.__setattr__(self, "clip_mode", options["clip_mode"])
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
 
@@ -185,13 +219,15 @@ def _checked_rows(student: torch.Tensor, teacher: torch.Tensor, rows: torch.Tens
 # --------------------------------------------------------------------------------------------------
 
 
-def _summands(student_logits, teacher_logits, beta, temperature, top_k) -> torch.Tensor:
+def _summands(student_logits, teacher_logits, beta, temperature, teacher_top_k) -> torch.Tensor:
     """l[..., v] for logits [..., V] -> [..., V], or [..., k] with teacher top-k. No checks."""
-    if top_k is not None:
-        if top_k > student_logits.shape[-1]:
-            raise ValueError(f"top_k={top_k} exceeds the vocabulary size {student_logits.shape[-1]}")
+    if teacher_top_k is not None:
+        if teacher_top_k > student_logits.shape[-1]:
+            raise ValueError(
+                f"teacher_top_k={teacher_top_k} exceeds the vocabulary size {student_logits.shape[-1]}"
+            )
         # The temperature does not change the order, so select on the raw teacher logits.
-        support = teacher_logits.topk(top_k, dim=-1).indices
+        support = teacher_logits.topk(teacher_top_k, dim=-1).indices
         student_logits = student_logits.gather(-1, support)
         teacher_logits = teacher_logits.gather(-1, support)
     dtype = _compute_dtype(student_logits.dtype)
@@ -210,16 +246,20 @@ def _summands(student_logits, teacher_logits, beta, temperature, top_k) -> torch
 
 
 def _reduce(summands: torch.Tensor, clip, clip_mode) -> torch.Tensor:
-    """D[...] from summands [..., V] under the clip mode."""
-    if clip is None or clip_mode == "none":
+    """D[...] from summands [..., V] under the clip (None: no clipping) and the clip mode (checked)."""
+    if clip is None:
         return summands.sum(-1)
     if clip_mode == "pointwise":
         return summands.clamp(max=clip).sum(-1)
     return summands.sum(-1).clamp(min=0.0, max=clip)
 
 
-def _divergence(student_logits, teacher_logits, *, beta, temperature, top_k, clip, clip_mode) -> torch.Tensor:
-    return _reduce(_summands(student_logits, teacher_logits, beta, temperature, top_k), clip, clip_mode)
+def _divergence(
+    student_logits, teacher_logits, *, beta, temperature, teacher_top_k, clip, clip_mode
+) -> torch.Tensor:
+    return _reduce(
+        _summands(student_logits, teacher_logits, beta, temperature, teacher_top_k), clip, clip_mode
+    )
 
 
 def token_divergence(
@@ -228,17 +268,18 @@ def token_divergence(
     *,
     beta: float = 0.0,
     temperature: float = 1.0,
-    top_k: int | None = None,
+    teacher_top_k: int | None = None,
     clip: float | None = None,
-    clip_mode: str = "pointwise",
+    clip_mode: str = DEFAULT_CLIP_MODE,
 ) -> torch.Tensor:
     """Per-position divergence D: logits [..., V] (student, teacher) -> [...].
 
     D = sum_v l[v] with l the beta-divergence summand at temperature tau (module docstring), over the
-    teacher's top-k entries when top_k is set, clipped per entry ("pointwise", D may be < 0), per token
-    ("token", D in [0, c]) or not at all. Every position is computed; mask with `distillation_loss`.
+    teacher's top-k entries when teacher_top_k is set, clipped per entry ("pointwise", D may be < 0), per
+    token ("token", D in [0, c]) or, with clip=None, not at all. Every position is computed; mask with
+    `distillation_loss`.
     """
-    options = _check_options(beta, temperature, top_k, clip, clip_mode)
+    options = _check_options(beta, temperature, teacher_top_k, clip, clip_mode)
     _check_pair(student_logits, teacher_logits, "logits")
     assert_finite(student_logits, "student logits")
     assert_finite(teacher_logits, "teacher logits")
@@ -264,9 +305,9 @@ def distillation_loss(
     *,
     beta: float = 0.0,
     temperature: float = 1.0,
-    top_k: int | None = None,
+    teacher_top_k: int | None = None,
     clip: float | None = None,
-    clip_mode: str = "pointwise",
+    clip_mode: str = DEFAULT_CLIP_MODE,
     chunk_size: int | None = None,
     return_per_token: bool = False,
 ):
@@ -278,7 +319,7 @@ def distillation_loss(
     processes that many positions at a time and keeps only one chunk's intermediates (same objective;
     `opsd.divergence_chunked`). return_per_token=True returns (loss, D [B, T] detached, 0 where masked out).
     """
-    options = _check_options(beta, temperature, top_k, clip, clip_mode)
+    options = _check_options(beta, temperature, teacher_top_k, clip, clip_mode)
     _check_pair(student_logits, teacher_logits, "logits")
     rows = _masked_rows(mask, student_logits.shape[:-1], student_logits.device)
     teacher_logits = teacher_logits.detach()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from opsd.divergence import (
+    DEFAULT_CLIP_MODE,
     _check_options,
     _check_pair,
     _checked_rows,
@@ -208,9 +209,9 @@ def distillation_loss_from_hidden(
     *,
     beta: float = 0.0,
     temperature: float = 1.0,
-    top_k: int | None = None,
+    teacher_top_k: int | None = None,
     clip: float | None = None,
-    clip_mode: str = "pointwise",
+    clip_mode: str = DEFAULT_CLIP_MODE,
     chunk_size: int | None = None,
     teacher_lm_head_weight: torch.Tensor | None = None,
     return_per_token: bool = False,
@@ -226,7 +227,7 @@ def distillation_loss_from_hidden(
     sub-chunks of at most `suggest_chunk_size(V, device=...)` positions. return_per_token=True returns
     (loss, D [B, T] detached).
     """
-    options = _check_options(beta, temperature, top_k, clip, clip_mode)
+    options = _check_options(beta, temperature, teacher_top_k, clip, clip_mode)
     _check_pair(student_hidden, teacher_hidden, "hidden states")
     teacher_weight = lm_head_weight if teacher_lm_head_weight is None else teacher_lm_head_weight
     for name, w in (("lm_head_weight", lm_head_weight), ("teacher_lm_head_weight", teacher_weight)):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from opsd.config import REPO_ROOT, available_profiles, check_keys, read_profile
+from opsd.config import REPO_ROOT, available_profiles, check_keys, read_profile, upgrade_legacy_spellings
 
 ACCELERATE_DIR = REPO_ROOT / "reproduce" / "accelerate"
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -82,5 +83,6 @@ def resolve_train_overrides(profile: str, overrides: Mapping[str, Any] | None, *
     for key, value in (("output_dir", output_dir), ("max_steps", max_steps), ("seed", seed)):
         if value is not None:
             merged[key] = value
+    merged = upgrade_legacy_spellings(merged, OPSDConfig, "the overrides")  # top_k_loss, clip_mode: none
     check_keys(OPSDConfig, merged, "override")
     return merged

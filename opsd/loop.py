@@ -80,8 +80,9 @@ def train_plain(config: OPSDConfig, *, model=None, tokenizer=None, dataset=None,
     ema = EMATeacher(model, decay=config.ema_decay) if config.teacher_mode == "ema" else None
     sampler = rollout_backend if rollout_backend is not None else HFRollout(model, tokenizer, fast=config.fast_inference)
     head = model.get_output_embeddings().weight
+    # + teacher_mode, loss_type, fused_hidden, beta, temperature, teacher_top_k, clip, clip_mode, fast
     objective = {"ema": ema, "chunk_size": resolve_chunk_size(config, head.shape[0], head.device),
-                 **config.loss_kwargs()}  # teacher_mode, loss_type, fused_hidden, beta, temperature, top_k, clip
+                 **config.loss_kwargs()}
 
     # 4. the loop: per optimizer step, `accumulate` micro-batches of problems -------------------------------
     batches = shuffled_batches(len(dataset), config.per_device_train_batch_size, config.seed)

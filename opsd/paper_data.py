@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from opsd.config import REPO_ROOT
+from opsd.config import REPO_ROOT, upgrade_legacy_spellings
 
 RUN_NAMES = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO", "OPSD-terse",
              "SFT-terse", "OPSD-verbose", "SFT-verbose", "base")
@@ -158,7 +158,8 @@ def metric_series(records: Iterable[dict], key: str) -> tuple[list[float], list[
 class RunRecord:
     """What one run directory holds: its config, its metrics and its eval summaries.
 
-    ``config``: ``config.yaml`` ({} when absent); ``metrics``: ``metrics.jsonl`` records in step order;
+    ``config``: ``config.yaml`` ({} when absent; old spellings mapped, ``opsd.config.upgrade_legacy_spellings``);
+    ``metrics``: ``metrics.jsonl`` records in step order (old keys mapped, ``opsd.runlog.read_metrics``);
     ``evals``: the ``eval/<benchmark>/step-<N>.json`` dicts without their per-sample ``records``.
     """
 
@@ -250,6 +251,8 @@ def read_run(name: str, run_dir: str | Path) -> RunRecord:
     if (path / "config.yaml").is_file():
         with open(path / "config.yaml") as f:
             config = yaml.safe_load(f) or {}
+        if isinstance(config, dict):  # older runs' spellings (top_k_loss, clip_mode: none) read as today's
+            config = upgrade_legacy_spellings(config, where=f"{path / 'config.yaml'}")
     evals = []
     for e in load_eval_results(path):
         e = dict(e)
@@ -373,9 +376,11 @@ def objective_label(config: Mapping) -> str:
 
 
 def clip_label(config: Mapping) -> str:
-    """``point-wise clip 0.05``, ``token clip 0.05`` or ``no clip``."""
-    clip, mode = config.get("clip"), str(config.get("clip_mode", "pointwise"))
-    if clip is None or mode == "none":
+    """``point-wise clip 0.05``, ``token clip 0.05`` or ``no clip`` (clip null, or an older run's clip_mode none)."""
+    from opsd.divergence import DEFAULT_CLIP_MODE, resolve_clip
+
+    clip, mode = resolve_clip(config.get("clip"), str(config.get("clip_mode", DEFAULT_CLIP_MODE)))
+    if clip is None:
         return "no clip"
     return f"{'point-wise' if mode == 'pointwise' else mode} clip {float(clip):g}"
 

@@ -31,7 +31,7 @@ class StepPrinter(TrainerCallback):
         done = state.global_step - self.first_step
         per_step = (time.perf_counter() - self.start) / max(done, 1)
         left = per_step * max(state.max_steps - state.global_step, 0)
-        kl = logs.get("divergence_mean", logs.get("divergence"))
+        kl = logs.get("divergence_mean")
         parts = [f"step {state.global_step}/{state.max_steps}", f"loss {logs['loss']:.4f}"]
         if kl is not None:
             parts.append(f"kl {kl:.3f}")

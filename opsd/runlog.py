@@ -47,6 +47,10 @@ INCOMPLETE_DIR = "incomplete"
 LOG_FILES = ("metrics.jsonl", "rollouts.jsonl")
 #: metrics.jsonl's `run_kind` -> the `kind` of profiles and config.yaml.
 RUN_KINDS = {"opsd": "train", "train": "train", "sft": "sft", "grpo": "grpo"}
+#: One key per quantity in metrics.jsonl: keys older OPSD runs also logged (old -> the key kept). `objective`
+#: was the step's loss again (the Trainer logs it as `loss`, averaged over micro-batches and processes);
+#: `divergence` a copy of `divergence_mean`. `read_metrics` maps them, so old runs read like new ones.
+METRIC_ALIASES = {"objective": "loss", "divergence": "divergence_mean"}
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _MODEL_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -127,9 +131,23 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
+def canonical_metrics(record: dict) -> dict:
+    """One metrics.jsonl record with the old keys of `METRIC_ALIASES` renamed to the kept ones (a kept key
+    already there wins; it holds the same quantity)."""
+    if not any(old in record for old in METRIC_ALIASES):
+        return record
+    out = {k: v for k, v in record.items() if k not in METRIC_ALIASES}
+    for old, new in METRIC_ALIASES.items():
+        if old in record and out.get(new) is None:
+            out[new] = record[old]
+    return out
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The metrics of a run, one dict per logged step, in step order (empty list when none)."""
-    return sorted(read_jsonl(Path(run_dir) / "metrics.jsonl"), key=lambda r: r.get("step", 0))
+    """The metrics of a run, one dict per logged step, in step order (empty list when none); keys of older
+    runs are mapped to today's (`METRIC_ALIASES`)."""
+    records = (canonical_metrics(r) for r in read_jsonl(Path(run_dir) / "metrics.jsonl"))
+    return sorted(records, key=lambda r: r.get("step", 0))
 
 
 def truncate_jsonl(path: str | Path, max_step: int) -> None:

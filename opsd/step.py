@@ -28,13 +28,18 @@ from dataclasses import dataclass
 import torch
 
 from opsd.contexts import JoinedBatch
-from opsd.divergence import distillation_loss, sampled_token_loss, token_logprobs
+from opsd.divergence import (
+    DEFAULT_CLIP_MODE,
+    LOSS_TYPES,
+    distillation_loss,
+    sampled_token_loss,
+    token_logprobs,
+)
 from opsd.divergence_chunked import distillation_loss_from_hidden
 from opsd.packed_linear import packed_linears
 from opsd.teacher import EMATeacher, teacher_context
 
 ROLES = ("student", "teacher")
-LOSS_TYPES = ("full", "sampled_token")
 
 
 class NonFiniteScoresError(FloatingPointError):
@@ -124,16 +129,17 @@ def opsd_loss(
     unwrapped=None,
     beta: float = 0.0,
     temperature: float = 1.0,
-    top_k: int | None = None,
+    teacher_top_k: int | None = None,
     clip: float | None = None,
-    clip_mode: str = "pointwise",
+    clip_mode: str = DEFAULT_CLIP_MODE,
     fast: bool = False,
 ) -> StepResult:
     """The OPSD loss of one batch of rollouts: teacher pass (no grad), student pass (grad), divergence.
 
     loss_type "full":   mean over masked-in positions of D(z_S, z_T), the divergence between the whole
-                        next-token distributions (beta, temperature tau, teacher top_k, clip c, clip_mode;
-                        `opsd.divergence.distillation_loss`, chunk_size positions at a time if set).
+                        next-token distributions (beta, temperature tau, teacher_top_k, clip c or None
+                        for no clipping, clip_mode; `opsd.divergence.distillation_loss`, chunk_size
+                        positions at a time if set).
                         fused_hidden=True computes it from the last hidden states, never holding the full
                         logits (`opsd.divergence_chunked.distillation_loss_from_hidden`).
     "sampled_token":    -mean_n A[n] log p_S(ŷ_n), A[n] = log p_T(ŷ_n) - log p_S(ŷ_n) detached, both at
@@ -158,7 +164,8 @@ def opsd_loss(
     require_finite(student, mask, f"student {kind}")
     require_finite(teacher, mask, f"teacher {kind}")
 
-    options = {"beta": beta, "temperature": temperature, "top_k": top_k, "clip": clip, "clip_mode": clip_mode}
+    options = {"beta": beta, "temperature": temperature, "teacher_top_k": teacher_top_k, "clip": clip,
+               "clip_mode": clip_mode}
     if loss_type == "sampled_token":
         s_logp = token_logprobs(student, batch.completion_ids, temperature)
         t_logp = token_logprobs(teacher, batch.completion_ids, temperature)

@@ -33,7 +33,7 @@ from transformers.utils import logging
 from opsd.config import RunFields
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.diagnostics import divergence_diagnostics
-from opsd.divergence import token_divergence
+from opsd.divergence import CLIP_MODES, DEFAULT_CLIP_MODE, LOSS_TYPES, resolve_clip, token_divergence
 from opsd.divergence_chunked import suggest_chunk_size
 from opsd.rollout import SamplingParams, make_rollout_backend
 from opsd.runlog import (
@@ -46,16 +46,13 @@ from opsd.runlog import (
     write_json_atomic,
 )
 from opsd.step import NonFiniteScoresError, opsd_loss
-from opsd.teacher import EMATeacher, teacher_context
+from opsd.teacher import TEACHER_MODES, EMATeacher, teacher_context
 
 # transformers 5.23's own Trainer calls its deprecated `is_gradient_checkpointing`; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 logger = logging.get_logger(__name__)
 
-TEACHER_MODES = ("fixed", "ema", "dynamic")
-LOSS_TYPES = ("full", "sampled_token")
-CLIP_MODES = ("pointwise", "token", "none")
 LARGE_VOCAB = 65_536
 OPSD_STATE_FILE = "opsd_state.pt"
 
@@ -71,9 +68,9 @@ class OPSDConfig(RunFields, TrainingArguments):
     # objective
     beta: float = field(default=0.0, metadata={"help": "Generalized JSD weight: 0 forward KL(T||S), 1 reverse KL."})
     loss_temperature: float | None = field(default=None, metadata={"help": "Temperature on both logits (None: sampling temperature)."})
-    top_k_loss: int | None = field(default=None, metadata={"help": "Restrict the divergence to the teacher's top-k entries."})
-    clip: float | None = field(default=0.05, metadata={"help": "Clip threshold c (None: no clipping)."})
-    clip_mode: str = field(default="pointwise", metadata={"help": "pointwise | token | none."})
+    teacher_top_k: int | None = field(default=None, metadata={"help": "Restrict the divergence to the teacher's top-k entries (None: the whole vocabulary; `top_k` is the sampling one). Old key: top_k_loss."})
+    clip: float | None = field(default=0.05, metadata={"help": "Clip threshold c (None: no clipping, the only way to turn it off)."})
+    clip_mode: str = field(default=DEFAULT_CLIP_MODE, metadata={"help": "How to clip when clip is set: pointwise | token (the old 'none' is read as clip=None)."})
     loss_type: str = field(default="full", metadata={"help": "full (vocabulary divergence) | sampled_token."})
     divergence_chunk_size: int | None = field(default=None, metadata={"help": "Positions per chunk (None: automatic when vocab > 65,536, else unchunked; 0: never chunk)."})
     fused_hidden_loss: bool = field(default=False, metadata={"help": "Compute student logits chunk by chunk from hidden states."})
@@ -86,7 +83,7 @@ class OPSDConfig(RunFields, TrainingArguments):
     rollout_backend: str = field(default="hf", metadata={"help": "hf | vllm."})
     temperature: float = 1.1
     top_p: float = 0.95
-    top_k: int = 20
+    top_k: int = field(default=20, metadata={"help": "Sampling top-k (0: off); the divergence's teacher support is teacher_top_k."})
     max_completion_length: int = 1024
     num_generations: int = field(default=1, metadata={"help": "Rollouts per problem."})
     vllm_gpu_memory_utilization: float = 0.6
@@ -99,6 +96,7 @@ class OPSDConfig(RunFields, TrainingArguments):
     def __post_init__(self):
         from opsd.validation import InputError, check_config
 
+        self.clip, self.clip_mode = resolve_clip(self.clip, self.clip_mode)  # legacy clip_mode "none" -> clip None
         check_config(self)  # types and ranges, before TrainingArguments sees the values
         self.remove_unused_columns = False
         self.dataloader_pin_memory = False  # batches are problem texts, tokenized in the step: nothing to pin
@@ -138,7 +136,7 @@ class OPSDConfig(RunFields, TrainingArguments):
 
     def divergence_kwargs(self) -> dict[str, Any]:
         return {
-            "beta": self.beta, "temperature": self.effective_loss_temperature, "top_k": self.top_k_loss,
+            "beta": self.beta, "temperature": self.effective_loss_temperature, "teacher_top_k": self.teacher_top_k,
             "clip": self.clip, "clip_mode": self.clip_mode,
         }
 
@@ -299,7 +297,7 @@ class OPSDTrainer(Trainer):
 
         self._step_times["rollout"] = self._step_times.get("rollout", 0.0) + (t1 - t0)
         self._step_times["teacher"] = self._step_times.get("teacher", 0.0) + result.teacher_seconds
-        self._record(batch, rollout, result.student.detach(), result.teacher, contexts, step, result.fused, loss)
+        self._record(batch, rollout, result.student.detach(), result.teacher, contexts, step, result.fused)
         return loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -333,7 +331,7 @@ class OPSDTrainer(Trainer):
             "rate, check the dtype (bf16 overflow), or inspect these rows."
         )
 
-    def _record(self, batch, rollout, student_logits, teacher_logits, contexts, step, fused, loss) -> None:
+    def _record(self, batch, rollout, student_logits, teacher_logits, contexts, step, fused) -> None:
         args: OPSDConfig = self.args
         mask = batch.loss_mask
         lengths = mask.sum(-1).float()
@@ -344,7 +342,7 @@ class OPSDTrainer(Trainer):
         eos = torch.tensor(self.rollout_backend.eos_ids, device=mask.device)
         truncated = mask[:, -1] & ~torch.isin(batch.completion_ids[:, -1], eos)
         self._metrics["truncated_fraction"].append(truncated.float().mean().item())
-        self._metrics["objective"].append(loss.detach().item())
+        # No copy of the loss here: the Trainer logs it as `loss` (see `log` for the one key per quantity).
         if fused:
             return  # full logits never exist on this path; diagnostics come from the divergence module alone
         parts = []
@@ -389,11 +387,17 @@ class OPSDTrainer(Trainer):
                 })
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add this step's OPSD metrics to the Trainer's `logs` (loss, grad_norm, learning_rate).
+
+        One key per quantity: `loss` is the optimized objective (the Trainer's mean over the step's
+        micro-batches and processes), `divergence_mean` the diagnostics' mean clipped D[n] (main process;
+        for loss_type full on one process the same number as `loss`; absent on the fused path). Older
+        runs also logged `objective` (= loss) and `divergence` (a copy of divergence_mean);
+        `opsd.runlog.read_metrics` maps those to the kept keys (`METRIC_ALIASES`).
+        """
         for key, values in self._metrics.items():
             if values:
                 logs[key] = sum(values) / len(values)
-        if "divergence_mean" in logs:
-            logs.setdefault("divergence", logs["divergence_mean"])
         logs["tokens_generated"] = self.tokens_generated
         self._metrics.clear()
         super().log(logs, start_time)

@@ -34,8 +34,9 @@ STYLE_PATH = REPO_ROOT / "reproduce" / "opsd.mplstyle"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 NEGATIVE_LOSS_NOTE = "loss < 0: clipping lets the optimizer push below zero"
-_ZERO_LINE_KEYS = ("loss", "divergence_mean", "divergence", "objective")
-_NEGATIVE_MARK_KEYS = ("loss", "divergence_mean", "objective")
+# metrics.jsonl keys as `opsd.runlog.read_metrics` returns them (one key per quantity, old keys mapped)
+_ZERO_LINE_KEYS = ("loss", "divergence_mean")
+_NEGATIVE_MARK_KEYS = ("loss", "divergence_mean")
 
 
 # ------------------------------------------------------------------------------------------------ style

@@ -25,11 +25,11 @@ def one_thread():
 # --------------------------------------------------------------------------------------------------
 
 
-def ref_summands(zs, zt, beta, temperature, top_k):
+def ref_summands(zs, zt, beta, temperature, teacher_top_k):
     """Summands l_v of one position, over the teacher's top-k support (or the whole vocabulary)."""
     support = list(range(len(zs)))
-    if top_k is not None:
-        support = sorted(support, key=lambda v: zt[v], reverse=True)[:top_k]
+    if teacher_top_k is not None:
+        support = sorted(support, key=lambda v: zt[v], reverse=True)[:teacher_top_k]
 
     def softmax(z):
         top = max(z[v] / temperature for v in support)
@@ -50,9 +50,9 @@ def ref_summands(zs, zt, beta, temperature, top_k):
     return terms
 
 
-def ref_token(zs, zt, *, beta, temperature, top_k, clip, clip_mode):
-    terms = ref_summands(zs, zt, beta, temperature, top_k)
-    if clip is None or clip_mode == "none":
+def ref_token(zs, zt, *, beta, temperature, teacher_top_k, clip, clip_mode):
+    terms = ref_summands(zs, zt, beta, temperature, teacher_top_k)
+    if clip is None:  # no clipping, whatever the mode
         return sum(terms)
     if clip_mode == "pointwise":
         return sum(min(term, clip) for term in terms)
@@ -69,12 +69,15 @@ def ref_loss(student, teacher, mask, **options):
     return sum(values) / len(values) if values else 0.0
 
 
-CLIPS = [(0.05, "pointwise"), (0.05, "token"), (None, "none")]
+CLIPS = [(0.05, "pointwise"), (0.05, "token"), (None, "pointwise")]  # clip None: no clipping
 GRID = [
-    {"beta": beta, "temperature": tau, "top_k": k, "clip": clip, "clip_mode": mode}
+    {"beta": beta, "temperature": tau, "teacher_top_k": k, "clip": clip, "clip_mode": mode}
     for beta, tau, k, (clip, mode) in itertools.product([0.0, 0.5, 1.0], [1.0, 1.1], [None, 3], CLIPS)
 ]
-GRID_IDS = [f"b{o['beta']}-t{o['temperature']}-k{o['top_k']}-{o['clip_mode']}" for o in GRID]
+GRID_IDS = [
+    f"b{o['beta']}-t{o['temperature']}-k{o['teacher_top_k']}-{o['clip_mode'] if o['clip'] else 'noclip'}"
+    for o in GRID
+]
 
 B, T, V = 3, 5, 9
 LENGTHS = [5, 2, 0]  # ragged rows, the last one entirely masked out
@@ -98,11 +101,11 @@ def with_garbage(x, mask):
 
 
 GRADCHECK_OPTIONS = [
-    {"beta": 0.0, "temperature": 1.0, "top_k": None, "clip": 0.05, "clip_mode": "pointwise"},
-    {"beta": 0.0, "temperature": 1.1, "top_k": 3, "clip": 0.05, "clip_mode": "pointwise"},
-    {"beta": 0.5, "temperature": 1.1, "top_k": None, "clip": 0.05, "clip_mode": "token"},
-    {"beta": 1.0, "temperature": 1.0, "top_k": 3, "clip": None, "clip_mode": "none"},
-    {"beta": 0.3, "temperature": 1.1, "top_k": None, "clip": 0.05, "clip_mode": "pointwise"},
+    {"beta": 0.0, "temperature": 1.0, "teacher_top_k": None, "clip": 0.05, "clip_mode": "pointwise"},
+    {"beta": 0.0, "temperature": 1.1, "teacher_top_k": 3, "clip": 0.05, "clip_mode": "pointwise"},
+    {"beta": 0.5, "temperature": 1.1, "teacher_top_k": None, "clip": 0.05, "clip_mode": "token"},
+    {"beta": 1.0, "temperature": 1.0, "teacher_top_k": 3, "clip": None, "clip_mode": "pointwise"},
+    {"beta": 0.3, "temperature": 1.1, "teacher_top_k": None, "clip": 0.05, "clip_mode": "pointwise"},
 ]
 
 
@@ -110,8 +113,14 @@ def is_smooth(s, t, options, margin=1e-3):
     """True when no clip of the option set sits within `margin` of a kink for these logits."""
     for b, n in itertools.product(range(s.shape[0]), range(s.shape[1])):
         terms = ref_summands(
-            s[b, n].tolist(), t[b, n].tolist(), options["beta"], options["temperature"], options["top_k"]
+            s[b, n].tolist(),
+            t[b, n].tolist(),
+            options["beta"],
+            options["temperature"],
+            options["teacher_top_k"],
         )
+        if options["clip"] is None:
+            continue
         if options["clip_mode"] == "pointwise" and any(
             abs(term - options["clip"]) <= margin for term in terms
         ):

@@ -11,7 +11,7 @@ import yaml
 BENCH = "synthetic"
 
 OPSD_CONFIG = {
-    "model_name": "smollm2-135m-instruct", "dataset": "synthetic", "beta": 0.0, "clip": None, "clip_mode": "none",
+    "model_name": "smollm2-135m-instruct", "dataset": "synthetic", "beta": 0.0, "clip": None, "clip_mode": "pointwise",
     "teacher_mode": "fixed",
     "max_completion_length": 48, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "num_generations": 1,
     "use_lora": True, "lora_r": 16, "learning_rate": 3e-4, "max_steps": 4, "temperature": 1.0,

@@ -24,9 +24,11 @@ from divergence_reference import (
 
 from opsd.diagnostics import divergence_diagnostics
 from opsd.divergence import (
+    CLIP_MODES,
     DivergenceSpec,
     assert_finite,
     distillation_loss,
+    resolve_clip,
     sampled_token_loss,
     token_divergence,
     token_logprobs,
@@ -96,7 +98,7 @@ def test_pointwise_clip_can_make_the_loss_negative():
                 [[True]],
                 beta=0.0,
                 temperature=1.0,
-                top_k=None,
+                teacher_top_k=None,
                 clip=0.05,
                 clip_mode="pointwise",
             ),
@@ -243,8 +245,8 @@ def test_nan_raises_in_every_entry_point():
     [
         ({"beta": 1.5}, "beta"),
         ({"temperature": 0.0}, "temperature"),
-        ({"top_k": 0}, "top_k"),
-        ({"top_k": V + 1}, "top_k"),
+        ({"teacher_top_k": 0}, "teacher_top_k"),
+        ({"teacher_top_k": V + 1}, "teacher_top_k"),
         ({"clip": -1.0}, "clip"),
         ({"clip_mode": "sometimes"}, "clip_mode"),
         ({"chunk_size": 0}, "chunk_size"),
@@ -269,16 +271,57 @@ def test_invalid_shapes_and_masks_raise():
 
 
 def test_divergence_spec():
-    spec = DivergenceSpec(beta=0.0, temperature=1.1, top_k=20, clip=0.05)
+    spec = DivergenceSpec(beta=0.0, temperature=1.1, teacher_top_k=20, clip=0.05)
     assert spec.loss_kwargs() == {
         "beta": 0.0,
         "temperature": 1.1,
-        "top_k": 20,
+        "teacher_top_k": 20,
         "clip": 0.05,
         "clip_mode": "pointwise",
     }
-    for bad in ({"beta": -0.1}, {"temperature": 0}, {"clip_mode": "x"}, {"top_k": 0}, {"loss_type": "y"}):
+    for bad in (
+        {"beta": -0.1},
+        {"temperature": 0},
+        {"clip_mode": "x"},
+        {"teacher_top_k": 0},
+        {"loss_type": "y"},
+    ):
         with pytest.raises(ValueError):
             DivergenceSpec(**bad)
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.beta = 1.0
+
+
+def test_clip_none_is_the_one_no_clip_and_the_legacy_clip_mode_none_still_reads_as_it():
+    """clip=None is "no clipping"; clip_mode only says how to clip. The older clip_mode="none" (any clip)
+    is read as clip=None with the default mode, in every entry point, so old calls keep their values."""
+    assert CLIP_MODES == ("pointwise", "token")
+    assert resolve_clip(0.05, "none") == (None, "pointwise")
+    assert resolve_clip(0.05, "None") == (None, "pointwise")
+    assert resolve_clip(0.05, "token") == (0.05, "token") and resolve_clip(None, "token") == (None, "token")
+    s, t, mask = logits(0), logits(1), ragged_mask()
+    options = {"beta": 0.0, "temperature": 1.1, "teacher_top_k": 3}
+    no_clip = distillation_loss(s, t, mask, clip=None, **options)
+    want = ref_loss(s.tolist(), t.tolist(), mask.tolist(), clip=None, clip_mode="pointwise", **options)
+    assert math.isclose(no_clip.item(), want, rel_tol=1e-10)
+    assert not math.isclose(distillation_loss(s, t, mask, clip=0.05, **options).item(), want, rel_tol=1e-3)
+    for chunk_size in (None, 2):
+        legacy = distillation_loss(s, t, mask, clip=0.05, clip_mode="none", chunk_size=chunk_size, **options)
+        assert math.isclose(legacy.item(), want, rel_tol=1e-10)
+    assert torch.equal(
+        token_divergence(s, t, clip=0.05, clip_mode="none", **options),
+        token_divergence(s, t, clip=None, **options),
+    )
+    hs, ht, w = logits(2, (B, T, 4)), logits(3, (B, T, 4)), logits(4, (V, 4))
+    assert math.isclose(
+        distillation_loss_from_hidden(hs, ht, w, mask, clip=0.05, clip_mode="none", **options).item(),
+        distillation_loss_from_hidden(hs, ht, w, mask, clip=None, **options).item(),
+        rel_tol=1e-12,
+    )
+    legacy = divergence_diagnostics(s, t, mask, clip=0.05, clip_mode="none", **options)
+    assert (
+        legacy == divergence_diagnostics(s, t, mask, clip=None, **options)
+        and legacy["clipped_fraction"] == 0.0
+    )
+    spec = DivergenceSpec(clip=0.05, clip_mode="none")
+    assert (spec.clip, spec.clip_mode) == (None, "pointwise") and spec == DivergenceSpec(clip=None)

@@ -89,7 +89,7 @@ def test_fused_hidden_sub_chunks(monkeypatch):
     hs = torch.randn(B, T, 6, generator=generator, dtype=torch.float64, requires_grad=True)
     ht = torch.randn(B, T, 6, generator=generator, dtype=torch.float64)
     w = torch.randn(V, 6, generator=generator, dtype=torch.float64, requires_grad=True)
-    options = {"beta": 0.5, "temperature": 1.1, "top_k": 3, "clip": 0.05}
+    options = {"beta": 0.5, "temperature": 1.1, "teacher_top_k": 3, "clip": 0.05}
     want = distillation_loss(hs @ w.T, ht @ w.detach().T, mask, **options)
     want_h, want_w = torch.autograd.grad(want, (hs, w))
     for block in (None, 3, 7):
@@ -128,7 +128,7 @@ def test_sliced_views_of_longer_sequences():
     options = {"beta": 0.5, "temperature": 1.1, "clip": 0.05}
     s, t = full_s[:, 3 : 3 + T], full_t[:, 3 : 3 + T]
     assert not s.is_contiguous()
-    want = ref_loss(s.tolist(), t.tolist(), mask.tolist(), top_k=None, clip_mode="pointwise", **options)
+    want = ref_loss(s.tolist(), t.tolist(), mask.tolist(), teacher_top_k=None, clip_mode="pointwise", **options)
     grads = []
     for chunk_size in (None, 4):
         loss = distillation_loss(s, t, mask, chunk_size=chunk_size, **options)

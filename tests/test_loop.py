@@ -12,7 +12,7 @@ from opsd.data import synthetic_math
 from opsd.loop import micro_batch_loss, train_plain
 from opsd.models import apply_lora, tiny_qwen3
 from opsd.rollout import Rollout
-from opsd.runlog import read_metrics
+from opsd.runlog import read_jsonl, read_metrics
 from opsd.trainer import OPSDConfig, OPSDTrainer, resolve_chunk_size
 
 N = 5  # rollout tokens
@@ -109,6 +109,11 @@ def test_train_plain_takes_the_trainers_optimizer_steps(tmp_path, embedded_token
 
     logged = read_metrics(tmp_path)
     assert [m["step"] for m in logged] == [h["step"] for h in history] == [1, 2, 3]
+    # one key per quantity in metrics.jsonl: the loss as `loss` (no `objective`), the diagnostics' mean D[n]
+    # as `divergence_mean` (no `divergence` copy); for loss_type full the two are the same number
+    raw = read_jsonl(tmp_path / "metrics.jsonl")
+    assert not any("objective" in r or "divergence" in r for r in raw)
+    assert all(m["loss"] == pytest.approx(m["divergence_mean"], abs=1e-5) for m in logged)
     for m, h in zip(logged, history):
         assert h["loss"] == pytest.approx(m["loss"], abs=1e-4)  # the Trainer logs the loss rounded to 4 places
         assert h["grad_norm"] == pytest.approx(m["grad_norm"], rel=1e-6) and h["grad_norm"] > config.max_grad_norm
