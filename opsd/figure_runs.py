@@ -100,13 +100,14 @@ TERSE_DATASET = "synthetic-terse"
 VERBOSE_DATASET = "synthetic-verbose"
 
 #: Wall seconds on 2 otherwise idle CPU cores with torch's default 2 threads, for the printed estimate.
-#: Measured from the starting model: an OPSD step of cpu-tiny (8 problems x <=64 tokens) ~15 s, a GRPO
-#: step of grpo-cpu-tiny ~20 s, an SFT step of sft-cpu-tiny ~3 s, an evaluation pass of EVAL (200
-#: problems) ~70 s. An OPSD step with a longer generation length is scaled by the length (an upper
-#: bound: rollouts that end early cost less). figures/README.md has the measured campaign.
-SECONDS_PER_STEP = {"train": 15.0, "sft": 3.0, "grpo": 20.0}
+#: Measured from the starting model on the fast CPU path (fast_inference, benchmarks/step.py): an OPSD
+#: step of cpu-tiny (8 problems x <=64 tokens) ~10 s, a GRPO step of grpo-cpu-tiny ~20 s (TRL's own
+#: sampling), an SFT step of sft-cpu-tiny ~3 s, an evaluation pass of EVAL (200 problems) ~50 s. An OPSD
+#: step with a longer generation length is scaled by the length (an upper bound: rollouts that end early
+#: cost less). figures/README.md has the measured campaign.
+SECONDS_PER_STEP = {"train": 10.0, "sft": 3.0, "grpo": 20.0}
 OPSD_STEP_LENGTH = 64  # the generation length SECONDS_PER_STEP["train"] was measured at
-SECONDS_PER_EVAL = 70.0
+SECONDS_PER_EVAL = 50.0
 SECONDS_PER_RUN_START = 15.0
 
 
