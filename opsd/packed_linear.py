@@ -11,9 +11,11 @@ linears) while no gradient is recorded: rollouts, the teacher pass and evaluatio
 A peft LoRA layer is packed *merged*: ``W + scaling * B @ A`` (``get_delta_weight``), or ``W`` alone when
 its adapters are disabled (the fixed teacher). The merge goes into the packed copy only: the model's own
 tensors are never written, so base and LoRA weights stay bitwise what they were (no merge/unmerge round
-trip). Packed copies are cached on each layer, one per adapter state, and rebuilt when a weight changes
-(the tensors' in-place version counters: an optimizer step): the fixed teacher packs once per run, the
-student once per step.
+trip). A packed copy that involves a trainable tensor (the LoRA factors) is rebuilt at every
+``packed_linears`` block: optimizers change weights in place, and the fused AdamW kernel (transformers'
+default optimizer) does not even move the tensors' version counters, so no cache key can see its steps.
+Copies of frozen weights (the base model: the fixed teacher, the student's frozen layers) are cached on
+each layer across blocks and rebuilt when the tensor object or its version changes (``load_state_dict``).
 
 Same computation, other rounding: outputs differ from the standard path by float32 rounding (the sum is
 blocked differently), e.g. log-probabilities by ~1e-6 (``tests/test_packed_linear.py``).
@@ -50,12 +52,19 @@ def _active_adapters(layer) -> list[str]:
 
 
 def _state(module) -> tuple:
-    """What the packed weight depends on: adapter set and every tensor's identity and version."""
+    """What the packed weight depends on: (adapter set, ((tensor, in-place version), ...))."""
     if not _is_lora(module):
-        return ((id(module.weight), module.weight._version),)
+        return (), ((module.weight, module.weight._version),)
     adapters = tuple(_active_adapters(module))
     tensors = [module.base_layer.weight] + [t for a in adapters for t in (module.lora_A[a].weight, module.lora_B[a].weight)]
-    return (adapters,) + tuple((id(t), t._version) for t in tensors)
+    return adapters, tuple((t, t._version) for t in tensors)
+
+
+def _same_state(a: tuple, b: tuple) -> bool:
+    """Same adapter set and, entry by entry, the *same* tensor objects (``is``: a new tensor can reuse a
+    freed one's ``id()``) at the same version."""
+    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(
+        x is y and u == v for (x, u), (y, v) in zip(a[1], b[1]))
 
 
 def _effective_weight(module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -73,9 +82,10 @@ def _packed(module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The layer's packed weight and bias for its current state (cached on the layer)."""
     cache: dict = module.__dict__.setdefault("_opsd_packed", {})
     state = _state(module)
-    adapters = state[0] if _is_lora(module) else ()
+    adapters = state[0]
     hit = cache.get(adapters)
-    if hit is None or hit[0] != state:
+    trainable = any(t.requires_grad for t, _ in state[1])
+    if hit is None or trainable or not _same_state(hit[0], state):
         weight, bias = _effective_weight(module)
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_ROWS_HINT)
         hit = cache[adapters] = (state, packed, None if bias is None else bias.detach())
@@ -106,9 +116,9 @@ class _FrozenPackedLinear(torch.autograd.Function):
 def _transposed(module) -> torch.Tensor:
     """Packed W^T ([in, out] as a linear weight from out to in) of a plain linear layer, cached."""
     cache: dict = module.__dict__.setdefault("_opsd_packed", {})
-    state = ("T", id(module.weight), module.weight._version)
+    state = ((), ((module.weight, module.weight._version),))
     hit = cache.get("T")
-    if hit is None or hit[0] != state:
+    if hit is None or not _same_state(hit[0], state):
         hit = cache["T"] = (state, torch.ops.mkldnn._reorder_linear_weight(module.weight.detach().t().contiguous(),
                                                                            PACK_ROWS_HINT))
     return hit[1]

@@ -81,6 +81,23 @@ def test_packed_copy_follows_an_in_place_weight_update():
     assert not any("_opsd_packed" in m.__dict__ for m in model.modules())
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_packed_copy_follows_optimizer_steps_even_fused_ones(fused):
+    """The fused AdamW kernel (transformers' default) writes the weights without moving their version
+    counters: the merged copy must still follow it (regression: rollouts sampled from stale weights)."""
+    model, x = lora_model().eval(), inputs()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05, fused=fused)
+    for _ in range(2):
+        with torch.no_grad(), packed_linears(model):
+            fast = model(**x).logits
+        with torch.no_grad():
+            ref = model(**x).logits
+        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
+        model(**x).logits.square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
 def test_gradient_pass_matches_and_reaches_only_the_adapters():
     x = inputs()
     grads = {}
