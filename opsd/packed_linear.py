@@ -48,7 +48,7 @@ def _active_adapters(layer) -> list[str]:
     """Adapters a peft LoRA layer adds in its forward now ([] when disabled or already merged)."""
     if layer.disable_adapters or layer.merged:
         return []
-    return [a for a in layer.active_adapters if a in layer.lora_A.keys()]
+    return [a for a in layer.active_adapters if a in layer.lora_A]
 
 
 def _state(module) -> tuple:
@@ -79,17 +79,22 @@ def _effective_weight(module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _packed(module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The layer's packed weight and bias for its current state (cached on the layer)."""
-    cache: dict = module.__dict__.setdefault("_opsd_packed", {})
+    """The layer's packed weight and bias for its current state: built afresh when a trainable tensor is
+    involved (no cache can see every optimizer step), else cached on the layer."""
     state = _state(module)
-    adapters = state[0]
-    hit = cache.get(adapters)
-    trainable = any(t.requires_grad for t, _ in state[1])
-    if hit is None or trainable or not _same_state(hit[0], state):
-        weight, bias = _effective_weight(module)
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_ROWS_HINT)
-        hit = cache[adapters] = (state, packed, None if bias is None else bias.detach())
+    if any(t.requires_grad for t, _ in state[1]):
+        return _pack(module)
+    cache: dict = module.__dict__.setdefault("_opsd_packed", {})
+    hit = cache.get(state[0])
+    if hit is None or not _same_state(hit[0], state):
+        hit = cache[state[0]] = (state, *_pack(module))
     return hit[1], hit[2]
+
+
+def _pack(module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weight, bias = _effective_weight(module)
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_ROWS_HINT)
+    return packed, None if bias is None else bias.detach()
 
 
 def _plain_merge(module) -> bool:

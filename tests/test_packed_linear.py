@@ -116,8 +116,11 @@ def test_gradient_pass_matches_and_reaches_only_the_adapters():
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 0.95), (1.1, 20, 0.95), (1.0, 0, 0.5), (0.7, 5, 1.0)])
 def test_sampling_warper_keeps_the_set_transformers_keeps(temperature, top_k, top_p):
     from transformers import LogitsProcessorList
-    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                        TopPLogitsWarper)
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     scores = torch.randn(64, 3000, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.5, 6, 64)[:, None]
     chain = [TemperatureLogitsWarper(temperature)] + ([TopKLogitsWarper(top_k)] if top_k else []) + (
