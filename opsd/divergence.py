@@ -83,8 +83,8 @@ def resolve_clip(clip, clip_mode):
     return clip, clip_mode
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+def _is_number(x, kind=numbers.Real) -> bool:
+    return isinstance(x, kind) and not isinstance(x, bool)
 
 
 def _check_options(
@@ -97,9 +97,7 @@ def _check_options(
         raise ValueError(f"beta must be a number in [0, 1] (0 forward KL, 1 reverse KL), got {beta!r}")
     if not (_is_number(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    if teacher_top_k is not None and (
-        isinstance(teacher_top_k, bool) or not isinstance(teacher_top_k, numbers.Integral) or teacher_top_k < 1
-    ):
+    if teacher_top_k is not None and not (_is_number(teacher_top_k, numbers.Integral) and teacher_top_k >= 1):
         raise ValueError(f"teacher_top_k must be None or an integer >= 1, got {teacher_top_k!r}")
     if clip is not None and not (_is_number(clip) and clip > 0):
         raise ValueError(f"clip must be None or a number > 0, got {clip!r}")
@@ -203,11 +201,11 @@ def _gather_rows(x: torch.Tensor, rows: torch.Tensor, lead_shape) -> torch.Tenso
     return x[torch.unravel_index(rows, tuple(lead_shape))]
 
 
-def _checked_rows(student: torch.Tensor, teacher: torch.Tensor, rows: torch.Tensor, lead_shape):
-    """Both roles' logits at the flat positions `rows`, each checked to be finite."""
+def _checked_rows(student, teacher, rows: torch.Tensor, lead_shape, kind: str = "logits"):
+    """Both roles' `kind` (logits, log-probs) at the flat positions `rows`, each checked to be finite."""
     s, t = _gather_rows(student, rows, lead_shape), _gather_rows(teacher, rows, lead_shape)
-    assert_finite(s, "student logits")
-    assert_finite(t, "teacher logits")
+    assert_finite(s, f"student {kind}")
+    assert_finite(t, f"teacher {kind}")
     return s, t
 
 
@@ -348,9 +346,8 @@ def sampled_token_loss(
             f"and {tuple(teacher_logprobs.shape)}"
         )
     rows = _masked_rows(mask, student_logprobs.shape, student_logprobs.device)
-    student = _gather_rows(student_logprobs, rows, student_logprobs.shape)
-    teacher = _gather_rows(teacher_logprobs.detach(), rows, student_logprobs.shape)
-    assert_finite(student, "student log-probs")
-    assert_finite(teacher, "teacher log-probs")
+    student, teacher = _checked_rows(
+        student_logprobs, teacher_logprobs.detach(), rows, student_logprobs.shape, "log-probs"
+    )
     advantage = (teacher - student).detach()
     return -(advantage * student).sum() / max(rows.numel(), 1)
