@@ -64,22 +64,22 @@ def _check_chunk_size(chunk_size) -> None:
 
 
 def _value_and_grad(student, teacher, options, count, want_grad, chunk):
-    """D [n] of logits [n, V], `chunk` rows at a time, and, when want_grad, d(sum D / count)/d student
-    [n, V] (else None); the teacher logits are constants."""
-    values, grads = [], []
-    for start in range(0, student.shape[0], chunk):
-        s = student[start : start + chunk].detach().requires_grad_(want_grad)
-        with torch.set_grad_enabled(want_grad):
-            d = _divergence(s, teacher[start : start + chunk], **options)
+    """D [n] of logits [n, V] and, when want_grad, d(sum D / count)/d student [n, V] (else None), computed
+    `chunk` rows at a time (the pieces written into one D and one gradient); the teacher is a constant."""
+    if student.shape[0] > chunk:
+        d = student.new_empty(student.shape[0], dtype=_compute_dtype(student.dtype))
+        grad = torch.empty_like(student) if want_grad else None
+        for start in range(0, student.shape[0], chunk):
+            piece = slice(start, start + chunk)
+            d[piece], g = _value_and_grad(student[piece], teacher[piece], options, count, want_grad, chunk)
             if want_grad:
-                grads.append(torch.autograd.grad(d.sum() / count, s)[0])
-        values.append(d.detach())
-    return _cat(values), (_cat(grads) if want_grad else None)
-
-
-def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
-    """torch.cat(parts), without a copy for a single part."""
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+                grad[piece] = g
+        return d, grad
+    student = student.detach().requires_grad_(want_grad)
+    with torch.set_grad_enabled(want_grad):
+        d = _divergence(student, teacher, **options)
+        grad = torch.autograd.grad(d.sum() / count, student)[0] if want_grad else None
+    return d.detach(), grad
 
 
 def _scaled(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
