@@ -23,10 +23,8 @@ BOXED_INSTRUCTION = "Please reason step by step, and put your final answer withi
 _BOXED = BOXED_INSTRUCTION.replace("{", "{{").replace("}", "}}")  # literal braces inside str.format templates
 
 # The transition paragraph of the `paper` teacher prompt: the reference configuration's intent, in our own
-# words. Understand the reference (why each step holds), do not copy or paraphrase it, solve the problem
-# yourself, feel free to explore other approaches, and do not shy away from backtracking. One paragraph,
-# no line breaks inside; the template puts two blank lines before it (three newlines after the reference
-# block, as the reference layout) and one blank line after it.
+# words. One paragraph, no line breaks inside; the template puts two blank lines before it (three newlines
+# after the reference block, as the reference layout) and one blank line after it.
 PAPER_TRANSITION = (
     "Study the reference solution above until you understand why each of its steps holds. Do not copy it "
     "and do not paraphrase it: solve the problem yourself, in your own words and step by step, and reach "
@@ -236,11 +234,7 @@ def role_texts(
 
 
 def audit_prompt_lengths(
-    tokenizer,
-    problems: Sequence[str],
-    solutions: Sequence[str],
-    *,
-    max_prompt_length: int | None = None,
+    tokenizer, problems: Sequence[str], solutions: Sequence[str], *, max_prompt_length: int | None = None,
     **prompt_kwargs,
 ) -> list[dict]:
     """Token length of each row's student and teacher prompt (`role_texts`, prompt_kwargs as there), and
