@@ -264,16 +264,26 @@ def _divergence(
     )
 
 
-def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, **options) -> torch.Tensor:
+def token_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    teacher_top_k: int | None = None,
+    clip: float | None = None,
+    clip_mode: str = DEFAULT_CLIP_MODE,
+) -> torch.Tensor:
     """Per-position divergence D: logits [..., V] (student, teacher) -> [...].
 
-    options (the same in every entry point of the objective): beta=0.0, temperature=1.0,
-    teacher_top_k=None, clip=None, clip_mode="pointwise". D = sum_v l[v] with l the beta-divergence
+    The options (beta, temperature, teacher_top_k, clip, clip_mode) are the same keywords in every entry
+    point of the objective. D = sum_v l[v] with l the beta-divergence
     summand at temperature tau (module docstring), over the teacher's top-k entries when teacher_top_k is
     set, clipped per entry ("pointwise", D may be < 0), per token ("token", D in [0, c]) or, with
     clip=None, not at all. Every position is computed; mask with `distillation_loss`.
     """
-    options = _check_options(**options)
+    options = _check_options(beta=beta, temperature=temperature, teacher_top_k=teacher_top_k, clip=clip,
+                             clip_mode=clip_mode)
     _check_pair(student_logits, teacher_logits, "logits")
     assert_finite(student_logits, "student logits")
     assert_finite(teacher_logits, "teacher logits")
@@ -285,9 +295,13 @@ def distillation_loss(
     teacher_logits: torch.Tensor,
     mask: torch.Tensor,
     *,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    teacher_top_k: int | None = None,
+    clip: float | None = None,
+    clip_mode: str = DEFAULT_CLIP_MODE,
     chunk_size: int | None = None,
     return_per_token: bool = False,
-    **options,
 ):
     """OPSD loss: sum over masked-in positions of D[n] / their number (whole batch) -> scalar.
 
@@ -298,7 +312,8 @@ def distillation_loss(
     objective; `opsd.divergence_chunked`). return_per_token=True returns (loss, D [B, T] detached, 0 where
     masked out).
     """
-    options = _check_options(**options)
+    options = _check_options(beta=beta, temperature=temperature, teacher_top_k=teacher_top_k, clip=clip,
+                             clip_mode=clip_mode)
     _check_pair(student_logits, teacher_logits, "logits")
     lead = student_logits.shape[:-1]
     rows = _masked_rows(mask, lead, student_logits.device)
