@@ -14,8 +14,8 @@ unless the caller asked to drop such rows (they are then counted in `DualContext
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import torch
 
@@ -23,10 +23,8 @@ BOXED_INSTRUCTION = "Please reason step by step, and put your final answer withi
 _BOXED = BOXED_INSTRUCTION.replace("{", "{{").replace("}", "}}")  # literal braces inside str.format templates
 
 # The transition paragraph of the `paper` teacher prompt: the reference configuration's intent, in our own
-# words. Understand the reference (why each step holds), do not copy or paraphrase it, solve the problem
-# yourself, feel free to explore other approaches, and do not shy away from backtracking. One paragraph,
-# no line breaks inside; the template puts two blank lines before it (three newlines after the reference
-# block, as the reference layout) and one blank line after it.
+# words. One paragraph, no line breaks inside; the template puts two blank lines before it (three newlines
+# after the reference block, as the reference layout) and one blank line after it.
 PAPER_TRANSITION = (
     "Study the reference solution above until you understand why each of its steps holds. Do not copy it "
     "and do not paraphrase it: solve the problem yourself, in your own words and step by step, and reach "
@@ -172,7 +170,7 @@ class DualContexts:
     def __len__(self) -> int:
         return len(self.kept_rows)
 
-    def repeat_interleave(self, n: int) -> "DualContexts":
+    def repeat_interleave(self, n: int) -> DualContexts:
         """Each row repeated n times (rollout i*n + j belongs to prompt i), for n samples per prompt."""
         if n == 1:
             return self
@@ -226,26 +224,24 @@ def role_texts(
     """
     if len(problems) != len(solutions):
         raise ValueError(f"got {len(problems)} problems but {len(solutions)} solutions")
+    student_text = legacy_student_text if legacy_mismatch else apply_chat
     students, teachers = [], []
     for problem, solution in zip(problems, solutions):
-        s_msgs = build_student_messages(problem, profile)
-        if legacy_mismatch:
-            students.append(legacy_student_text(tokenizer, s_msgs, student_chat_kwargs))
-        else:
-            students.append(apply_chat(tokenizer, s_msgs, student_chat_kwargs))
+        students.append(student_text(tokenizer, build_student_messages(problem, profile), student_chat_kwargs))
         teacher = apply_chat(tokenizer, build_teacher_messages(problem, solution, profile), teacher_chat_kwargs)
         teachers.append(with_think_opener(teacher) if teacher_think_opener else teacher)
     return students, teachers
 
 
 def audit_prompt_lengths(
-    tokenizer, problems: Sequence[str], solutions: Sequence[str], *, max_prompt_length: int | None = None, **kwargs
+    tokenizer, problems: Sequence[str], solutions: Sequence[str], *, max_prompt_length: int | None = None,
+    **prompt_kwargs,
 ) -> list[dict]:
-    """Token length of each row's student and teacher prompt, and whether it would exceed the limit.
-
-    Returns one dict per row: {"row", "student_tokens", "teacher_tokens", "too_long"}.
+    """Token length of each row's student and teacher prompt (`role_texts`, prompt_kwargs as there), and
+    whether it would exceed the limit. Returns one dict per row: {"row", "student_tokens",
+    "teacher_tokens", "too_long"}.
     """
-    students, teachers = role_texts(tokenizer, problems, solutions, **kwargs)
+    students, teachers = role_texts(tokenizer, problems, solutions, **prompt_kwargs)
     s_ids = tokenizer(students, add_special_tokens=False)["input_ids"]
     t_ids = tokenizer(teachers, add_special_tokens=False)["input_ids"]
     rows = []
@@ -260,19 +256,13 @@ def build_dual_contexts(
     problems: Sequence[str],
     solutions: Sequence[str],
     *,
-    profile: str = "paper",
-    student_chat_kwargs: Mapping | None = None,
-    teacher_chat_kwargs: Mapping | None = None,
     max_prompt_length: int | None = None,
-    legacy_mismatch: bool = False,
     on_overflow: str = "error",
     row_ids: Sequence | None = None,
-    teacher_think_opener: bool = False,
+    **prompt_kwargs,
 ) -> DualContexts:
-    """Tokenize both roles' prompts, left-padded per role.
-
-    ``teacher_think_opener``: append ``<think>\\n`` to the teacher's prompts (``with_think_opener``;
-    off by default).
+    """Tokenize both roles' prompts (`role_texts`; prompt_kwargs: profile, student_chat_kwargs,
+    teacher_chat_kwargs, legacy_mismatch, teacher_think_opener), left-padded per role.
 
     A row whose student or teacher prompt is longer than `max_prompt_length` raises
     `PromptTooLongError` naming it (`on_overflow="error"`), or is dropped from both roles and listed in
@@ -280,16 +270,7 @@ def build_dual_contexts(
     """
     if on_overflow not in ("error", "drop"):
         raise ValueError(f"on_overflow must be 'error' or 'drop', got {on_overflow!r}")
-    students, teachers = role_texts(
-        tokenizer,
-        problems,
-        solutions,
-        profile=profile,
-        student_chat_kwargs=student_chat_kwargs,
-        teacher_chat_kwargs=teacher_chat_kwargs,
-        legacy_mismatch=legacy_mismatch,
-        teacher_think_opener=teacher_think_opener,
-    )
+    students, teachers = role_texts(tokenizer, problems, solutions, **prompt_kwargs)
     s_ids = tokenizer(students, add_special_tokens=False)["input_ids"]
     t_ids = tokenizer(teachers, add_special_tokens=False)["input_ids"]
     names = list(row_ids) if row_ids is not None else list(range(len(problems)))
@@ -363,7 +344,7 @@ class JoinedBatch:
         width = self.student_prompt_width if role == "student" else self.teacher_prompt_width
         return logits[:, width - 1 : width - 1 + n]
 
-    def to(self, device) -> "JoinedBatch":
+    def to(self, device) -> JoinedBatch:
         moved = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()}
         return JoinedBatch(**moved)
 

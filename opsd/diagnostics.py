@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 
 from opsd.divergence import (
-    DEFAULT_CLIP_MODE,
     _check_options,
     _check_pair,
     _checked_rows,
@@ -33,80 +32,15 @@ __all__ = ["MATH_PATTERN", "STYLE_WORDS", "divergence_diagnostics", "token_categ
 
 #: Discourse and reasoning-style words (lower case). A token is "style" when, stripped of its leading
 #: space marker ("Ġ", "▁", whitespace) and trailing punctuation, it is one of these, ignoring case.
-STYLE_WORDS = frozenset(
-    {
-        "wait",
-        "so",
-        "think",
-        "thinking",
-        "hmm",
-        "hm",
-        "um",
-        "uh",
-        "let",
-        "let's",
-        "lets",
-        "okay",
-        "ok",
-        "alright",
-        "alternatively",
-        "alternative",
-        "maybe",
-        "perhaps",
-        "check",
-        "checking",
-        "verify",
-        "double",
-        "actually",
-        "first",
-        "second",
-        "next",
-        "now",
-        "then",
-        "therefore",
-        "thus",
-        "hence",
-        "but",
-        "however",
-        "also",
-        "again",
-        "instead",
-        "well",
-        "oh",
-        "ah",
-        "right",
-        "yes",
-        "no",
-        "sure",
-        "indeed",
-        "recall",
-        "remember",
-        "notice",
-        "note",
-        "consider",
-        "suppose",
-        "assume",
-        "since",
-        "because",
-        "seems",
-        "seem",
-        "guess",
-        "wonder",
-        "try",
-        "finally",
-        "step",
-        "steps",
-        "hold",
-        "on",
-        "wrong",
-        "mistake",
-        "correct",
-        "really",
-        "probably",
-        "means",
-        "meaning",
-    }
-)
+STYLE_WORDS = frozenset({
+    "wait", "so", "think", "thinking", "hmm", "hm", "um", "uh", "let", "let's", "lets", "okay", "ok",
+    "alright", "alternatively", "alternative", "maybe", "perhaps", "check", "checking", "verify", "double",
+    "actually", "first", "second", "next", "now", "then", "therefore", "thus", "hence", "but", "however",
+    "also", "again", "instead", "well", "oh", "ah", "right", "yes", "no", "sure", "indeed", "recall",
+    "remember", "notice", "note", "consider", "suppose", "assume", "since", "because", "seems", "seem",
+    "guess", "wonder", "try", "finally", "step", "steps", "hold", "on", "wrong", "mistake", "correct",
+    "really", "probably", "means", "meaning",
+})
 
 #: A token is "math" when (stripped as above) it consists only of digits, operators, brackets, "$", "\",
 #: LaTeX commands (\frac, \boxed, ...) and decimal separators, with at least one digit, operator, bracket
@@ -152,14 +86,11 @@ def divergence_diagnostics(
     mask: torch.Tensor,
     *,
     token_strings: Sequence[Sequence[str]] | None = None,
-    beta: float = 0.0,
-    temperature: float = 1.0,
-    teacher_top_k: int | None = None,
-    clip: float | None = None,
-    clip_mode: str = DEFAULT_CLIP_MODE,
     chunk_size: int | None = None,
+    **options,
 ) -> dict[str, float]:
-    """Per-step numbers about the divergence over the masked-in positions (no gradient).
+    """Per-step numbers about the divergence over the masked-in positions (no gradient); options as in
+    `opsd.divergence.token_divergence`, chunk_size positions at a time if set.
 
     Keys: divergence_mean (mean D[n] with the configured clip), divergence_unclipped_mean (mean sum_v l),
     clipped_fraction (pointwise: fraction of (position, entry) summands above c; token: fraction of
@@ -168,35 +99,31 @@ def divergence_diagnostics(
     kl_style / kl_math / kl_other (mean unclipped D by `token_category`, NaN when empty) and
     count_style / count_math / count_other. No masked-in position -> NaN means and fractions.
     """
-    options = _check_options(beta, temperature, teacher_top_k, clip, clip_mode)
-    clip, clip_mode = options["clip"], options["clip_mode"]  # the legacy clip_mode "none" is clip=None
+    options = _check_options(**options)  # the legacy clip_mode "none" is clip=None from here on
+    clip, clip_mode = options["clip"], options["clip_mode"]
     _check_pair(student_logits, teacher_logits, "logits")
-    rows = _masked_rows(mask, student_logits.shape[:-1], student_logits.device)
+    lead = student_logits.shape[:-1]
+    rows = _masked_rows(mask, lead, student_logits.device)
     if chunk_size is not None:
         _check_chunk_size(chunk_size)
     total = rows.numel()
     step = chunk_size or max(total, 1)
-    lead = student_logits.shape[:-1]
     student, teacher = student_logits.detach(), teacher_logits.detach()
     clipped = entries = 0
-    clipped_sums, raw_sums = [], []
+    clipped_sums, raw_sums = [torch.zeros(0, dtype=torch.float64)], [torch.zeros(0, dtype=torch.float64)]
     with torch.no_grad():
         for start in range(0, total, step):
-            index = rows[start : start + step]
-            s, t = _checked_rows(student, teacher, index, lead)
-            summands = _summands(s, t, beta, temperature, teacher_top_k)
+            s, t = _checked_rows(student, teacher, rows[start : start + step], lead)
+            summands = _summands(s, t, options["beta"], options["temperature"], options["teacher_top_k"])
             raw = summands.sum(-1)
-            if clip is not None and clip_mode == "pointwise":
-                clipped += int((summands > clip).sum())
-                entries += summands.numel()
-            elif clip is not None and clip_mode == "token":
-                clipped += int((raw > clip).sum())
-                entries += raw.numel()
+            if clip is not None:  # pointwise: the summands above c; token: the positions whose sum is
+                over = summands if clip_mode == "pointwise" else raw
+                clipped += int((over > clip).sum())
+                entries += over.numel()
             clipped_sums.append(_reduce(summands, clip, clip_mode).double().cpu())
             raw_sums.append(raw.double().cpu())
     nan = float("nan")
-    d = torch.cat(clipped_sums) if clipped_sums else torch.zeros(0, dtype=torch.float64)
-    raw = torch.cat(raw_sums) if raw_sums else torch.zeros(0, dtype=torch.float64)
+    d, raw = torch.cat(clipped_sums), torch.cat(raw_sums)
     out = {
         "divergence_mean": float(d.mean()) if total else nan,
         "divergence_unclipped_mean": float(raw.mean()) if total else nan,
@@ -205,7 +132,7 @@ def divergence_diagnostics(
         "num_tokens": float(total),
     }
     if token_strings is not None:
-        out.update(_category_means(token_strings, rows.tolist(), raw.tolist(), student_logits.shape[:-1]))
+        out.update(_category_means(token_strings, rows.tolist(), raw.tolist(), lead))
     return out
 
 

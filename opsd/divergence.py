@@ -21,8 +21,7 @@ divergence D[n] then depends on the clip threshold c (`clip`) and, when c is set
     "pointwise"  D[n] = sum_v min(l[n, v], c)        (the reference implementation's clip)
     "token"      D[n] = min(max(sum_v l[n, v], 0), c)
 
-clip=None is the only spelling of "no clipping"; the older clip_mode="none" is still read, as clip=None
-(`resolve_clip`), so old configs and calls keep their meaning.
+clip=None is the only spelling of "no clipping" (the older clip_mode="none" still reads as it, `resolve_clip`).
 
 Pointwise clipping caps only the positive summands, while the negative ones (entries where the student
 puts more mass than the teacher, for forward KL) pass unchanged, so D[n] can be negative, and so can the
@@ -33,9 +32,8 @@ The loss is the mean of D[n] over the masked-in positions of the whole batch. Gr
 logits only; teacher logits are detached here whatever the caller did. Half-precision logits are upcast to
 float32 for the computation (float64 stays float64); gradients flow back in the caller's dtype.
 
-Memory-efficient paths of the same objective (`distillation_loss(chunk_size=N)` and
-`distillation_loss_from_hidden`) live in `opsd.divergence_chunked`; the per-step diagnostics and the
-token categories in `opsd.diagnostics`.
+Memory-efficient paths (`distillation_loss(chunk_size=N)`, `distillation_loss_from_hidden`) live in
+`opsd.divergence_chunked`; the per-step diagnostics and the token categories in `opsd.diagnostics`.
 """
 
 from __future__ import annotations
@@ -60,8 +58,8 @@ __all__ = [
     "token_logprobs",
 ]
 
-#: How to clip when a clip threshold is set (clip=None: no clipping). The one definition of each option set
-#: of the objective: `opsd.step`, `opsd.trainer` and the rest import these (teacher modes: `opsd.teacher`).
+#: How to clip when clip is set, and the loss types: the one definition of each option set of the objective
+#: (`opsd.step`, `opsd.trainer` and the rest import these; teacher modes: `opsd.teacher`).
 CLIP_MODES = ("pointwise", "token")
 DEFAULT_CLIP_MODE = "pointwise"
 LOSS_TYPES = ("full", "sampled_token")
@@ -85,31 +83,28 @@ def resolve_clip(clip, clip_mode):
     return clip, clip_mode
 
 
-def _check_options(beta, temperature, teacher_top_k, clip, clip_mode) -> dict:
-    """The objective's keyword arguments as a dict (legacy clip_mode "none" resolved, `resolve_clip`);
-    ValueError for an invalid combination."""
+def _is_number(x, kind=numbers.Real) -> bool:
+    return isinstance(x, kind) and not isinstance(x, bool)
+
+
+def _check_options(
+    *, beta=0.0, temperature=1.0, teacher_top_k=None, clip=None, clip_mode=DEFAULT_CLIP_MODE
+) -> dict:
+    """The objective's options (the keyword arguments of every entry point, with their defaults) as a dict,
+    the legacy clip_mode "none" resolved (`resolve_clip`); ValueError for an invalid combination."""
     clip, clip_mode = resolve_clip(clip, clip_mode)
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 <= beta <= 1.0:
+    if not (_is_number(beta) and 0.0 <= beta <= 1.0):
         raise ValueError(f"beta must be a number in [0, 1] (0 forward KL, 1 reverse KL), got {beta!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
+    if not (_is_number(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    if teacher_top_k is not None and (
-        isinstance(teacher_top_k, bool)
-        or not isinstance(teacher_top_k, numbers.Integral)
-        or teacher_top_k < 1
-    ):
+    if teacher_top_k is not None and not (_is_number(teacher_top_k, numbers.Integral) and teacher_top_k >= 1):
         raise ValueError(f"teacher_top_k must be None or an integer >= 1, got {teacher_top_k!r}")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not clip > 0):
+    if clip is not None and not (_is_number(clip) and clip > 0):
         raise ValueError(f"clip must be None or a number > 0, got {clip!r}")
     if clip_mode not in CLIP_MODES:
         raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {clip_mode!r}")
-    return {
-        "beta": beta,
-        "temperature": temperature,
-        "teacher_top_k": teacher_top_k,
-        "clip": clip,
-        "clip_mode": clip_mode,
-    }
+    return {"beta": beta, "temperature": temperature, "teacher_top_k": teacher_top_k, "clip": clip,
+            "clip_mode": clip_mode}
 
 
 @dataclass(frozen=True)
@@ -131,7 +126,7 @@ class DivergenceSpec:
     loss_type: str = "full"
 
     def __post_init__(self) -> None:
-        options = _check_options(self.beta, self.temperature, self.teacher_top_k, self.clip, self.clip_mode)
+        options = _check_options(**self.loss_kwargs())
         object.__setattr__(self, "clip", options["clip"])
         object.__setattr__(self, "clip_mode", options["clip_mode"])
         if self.loss_type not in LOSS_TYPES:
@@ -206,16 +201,23 @@ def _gather_rows(x: torch.Tensor, rows: torch.Tensor, lead_shape) -> torch.Tenso
     return x[torch.unravel_index(rows, tuple(lead_shape))]
 
 
-def _checked_rows(student: torch.Tensor, teacher: torch.Tensor, rows: torch.Tensor, lead_shape):
-    """Both roles' logits at the flat positions `rows`, each checked to be finite."""
+def _checked_rows(student, teacher, rows: torch.Tensor, lead_shape, kind: str = "logits"):
+    """Both roles' `kind` (logits, log-probs) at the flat positions `rows`, each checked to be finite."""
     s, t = _gather_rows(student, rows, lead_shape), _gather_rows(teacher, rows, lead_shape)
-    assert_finite(s, "student logits")
-    assert_finite(t, "teacher logits")
+    assert_finite(s, f"student {kind}")
+    assert_finite(t, f"teacher {kind}")
     return s, t
 
 
+def _per_token_map(per_token: torch.Tensor, rows: torch.Tensor, shape) -> torch.Tensor:
+    """Scatter D [M] back to [B, T] (0 at masked-out positions), detached."""
+    out = per_token.new_zeros(math.prod(shape))
+    out.index_copy_(0, rows, per_token.detach())
+    return out.view(*shape)
+
+
 # --------------------------------------------------------------------------------------------------
-# Per-token divergence
+# Per-token divergence and loss
 # --------------------------------------------------------------------------------------------------
 
 
@@ -274,28 +276,18 @@ def token_divergence(
 ) -> torch.Tensor:
     """Per-position divergence D: logits [..., V] (student, teacher) -> [...].
 
-    D = sum_v l[v] with l the beta-divergence summand at temperature tau (module docstring), over the
-    teacher's top-k entries when teacher_top_k is set, clipped per entry ("pointwise", D may be < 0), per
-    token ("token", D in [0, c]) or, with clip=None, not at all. Every position is computed; mask with
-    `distillation_loss`.
+    The options (beta, temperature, teacher_top_k, clip, clip_mode) are the same keywords in every entry
+    point of the objective. D = sum_v l[v] with l the beta-divergence
+    summand at temperature tau (module docstring), over the teacher's top-k entries when teacher_top_k is
+    set, clipped per entry ("pointwise", D may be < 0), per token ("token", D in [0, c]) or, with
+    clip=None, not at all. Every position is computed; mask with `distillation_loss`.
     """
-    options = _check_options(beta, temperature, teacher_top_k, clip, clip_mode)
+    options = _check_options(beta=beta, temperature=temperature, teacher_top_k=teacher_top_k, clip=clip,
+                             clip_mode=clip_mode)
     _check_pair(student_logits, teacher_logits, "logits")
     assert_finite(student_logits, "student logits")
     assert_finite(teacher_logits, "teacher logits")
     return _divergence(student_logits, teacher_logits.detach(), **options)
-
-
-# --------------------------------------------------------------------------------------------------
-# Loss
-# --------------------------------------------------------------------------------------------------
-
-
-def _per_token_map(per_token: torch.Tensor, rows: torch.Tensor, shape) -> torch.Tensor:
-    """Scatter D [M] back to [B, T] (0 at masked-out positions), detached."""
-    out = per_token.new_zeros(math.prod(shape))
-    out.index_copy_(0, rows, per_token.detach())
-    return out.view(*shape)
 
 
 def distillation_loss(
@@ -314,26 +306,26 @@ def distillation_loss(
     """OPSD loss: sum over masked-in positions of D[n] / their number (whole batch) -> scalar.
 
     Shapes: logits [B, T, V] (any leading shape works), mask bool [B, T] (ragged rows welcome; masked-out
-    positions may hold anything, even NaN). D[n] as in `token_divergence`. No masked-in position -> 0,
-    still connected to the student logits. chunk_size=None computes all positions at once; an integer
-    processes that many positions at a time and keeps only one chunk's intermediates (same objective;
-    `opsd.divergence_chunked`). return_per_token=True returns (loss, D [B, T] detached, 0 where masked out).
+    positions may hold anything, even NaN). D[n] and options as in `token_divergence`. No masked-in
+    position -> 0, still connected to the student logits. chunk_size=None computes all positions at once;
+    an integer processes that many positions at a time and keeps only one chunk's intermediates (same
+    objective; `opsd.divergence_chunked`). return_per_token=True returns (loss, D [B, T] detached, 0 where
+    masked out).
     """
-    options = _check_options(beta, temperature, teacher_top_k, clip, clip_mode)
+    options = _check_options(beta=beta, temperature=temperature, teacher_top_k=teacher_top_k, clip=clip,
+                             clip_mode=clip_mode)
     _check_pair(student_logits, teacher_logits, "logits")
-    rows = _masked_rows(mask, student_logits.shape[:-1], student_logits.device)
-    teacher_logits = teacher_logits.detach()
+    lead = student_logits.shape[:-1]
+    rows = _masked_rows(mask, lead, student_logits.device)
     if chunk_size is None:
-        student, teacher = _checked_rows(student_logits, teacher_logits, rows, student_logits.shape[:-1])
+        student, teacher = _checked_rows(student_logits, teacher_logits.detach(), rows, lead)
         per_token = _divergence(student, teacher, **options)
         loss = per_token.sum() / max(rows.numel(), 1)
     else:
         from opsd.divergence_chunked import chunked_logits_loss  # it builds on this module
 
         loss, per_token = chunked_logits_loss(student_logits, teacher_logits, rows, chunk_size, options)
-    if return_per_token:
-        return loss, _per_token_map(per_token, rows, student_logits.shape[:-1])
-    return loss
+    return (loss, _per_token_map(per_token, rows, lead)) if return_per_token else loss
 
 
 # --------------------------------------------------------------------------------------------------
@@ -369,9 +361,8 @@ def sampled_token_loss(
             f"and {tuple(teacher_logprobs.shape)}"
         )
     rows = _masked_rows(mask, student_logprobs.shape, student_logprobs.device)
-    student = _gather_rows(student_logprobs, rows, student_logprobs.shape)
-    teacher = _gather_rows(teacher_logprobs.detach(), rows, student_logprobs.shape)
-    assert_finite(student, "student log-probs")
-    assert_finite(teacher, "teacher log-probs")
+    student, teacher = _checked_rows(
+        student_logprobs, teacher_logprobs.detach(), rows, student_logprobs.shape, "log-probs"
+    )
     advantage = (teacher - student).detach()
     return -(advantage * student).sum() / max(rows.numel(), 1)

@@ -1,12 +1,12 @@
 """Memory-efficient paths of the OPSD objective (`opsd.divergence`): same loss, same gradients.
 
 A plain pass holds several (positions x V) tensors at once. `distillation_loss(chunk_size=N)` walks the
-masked-in positions N at a time and computes each chunk's gradient during the forward pass
-(`chunked_logits_loss`), so only one chunk's intermediates are alive at a time plus one gradient buffer
-shaped like the logits. `distillation_loss_from_hidden` goes further and never builds the full logits:
-blocks of positions are projected from the last hidden states, the divergence runs on sub-chunks of each
-block, and the gradient goes straight to the hidden states (and to the projection weight when it is
-trainable). Measurements: benchmarks/README.md.
+masked-in positions N at a time and computes each chunk's gradient during the forward pass, so only one
+chunk's intermediates are alive at a time plus one gradient buffer shaped like the logits.
+`distillation_loss_from_hidden` goes further and never builds the full logits: blocks of positions are
+projected from the last hidden states, the divergence runs on sub-chunks of each block, and the gradient
+goes straight to the hidden states (and to the projection weight when it is trainable). Both paths are
+`_ChunkedLoss`. Measurements: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from opsd.divergence import (
-    DEFAULT_CLIP_MODE,
     _check_options,
     _check_pair,
     _checked_rows,
@@ -64,14 +63,22 @@ def _check_chunk_size(chunk_size) -> None:
         raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
 
 
-def _value_and_grad(student, teacher, options, count, want_grad):
-    """D [n] of one chunk of logits [n, V] and, when want_grad, d(sum D / count)/d student (else None)."""
-    if not want_grad:
-        return _divergence(student, teacher, **options), None
-    student = student.detach().requires_grad_(True)
-    with torch.enable_grad():
+def _value_and_grad(student, teacher, options, count, want_grad, chunk):
+    """D [n] of logits [n, V] and, when want_grad, d(sum D / count)/d student [n, V] (else None), computed
+    `chunk` rows at a time (the pieces written into one D and one gradient); the teacher is a constant."""
+    if student.shape[0] > chunk:
+        d = student.new_empty(student.shape[0], dtype=_compute_dtype(student.dtype))
+        grad = torch.empty_like(student) if want_grad else None
+        for start in range(0, student.shape[0], chunk):
+            piece = slice(start, start + chunk)
+            d[piece], g = _value_and_grad(student[piece], teacher[piece], options, count, want_grad, chunk)
+            if want_grad:
+                grad[piece] = g
+        return d, grad
+    student = student.detach().requires_grad_(want_grad)
+    with torch.set_grad_enabled(want_grad):
         d = _divergence(student, teacher, **options)
-        (grad,) = torch.autograd.grad(d.sum() / count, student)
+        grad = torch.autograd.grad(d.sum() / count, student)[0] if want_grad else None
     return d.detach(), grad
 
 
@@ -82,43 +89,59 @@ def _scaled(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
     return grad * grad_output.to(grad.dtype)
 
 
-# --------------------------------------------------------------------------------------------------
-# Chunked logits
-# --------------------------------------------------------------------------------------------------
+class _ChunkedLoss(torch.autograd.Function):
+    """mean_{masked n} D[n] over `block` positions at a time, with the gradient made during forward.
 
-
-class _ChunkedLogitsLoss(torch.autograd.Function):
-    """mean_{masked n} D[n] over logits [B, T, V], chunk by chunk, with the gradient made in forward.
-
-    Each chunk of masked-in rows runs the plain per-token objective on a detached copy and asks autograd
-    for d(chunk loss)/d(chunk logits) at once; the result goes into one buffer shaped like the logits,
-    which backward hands on (scaled by the incoming gradient). Outputs: loss (scalar), D [M] (no grad).
+    Inputs [B, T, X] of both roles: logits (X = V; weight None), or last hidden states (X = H) whose
+    logits z_S = x W^T, z_T = x_T W_T^T are built one block at a time (without graph). Per block,
+    `_value_and_grad` gives D and g = d(loss)/d z_S on sub-chunks of `inner` positions; g goes into one
+    buffer shaped like the student input (hidden states: g W), and grad W += g^T x when W is trainable.
+    Blocks keep the matmuls efficient, sub-chunks keep the divergence small. backward hands the buffers
+    on, scaled by the incoming gradient. Outputs: loss (scalar), D [M] (no grad).
     """
 
     @staticmethod
-    def forward(ctx, student_logits, teacher_logits, rows, chunk_size, options, grad_enabled):
-        vocab, lead = student_logits.shape[-1], student_logits.shape[:-1]
-        student, teacher = student_logits.detach(), teacher_logits.detach()
-        want_grad = ctx.needs_input_grad[0] and grad_enabled  # forward always runs in no-grad mode
-        grad = torch.zeros_like(student_logits, memory_format=torch.contiguous_format) if want_grad else None
-        grad_rows = grad.view(-1, vocab) if want_grad else None
+    def forward(ctx, student, teacher, weight, teacher_weight, rows, block, inner, options, grad_enabled):
+        lead, width = student.shape[:-1], student.shape[-1]
+        want_input = ctx.needs_input_grad[0] and grad_enabled  # forward always runs in no-grad mode
+        want_weight = ctx.needs_input_grad[2] and grad_enabled
+        grad_input = torch.zeros_like(student, memory_format=torch.contiguous_format) if want_input else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=_compute_dtype(weight.dtype), device=weight.device)
+            if want_weight
+            else None
+        )
+        student, teacher = student.detach(), teacher.detach()
+        if weight is not None:
+            weight = weight.detach()
+            teacher_weight = weight if teacher_weight is None else teacher_weight.detach()
         count = max(rows.numel(), 1)
         per_token = student.new_empty(rows.numel(), dtype=_compute_dtype(student.dtype))
-        for start in range(0, rows.numel(), chunk_size):
-            index = rows[start : start + chunk_size]
-            s, t = _checked_rows(student, teacher, index, lead)
-            d, g = _value_and_grad(s, t, options, count, want_grad)
-            if want_grad:
-                grad_rows.index_copy_(0, index, g)
+        for start in range(0, rows.numel(), block):
+            index = rows[start : start + block]
+            if weight is None:
+                x, (z_student, z_teacher) = None, _checked_rows(student, teacher, index, lead)
+            else:
+                x = _gather_rows(student, index, lead)
+                z_student, z_teacher = x @ weight.T, _gather_rows(teacher, index, lead) @ teacher_weight.T
+                assert_finite(z_student, "student logits (from hidden states)")
+                assert_finite(z_teacher, "teacher logits (from hidden states)")
+            d, g = _value_and_grad(z_student, z_teacher, options, count, want_input or want_weight, inner)
             per_token[start : start + index.numel()] = d
-        ctx.save_for_backward(grad)
+            if want_input:
+                grad_input.view(-1, width).index_copy_(0, index, g if weight is None else g @ weight)
+            if want_weight:
+                grad_weight.addmm_(g.T.to(grad_weight.dtype), x.to(grad_weight.dtype))
+        if want_weight:
+            grad_weight = grad_weight.to(weight.dtype)
+        ctx.save_for_backward(grad_input, grad_weight)
         ctx.mark_non_differentiable(per_token)
         return per_token.sum() / count, per_token
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_per_token):
-        (grad,) = ctx.saved_tensors
-        return None if grad is None else _scaled(grad, grad_loss), None, None, None, None, None
+        grad_input, grad_weight = (None if g is None else _scaled(g, grad_loss) for g in ctx.saved_tensors)
+        return grad_input, None, grad_weight, None, None, None, None, None, None
 
 
 def chunked_logits_loss(student_logits, teacher_logits, rows, chunk_size, options):
@@ -128,77 +151,10 @@ def chunked_logits_loss(student_logits, teacher_logits, rows, chunk_size, option
     student logits is computed chunk by chunk during this call (none under torch.no_grad()).
     """
     _check_chunk_size(chunk_size)
-    return _ChunkedLogitsLoss.apply(
-        student_logits, teacher_logits.detach(), rows, chunk_size, options, torch.is_grad_enabled()
+    return _ChunkedLoss.apply(
+        student_logits, teacher_logits.detach(), None, None, rows, chunk_size, chunk_size, options,
+        torch.is_grad_enabled(),
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Loss fused with the output projection
-# --------------------------------------------------------------------------------------------------
-
-
-class _ChunkedHiddenLoss(torch.autograd.Function):
-    """mean_{masked n} D[n] with logits = hidden @ W.T built one block of positions at a time.
-
-    Per block: z_S = h_S W^T, z_T = h_T W_T^T (both without graph); g = d(loss)/d z_S from the per-token
-    objective, run in sub-chunks of `inner` positions; then grad h_S[block] = g W and, if W is trainable,
-    grad W += g^T h_S[block]. Blocks keep the matmuls efficient, sub-chunks keep the divergence small.
-    """
-
-    @staticmethod
-    def forward(
-        ctx, student_hidden, teacher_hidden, weight, teacher_weight, rows, block, inner, options, grad_enabled
-    ):
-        width, lead = student_hidden.shape[-1], student_hidden.shape[:-1]
-        h_student, h_teacher = student_hidden.detach(), teacher_hidden.detach()
-        w_student = weight.detach()
-        w_teacher = w_student if teacher_weight is None else teacher_weight.detach()
-        want_hidden = ctx.needs_input_grad[0] and grad_enabled  # forward always runs in no-grad mode
-        want_weight = ctx.needs_input_grad[2] and grad_enabled
-        grad_hidden = (
-            torch.zeros_like(student_hidden, memory_format=torch.contiguous_format) if want_hidden else None
-        )
-        grad_hidden_rows = grad_hidden.view(-1, width) if want_hidden else None
-        grad_weight = (
-            torch.zeros(w_student.shape, dtype=_compute_dtype(w_student.dtype), device=w_student.device)
-            if want_weight
-            else None
-        )
-        count = max(rows.numel(), 1)
-        per_token = h_student.new_empty(rows.numel(), dtype=_compute_dtype(h_student.dtype))
-        want_grad = want_hidden or want_weight
-        for start in range(0, rows.numel(), block):
-            index = rows[start : start + block]
-            h = _gather_rows(h_student, index, lead)
-            z_student = h @ w_student.T
-            z_teacher = _gather_rows(h_teacher, index, lead) @ w_teacher.T
-            assert_finite(z_student, "student logits (from hidden states)")
-            assert_finite(z_teacher, "teacher logits (from hidden states)")
-            g = torch.empty_like(z_student) if want_grad else None
-            for sub in range(0, index.numel(), inner):
-                d, g_sub = _value_and_grad(
-                    z_student[sub : sub + inner], z_teacher[sub : sub + inner], options, count, want_grad
-                )
-                if want_grad:
-                    g[sub : sub + inner] = g_sub
-                per_token[start + sub : start + sub + d.numel()] = d
-            if want_hidden:
-                grad_hidden_rows.index_copy_(0, index, g @ w_student)
-            if want_weight:
-                grad_weight.addmm_(g.T.to(grad_weight.dtype), h.to(grad_weight.dtype))
-        if want_weight:
-            grad_weight = grad_weight.to(w_student.dtype)
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.mark_non_differentiable(per_token)
-        return per_token.sum() / count, per_token
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_per_token):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        grad_hidden = None if grad_hidden is None else _scaled(grad_hidden, grad_loss)
-        grad_weight = None if grad_weight is None else _scaled(grad_weight, grad_loss)
-        return grad_hidden, None, grad_weight, None, None, None, None, None, None
 
 
 def distillation_loss_from_hidden(
@@ -207,14 +163,10 @@ def distillation_loss_from_hidden(
     lm_head_weight: torch.Tensor,
     mask: torch.Tensor,
     *,
-    beta: float = 0.0,
-    temperature: float = 1.0,
-    teacher_top_k: int | None = None,
-    clip: float | None = None,
-    clip_mode: str = DEFAULT_CLIP_MODE,
     chunk_size: int | None = None,
     teacher_lm_head_weight: torch.Tensor | None = None,
     return_per_token: bool = False,
+    **options,
 ):
     """`distillation_loss` on logits = hidden @ lm_head_weight.T, never holding the full logits.
 
@@ -227,7 +179,7 @@ def distillation_loss_from_hidden(
     sub-chunks of at most `suggest_chunk_size(V, device=...)` positions. return_per_token=True returns
     (loss, D [B, T] detached).
     """
-    options = _check_options(beta, temperature, teacher_top_k, clip, clip_mode)
+    options = _check_options(**options)
     _check_pair(student_hidden, teacher_hidden, "hidden states")
     teacher_weight = lm_head_weight if teacher_lm_head_weight is None else teacher_lm_head_weight
     for name, w in (("lm_head_weight", lm_head_weight), ("teacher_lm_head_weight", teacher_weight)):
@@ -247,8 +199,9 @@ def distillation_loss_from_hidden(
         chunk_size = suggest_chunk_size(vocab, CUDA_CHUNK_ELEMENTS if on_gpu else FUSED_BLOCK_ELEMENTS)
     _check_chunk_size(chunk_size)
     inner = min(chunk_size, suggest_chunk_size(vocab, device=device))
-    rows = _masked_rows(mask, student_hidden.shape[:-1], student_hidden.device)
-    loss, per_token = _ChunkedHiddenLoss.apply(
+    lead = student_hidden.shape[:-1]
+    rows = _masked_rows(mask, lead, student_hidden.device)
+    loss, per_token = _ChunkedLoss.apply(
         student_hidden,
         teacher_hidden.detach(),
         lm_head_weight,
@@ -259,6 +212,4 @@ def distillation_loss_from_hidden(
         options,
         torch.is_grad_enabled(),
     )
-    if return_per_token:
-        return loss, _per_token_map(per_token, rows, student_hidden.shape[:-1])
-    return loss
+    return (loss, _per_token_map(per_token, rows, lead)) if return_per_token else loss

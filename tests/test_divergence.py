@@ -257,6 +257,21 @@ def test_invalid_options_raise(kwargs, match):
         distillation_loss(logits(0), logits(1), ragged_mask(), **kwargs)
 
 
+def test_misspelled_option_raises_in_every_entry_point():
+    s, t, mask = logits(0), logits(1), ragged_mask()
+    h, w = torch.randn(B, T, 4, dtype=torch.float64), torch.randn(V, 4, dtype=torch.float64)
+    for call in (
+        lambda: token_divergence(s, t, betta=0.5),
+        lambda: distillation_loss(s, t, mask, betta=0.5),
+        lambda: distillation_loss(s, t, mask, chunk_size=2, betta=0.5),
+        lambda: distillation_loss_from_hidden(h, h, w, mask, betta=0.5),
+        lambda: divergence_diagnostics(s, t, mask, betta=0.5),
+        lambda: distillation_loss(s, t, mask, loss_type="full"),
+    ):
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
+            call()
+
+
 def test_invalid_shapes_and_masks_raise():
     with pytest.raises(ValueError, match="same shape"):
         distillation_loss(logits(0), logits(1, shape=(B, T, V + 1)), ragged_mask())
