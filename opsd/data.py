@@ -17,6 +17,8 @@ from pathlib import Path
 
 import datasets
 
+from opsd.validation import InputError, MissingInputError, as_string_columns, check_data_files, validate_rows
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "heldout", "warmup")
@@ -99,28 +101,24 @@ def _render(op: str, a: int, b: int, phrasing: str = "standard", reference: str 
             a, b = b, a
         c = a + b
         ta, tb, oa, ob = a // 10 * 10, b // 10 * 10, a % 10, b % 10
-        problem = f"What is {a} + {b}?"
         steps = f"Add the tens and the ones: {ta} + {tb} = {ta + tb} and {oa} + {ob} = {oa + ob}, so {a} + {b} = {c}."
     elif op == "-":
         c = a - b
         tb, ob = b // 10 * 10, b % 10
-        problem = f"What is {a} - {b}?"
         steps = f"Subtract the tens, then the ones: {a} - {tb} = {a - tb} and {a - tb} - {ob} = {c}, so {a} - {b} = {c}."
     elif op == "*":
         c = a * b
         tb, ob = b // 10 * 10, b % 10
-        problem = f"What is {a} \\times {b}?"
         steps = (f"Multiply the tens and the ones: {a} \\times {tb} = {a * tb} and {a} \\times {ob} = {a * ob}, "
                  f"so {a} \\times {b} = {a * tb} + {a * ob} = {c}.")
     else:  # pragma: no cover - keys come from _operands
         raise ValueError(op)
-    problem = _problem_text(op, a, b, phrasing, key_hash)
     if reference == "terse":
         symbol = "\\times" if op == "*" else op
         steps = f"{a} {symbol} {b} = {c}."
     elif reference == "verbose":
         steps = _verbose_steps(op, a, b, c, steps)
-    return {"problem": problem, "solution": f"{steps}\n\nThe answer is \\boxed{{{c}}}.", "answer": str(c)}
+    return {"problem": _problem_text(op, a, b, phrasing, key_hash), "solution": f"{steps}\n\nThe answer is \\boxed{{{c}}}.", "answer": str(c)}
 
 
 def _verbose_steps(op: str, a: int, b: int, c: int, worked: str) -> str:
@@ -211,6 +209,8 @@ def held_out_problems(source: str, n: int, seed: int = 0) -> datasets.Dataset:
         return synthetic_math(n, seed=seed, split="heldout", **SYNTHETIC_SOURCES[str(source)])
     logger.warning("%s has no held-out split: using %d of its rows", source, n)
     return load_problems(source, n=n, seed=seed, require=("problem", "solution", "answer"))
+
+
 DATA_FILE_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}  # preferred first
 _COLUMN_ALIASES = {  # canonical name <- other spellings seen in public math sets
     "problem": ("Problem", "question", "Question"),
@@ -220,9 +220,7 @@ _COLUMN_ALIASES = {  # canonical name <- other spellings seen in public math set
 
 
 def require_columns(dataset: datasets.Dataset, columns: Sequence[str], source: str = "dataset") -> datasets.Dataset:
-    """Return ``dataset`` if it has every column in ``columns``, else raise ValueError naming both sides."""
-    from opsd.validation import InputError
-
+    """Return ``dataset`` if it has every column in ``columns``, else raise InputError naming both sides."""
     found = list(dataset.column_names)
     missing = [c for c in columns if c not in found]
     if missing:
@@ -246,23 +244,8 @@ def normalize_columns(dataset: datasets.Dataset) -> datasets.Dataset:
     if renames:
         dataset = dataset.rename_columns(renames)
     if "answer" in dataset.column_names and dataset.features["answer"] != datasets.Value("string"):
-        dataset = dataset.map(lambda row: {"answer": _answer_text(row["answer"])},
-                              features=_with_string(dataset.features, "answer"))
+        dataset = as_string_columns(dataset, ["answer"])
     return dataset
-
-
-def _answer_text(value) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _with_string(features: datasets.Features, column: str) -> datasets.Features:
-    features = features.copy()
-    features[column] = datasets.Value("string")
-    return features
 
 
 def _data_files(folder: Path, split: str | None) -> tuple[str, list[str]]:
@@ -272,8 +255,6 @@ def _data_files(folder: Path, split: str | None) -> tuple[str, list[str]]:
     by_format = {ext: [p for p in files if p.suffix == ext] for ext in DATA_FILE_FORMATS}
     ext = next((e for e, found in by_format.items() if found), None)
     if ext is None:
-        from opsd.validation import MissingInputError
-
         raise MissingInputError(f"{folder}: no data files ({', '.join(DATA_FILE_FORMATS)}) found")
     chosen = by_format[ext]
     if split is not None:
@@ -284,15 +265,11 @@ def _data_files(folder: Path, split: str | None) -> tuple[str, list[str]]:
         if matching:
             chosen = matching
         elif split_named:
-            from opsd.validation import InputError
-
             raise InputError(f"{folder}: no {split!r} files; found {[str(p.relative_to(folder)) for p in chosen]}")
     return DATA_FILE_FORMATS[ext], [str(p) for p in chosen]
 
 
 def _load_local(path: Path, split: str | None) -> datasets.Dataset:
-    from opsd.validation import InputError, check_data_files
-
     if path.is_dir():
         builder, files = _data_files(path, split)
     elif path.suffix in DATA_FILE_FORMATS:
@@ -302,7 +279,7 @@ def _load_local(path: Path, split: str | None) -> datasets.Dataset:
     check_data_files(files, str(path))  # empty, not UTF-8, cut or invalid JSON lines: errors naming file and line
     try:
         return datasets.load_dataset(builder, data_files=files, split="train")
-    except Exception as err:  # noqa: BLE001 - whatever the reader says, name the file it could not read
+    except Exception as err:  # whatever the reader says, name the file it could not read
         cause = err.__cause__ or err
         raise InputError(f"{path}: could not be read as {builder} rows ({type(cause).__name__}: "
                          f"{str(cause).splitlines()[0] if str(cause) else ''})") from err
@@ -325,8 +302,6 @@ def load_problems(source: str | os.PathLike, split: str | None = None, *, n: int
     ``on_invalid="drop"`` a dropped row (counted). An empty file or dataset is an error naming the source.
     With ``n``, the first ``n`` rows after a shuffle with ``seed`` (all rows if fewer).
     """
-    from opsd.validation import MissingInputError, validate_rows
-
     if str(source) in SYNTHETIC_SOURCES:
         split = split or "train"
         return synthetic_math(DEFAULT_SYNTHETIC_SIZES.get(split, 64) if n is None else n, seed=seed, split=split,
@@ -408,13 +383,9 @@ def local_benchmark_dir(name: str, local_dir: str | os.PathLike | None = None) -
     return None
 
 
-def _is_local(source: str) -> bool:
-    return os.path.exists(os.path.expanduser(str(source)))
-
-
 def check_benchmark(name: str) -> str:
     """``name`` if it is a name of ``BENCHMARKS``, a local path or a Hub id, else a ValueError listing the names."""
-    if name not in BENCHMARKS and not (_is_local(name) or "/" in name):
+    if name not in BENCHMARKS and not (Path(name).expanduser().exists() or "/" in name):
         raise ValueError(
             f"unknown benchmark {name!r}: use one of {list(BENCHMARKS)} or a path to a local "
             "parquet/jsonl file with `problem` and `answer` (or `solution`) columns"
