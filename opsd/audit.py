@@ -142,7 +142,8 @@ def audit_lengths(tokenizer, problems: Sequence[str], solutions: Sequence[str], 
 
 def _profile_values(profile: str, overrides: dict | None) -> dict:
     """The keys of ``AUDIT_KEYS`` from a training profile (``kind: train``), with defaults and overrides."""
-    from opsd.config import RunFields, read_profile
+    from opsd.config import read_profile
+    from opsd.trainer import OPSDConfig
 
     values = read_profile(profile)
     kind = values.get("kind", "train")
@@ -152,10 +153,8 @@ def _profile_values(profile: str, overrides: dict | None) -> dict:
     unknown = sorted(set(overrides or {}) - set(AUDIT_KEYS))
     if unknown:
         raise ValueError(f"unknown audit override(s) {unknown}; valid keys: {list(AUDIT_KEYS)}")
-    # RunFields' defaults, then the OPSD trainer's (OPSDConfig) for the keys it adds
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(RunFields) if f.name in AUDIT_KEYS}
-    defaults |= {"legacy_mismatch": False, "teacher_think_opener": False, "max_completion_length": 1024, "seed": 42}
+                for f in dataclasses.fields(OPSDConfig) if f.name in AUDIT_KEYS}
     out = {k: values[k] for k in AUDIT_KEYS if k in values}
     return defaults | out | dict(overrides or {})
 
