@@ -1,19 +1,14 @@
 """Checks of everything a user hands in, done before any model is loaded, with errors that say what to fix.
 
-- Config values (`coerce_config_values`, `check_config_values`): every profile value and override is
-  parsed to its field's type (``learning_rate=1e-4`` from the command line arrives as the string
-  ``"1e-4"`` and becomes a float; ``learning_rate=abc`` is an error naming the key, the value and the
-  type), then ranges are checked (positive batch sizes, steps, lengths, learning rate, temperature;
-  beta in [0, 1] for OPSD; clip > 0; ...).
-- Data files (`check_data_files`): empty files, text that is not UTF-8, JSON lines that do not parse
-  (a cut last line included) and rows that are not objects are errors naming the file and the line.
-- Rows (`validate_rows`): problems, solutions and answers must be non-empty strings. A number is
-  converted to a string (and said so); ``None``, an empty string, a list or a mapping is an error naming
-  the row and the column, or, with ``on_invalid="drop"``, a dropped row counted in a warning. An
-  empty dataset is an error naming its source; duplicate problems are counted in a warning.
+- Config values (`coerce_config_values`, `check_config_values`): parsed to their field's type
+  (``learning_rate=1e-4`` from the command line arrives as the string ``"1e-4"``), then range-checked.
+- Data files (`check_data_files`): empty files, text that is not UTF-8, JSON that does not parse (a cut
+  last line included), rows that are not objects.
+- Rows (`validate_rows`): problems, solutions and answers must be non-empty strings (numbers are
+  converted, and said so); bad rows are an error, or with ``on_invalid="drop"`` dropped and counted.
 
-Every such error is an `InputError` (a ``ValueError``); the command line prints it as one line,
-``error: ...``, and exits with code 2 (`cli_errors`).
+Every such error is an `InputError` (a ``ValueError``) naming the key, file, line, row or column; the
+command line prints it as one line, ``error: ...``, and exits with code 2 (`cli_errors`).
 """
 
 from __future__ import annotations
