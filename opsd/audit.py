@@ -1,17 +1,12 @@
 """Prompt-length audit of a whole training set: ``python -m opsd audit-lengths --config PROFILE``.
 
-Training measures each batch's prompts as it goes, and with ``on_overflow: error`` the first over-long
-teacher prompt stops the run, possibly hours in. This audit measures every row up front, exactly as
-training builds the prompts (prompt profile, each role's chat-template kwargs, the teacher's think
-opener), and reports:
-
-- per role, the distribution of prompt tokens (min, mean, p50, p90, p99, p99.9, max);
-- the prompt budget ``max_prompt_length = max_length - max_completion_length`` and the rows over it,
-  i.e. the rows that would stop the run (``on_overflow: error``) or be dropped (``drop``);
-- ``required_max_length``: the smallest ``max_length`` with which no row of this dataset overflows
-  (the longest prompt of either role + ``max_completion_length``).
-
-Only the tokenizer is loaded, never the model; 29,434 rows take a few minutes on one CPU core.
+With ``on_overflow: error`` the first over-long teacher prompt stops a run, possibly hours in. The audit
+measures every row up front, with the prompts training builds (prompt profile, each role's chat-template
+kwargs, the teacher's think opener), and reports per role the distribution of prompt tokens (min, mean,
+p50, p90, p99, p99.9, max); the rows over the budget ``max_prompt_length = max_length -
+max_completion_length`` (those that would stop the run, or be dropped with ``on_overflow: drop``); and
+``required_max_length``, the smallest ``max_length`` with which no row overflows (longest prompt of either
+role + ``max_completion_length``). Only the tokenizer is loaded: 29,434 rows take minutes on one CPU core.
 """
 
 from __future__ import annotations

@@ -219,15 +219,9 @@ def model_path(name: str | os.PathLike):
     return name
 
 
-def load_model_and_tokenizer(
-    name: str | os.PathLike = EMBEDDED_MODEL,
-    *,
-    dtype: torch.dtype | str = torch.float32,
-    lora: Any = None,
-    device: str | torch.device | None = None,
-    attn_implementation: str | None = None,
-    trust_remote_code: bool = False,
-):
+def load_model_and_tokenizer(name: str | os.PathLike = EMBEDDED_MODEL, *, dtype: torch.dtype | str = torch.float32,
+                              lora: Any = None, device: str | torch.device | None = None,
+                              attn_implementation: str | None = None, trust_remote_code: bool = False):
     """Return ``(model, tokenizer)`` for a causal LM.
 
     ``name``: ``"smollm2-135m-instruct"`` (the embedded model, converted once, see module docstring),
@@ -276,21 +270,10 @@ def prepare_tokenizer(tokenizer):
 # ----------------------------------------------------------------------------------------------
 
 
-def tiny_qwen3(
-    vocab_size: int = 151936,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    seed: int = 0,
-    *,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    head_dim: int = 16,
-    intermediate_size: int = 128,
-    max_position_embeddings: int = 4096,
-    tie_word_embeddings: bool = False,
-    dtype: torch.dtype = torch.float32,
-    **config_overrides: Any,
-):
+def tiny_qwen3(vocab_size: int = 151936, hidden_size: int = 64, num_layers: int = 2, seed: int = 0, *,
+               num_heads: int = 4, num_kv_heads: int = 2, head_dim: int = 16, intermediate_size: int = 128,
+               max_position_embeddings: int = 4096, tie_word_embeddings: bool = False,
+               dtype: torch.dtype = torch.float32, **config_overrides: Any):
     """A randomly initialised ``Qwen3ForCausalLM`` (same architecture as Qwen3-1.7B/4B/8B, tiny sizes).
 
     Deterministic for a seed; the global torch RNG is left untouched. Qwen3's vocabulary (151,936)
