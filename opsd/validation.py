@@ -85,7 +85,8 @@ def _to_bool(value):
 
 
 def _to_int(value):
-    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value) or isinstance(value, float) and value.is_integer():
+    if (isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value)) or (
+            isinstance(value, float) and value.is_integer()):
         return int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) else _NO_MATCH
 
