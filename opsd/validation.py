@@ -234,6 +234,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "vllm_gpu_memory_utilization": (_unit_open_closed, "in (0, 1]"),
     "save_total_limit": (_positive, "a positive integer or null (keep all)"),
     "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "max_steps": (lambda v: v >= -1 and v != 0, "a positive number of optimizer steps, or -1 to train for num_train_epochs"),
 }
 #: Per config class: the same name means another thing (OPSD's beta mixes KL directions, GRPO's weighs a KL term).
 CLASS_RANGES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
@@ -259,18 +260,14 @@ def check_config_values(config_class, values: Mapping[str, Any]) -> None:
     name = getattr(config_class, "__name__", type(config_class).__name__)
     ranges = {**RANGES, **CLASS_RANGES.get(name, {})}
     for key, value in values.items():
-        if key in ranges and value is not None and _is_number(value):
+        if key in ranges and _is_number(value):
             ok, valid = ranges[key]
-            if not ok(value) or (isinstance(value, float) and math.isnan(value)):
+            if not ok(value) or _is_nan(value):
                 raise InputError(f"{key}={value!r} is out of range: {key} must be {valid}")
         elif key in CHOICES and value is not None and value not in CHOICES[key]:
             raise InputError(f"{key}={value!r}: must be one of {list(CHOICES[key])}")
     if "prompt_profile" in values and values["prompt_profile"] not in _prompt_profiles():
         raise InputError(f"prompt_profile={values['prompt_profile']!r}: must be one of {_prompt_profiles()}")
-    max_steps = values.get("max_steps")
-    if _is_number(max_steps) and (max_steps == 0 or max_steps < -1):
-        raise InputError(f"max_steps={max_steps!r} is out of range: max_steps must be a positive number of "
-                         "optimizer steps, or -1 to train for num_train_epochs")
 
 
 def check_config(config) -> None:
