@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from opsd.validation import cli_errors
 
+#: command -> the module whose `main(argv)` runs it; `sft` and `grpo` run `opsd.baselines.main(command, argv)`.
+COMMAND_MODULES = {
+    "train": "opsd.trainer",
+    "eval": "opsd.evaluate",
+    "gap": "opsd.gap",  # student vs self-teacher before training
+    "audit-lengths": "opsd.audit",  # prompt-length audit of a training profile's whole dataset
+}
 COMMANDS = ("train", "eval", "sft", "grpo", "gap", "audit-lengths")
 
 
 @cli_errors  # bad input (opsd.validation.InputError): "error: ..." on stderr, exit code 2, no traceback
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m opsd {{{'|'.join(COMMANDS)}}} [--config reproduce/configs/NAME.yaml] [key=value ...]")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        from opsd.trainer import main as train_main
-
-        return train_main(rest)
-    if command == "eval":
-        from opsd.evaluate import main as eval_main
-
-        return eval_main(rest)
-    if command == "gap":  # student vs self-teacher before training (opsd.gap)
-        from opsd.gap import main as gap_main
-
-        return gap_main(rest)
-    if command == "audit-lengths":  # prompt-length audit of a training profile's whole dataset
-        from opsd.audit import main as audit_main
-
-        return audit_main(rest)
+    if command in COMMAND_MODULES:
+        return importlib.import_module(COMMAND_MODULES[command]).main(rest)
     from opsd.baselines import main as baseline_main
 
     return baseline_main(command, rest)

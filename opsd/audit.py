@@ -1,17 +1,12 @@
 """Prompt-length audit of a whole training set: ``python -m opsd audit-lengths --config PROFILE``.
 
-Training measures each batch's prompts as it goes, and with ``on_overflow: error`` the first over-long
-teacher prompt stops the run, possibly hours in. This audit measures every row up front, exactly as
-training builds the prompts (prompt profile, each role's chat-template kwargs, the teacher's think
-opener), and reports:
-
-- per role, the distribution of prompt tokens (min, mean, p50, p90, p99, p99.9, max);
-- the prompt budget ``max_prompt_length = max_length - max_completion_length`` and the rows over it,
-  i.e. the rows that would stop the run (``on_overflow: error``) or be dropped (``drop``);
-- ``required_max_length``: the smallest ``max_length`` with which no row of this dataset overflows
-  (the longest prompt of either role + ``max_completion_length``).
-
-Only the tokenizer is loaded, never the model; 29,434 rows take a few minutes on one CPU core.
+With ``on_overflow: error`` the first over-long teacher prompt stops a run, possibly hours in. The audit
+measures every row up front, with the prompts training builds (prompt profile, each role's chat-template
+kwargs, the teacher's think opener), and reports per role the distribution of prompt tokens (min, mean,
+p50, p90, p99, p99.9, max); the rows over the budget ``max_prompt_length = max_length -
+max_completion_length`` (those that would stop the run, or be dropped with ``on_overflow: drop``); and
+``required_max_length``, the smallest ``max_length`` with which no row overflows (longest prompt of either
+role + ``max_completion_length``). Only the tokenizer is loaded: 29,434 rows take minutes on one CPU core.
 """
 
 from __future__ import annotations
@@ -142,7 +137,8 @@ def audit_lengths(tokenizer, problems: Sequence[str], solutions: Sequence[str], 
 
 def _profile_values(profile: str, overrides: dict | None) -> dict:
     """The keys of ``AUDIT_KEYS`` from a training profile (``kind: train``), with defaults and overrides."""
-    from opsd.config import RunFields, read_profile
+    from opsd.config import read_profile
+    from opsd.trainer import OPSDConfig
 
     values = read_profile(profile)
     kind = values.get("kind", "train")
@@ -152,10 +148,8 @@ def _profile_values(profile: str, overrides: dict | None) -> dict:
     unknown = sorted(set(overrides or {}) - set(AUDIT_KEYS))
     if unknown:
         raise ValueError(f"unknown audit override(s) {unknown}; valid keys: {list(AUDIT_KEYS)}")
-    # RunFields' defaults, then the OPSD trainer's (OPSDConfig) for the keys it adds
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(RunFields) if f.name in AUDIT_KEYS}
-    defaults |= {"legacy_mismatch": False, "teacher_think_opener": False, "max_completion_length": 1024, "seed": 42}
+                for f in dataclasses.fields(OPSDConfig) if f.name in AUDIT_KEYS}
     out = {k: values[k] for k in AUDIT_KEYS if k in values}
     return defaults | out | dict(overrides or {})
 

@@ -18,10 +18,12 @@ from typing import Any
 
 import yaml
 
+from opsd.validation import InputError, MissingInputError, check_config_values, coerce_config_values
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "reproduce" / "configs"
 DEFAULT_PROFILE = "cpu-tiny"
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # every projection
 # Keys whose values must never reach a run directory, a log or a notebook output.
 SECRET_KEYS = ("hub_token", "push_to_hub_token", "token", "wandb_api_key", "api_key")
 
@@ -69,8 +71,6 @@ CONFIG_KINDS = {"OPSDConfig": "train", "SFTRunConfig": "sft", "GRPORunConfig": "
 
 def profile_path(profile: str | Path) -> Path:
     """A profile name (`cpu-tiny`) or a path to a YAML file -> the YAML path (error lists valid names)."""
-    from opsd.validation import InputError, MissingInputError
-
     path = Path(profile)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
@@ -88,8 +88,6 @@ def available_profiles() -> list[str]:
 
 def read_profile(profile: str | Path) -> dict[str, Any]:
     """The profile's mapping (safe_load), `kind` included."""
-    from opsd.validation import InputError
-
     path = profile_path(profile)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -112,8 +110,6 @@ def field_names(config_class) -> list[str]:
 
 def check_keys(config_class, keys, where: str) -> None:
     """Raise InputError (a ValueError) for keys that are not fields of `config_class`, listing the valid ones."""
-    from opsd.validation import InputError
-
     valid = field_names(config_class)
     unknown = [k for k in keys if k not in valid]
     if unknown:
@@ -140,8 +136,6 @@ def upgrade_legacy_spellings(values: Mapping[str, Any], config_class=None, where
     becomes `clip: null` and `clip_mode: pointwise`. With a `config_class`, only the keys it has are mapped
     (an SFT or GRPO config keeps its own `top_k`, `loss_type`, ...).
     """
-    from opsd.validation import InputError
-
     names = set(field_names(config_class)) if config_class is not None else None
     out = dict(values)
     for old, new in RENAMED_KEYS.items():
@@ -164,8 +158,6 @@ def upgrade_legacy_spellings(values: Mapping[str, Any], config_class=None, where
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """['lr=1e-4', 'clip=null'] -> {'lr': '1e-4', 'clip': None}; values are parsed as YAML (flow) values,
     then `load_config` parses each to its field's type ('1e-4' -> 0.0001 for a float field)."""
-    from opsd.validation import InputError
-
     out = {}
     for pair in pairs:
         if "=" not in pair or not pair.split("=", 1)[0].strip():
@@ -182,13 +174,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def load_config(config_class, profile: str | Path | None = DEFAULT_PROFILE, overrides: Mapping | None = None, **extra):
     """Build `config_class` from a profile, then `overrides` and `extra` (later wins).
 
-    Old spellings are mapped first (`upgrade_legacy_spellings`: `top_k_loss` -> `teacher_top_k`,
-    `clip_mode: none` -> `clip: null`), per source. Keys are checked (unknown: an error listing the valid
-    ones), every value is parsed to its field's type and range-checked, and a profile of another kind (`kind: sft` for an OPSDConfig) is an error,
-    all before the config class runs (so before any model is loaded).
+    Per source, old spellings are mapped (`upgrade_legacy_spellings`), keys checked (unknown: an error
+    listing the valid ones) and values parsed to their fields' types; then ranges are checked. A profile
+    of another kind (`kind: sft` for an OPSDConfig) is an error. All before any model is loaded.
     """
-    from opsd.validation import InputError, check_config_values, coerce_config_values
-
     values: dict[str, Any] = {}
     if profile is not None:
         values.update(read_profile(profile))
@@ -215,15 +204,18 @@ def config_to_dict(config) -> dict[str, Any]:
     for key, value in raw.items():
         if any(key == s or key.endswith("_" + s) for s in SECRET_KEYS):
             continue
-        if isinstance(value, (str, int, float, bool)) or value is None:
-            clean[key] = value
-        elif isinstance(value, (list, tuple)):
-            clean[key] = [v if isinstance(v, (str, int, float, bool)) or v is None else str(v) for v in value]
+        if isinstance(value, (list, tuple)):
+            clean[key] = [_plain(v) for v in value]
         elif isinstance(value, dict):
-            clean[key] = {str(k): (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in value.items()}
+            clean[key] = {str(k): _plain(v) for k, v in value.items()}
         else:
-            clean[key] = str(value)
+            clean[key] = _plain(value)
     return clean
+
+
+def _plain(value):
+    """A YAML scalar as it is; anything else as its str()."""
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
 def save_config(config, path: str | Path, extra: Mapping | None = None) -> None:

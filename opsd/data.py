@@ -17,6 +17,8 @@ from pathlib import Path
 
 import datasets
 
+from opsd.validation import InputError, MissingInputError, as_string_columns, check_data_files, validate_rows
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "heldout", "warmup")
@@ -99,28 +101,24 @@ def _render(op: str, a: int, b: int, phrasing: str = "standard", reference: str 
             a, b = b, a
         c = a + b
         ta, tb, oa, ob = a // 10 * 10, b // 10 * 10, a % 10, b % 10
-        problem = f"What is {a} + {b}?"
         steps = f"Add the tens and the ones: {ta} + {tb} = {ta + tb} and {oa} + {ob} = {oa + ob}, so {a} + {b} = {c}."
     elif op == "-":
         c = a - b
         tb, ob = b // 10 * 10, b % 10
-        problem = f"What is {a} - {b}?"
         steps = f"Subtract the tens, then the ones: {a} - {tb} = {a - tb} and {a - tb} - {ob} = {c}, so {a} - {b} = {c}."
     elif op == "*":
         c = a * b
         tb, ob = b // 10 * 10, b % 10
-        problem = f"What is {a} \\times {b}?"
         steps = (f"Multiply the tens and the ones: {a} \\times {tb} = {a * tb} and {a} \\times {ob} = {a * ob}, "
                  f"so {a} \\times {b} = {a * tb} + {a * ob} = {c}.")
     else:  # pragma: no cover - keys come from _operands
         raise ValueError(op)
-    problem = _problem_text(op, a, b, phrasing, key_hash)
     if reference == "terse":
         symbol = "\\times" if op == "*" else op
         steps = f"{a} {symbol} {b} = {c}."
     elif reference == "verbose":
         steps = _verbose_steps(op, a, b, c, steps)
-    return {"problem": problem, "solution": f"{steps}\n\nThe answer is \\boxed{{{c}}}.", "answer": str(c)}
+    return {"problem": _problem_text(op, a, b, phrasing, key_hash), "solution": f"{steps}\n\nThe answer is \\boxed{{{c}}}.", "answer": str(c)}
 
 
 def _verbose_steps(op: str, a: int, b: int, c: int, worked: str) -> str:
@@ -143,37 +141,23 @@ def synthetic_problem_keys(split: str = "train", *, kind: str = "add", digits: i
 
 def synthetic_math(n: int, seed: int = 0, split: str = "train", *, kind: str = "add",
                    digits: int = 2, phrasing: str = "standard", reference: str = "worked") -> datasets.Dataset:
-    """``n`` arithmetic problems with columns ``problem``, ``solution``, ``answer`` (all strings).
+    """``n`` arithmetic problems with string columns ``problem``, ``solution``, ``answer``.
 
-    Default: additions of two 2-digit numbers. Problem ``"What is 18 + 55?"``; solution (worked by place
-    value) ``"Add the tens and the ones: 10 + 50 = 60 and 8 + 5 = 13, so 18 + 55 = 73.\\n\\nThe answer
-    is \\boxed{73}."``; answer ``"73"``. Extra kinds: ``"sub"`` (a - b, a >= b) and ``"mul_small"`` (a
-    one-digit number times a ``digits``-digit number), with the same kind of worked solution.
+    Default: additions of two 2-digit numbers: ``"What is 18 + 55?"``, a solution worked by place value
+    (``"Add the tens and the ones: 10 + 50 = 60 and 8 + 5 = 13, so 18 + 55 = 73.\\n\\nThe answer is
+    \\boxed{73}."``), answer ``"73"``. ``kind="sub"``: a - b with a >= b; ``"mul_small"``: a one-digit
+    number times a ``digits``-digit one. ``phrasing``, ``reference``: see ``PHRASINGS``, ``REFERENCE_STYLES``.
 
-    Deterministic for ``(n, seed, split, kind, digits)``. A problem's split is decided by a hash of its
-    key ``(op, a, b)`` alone (1 key in 8 is ``"heldout"``; ``18 + 55`` and ``55 + 18`` are one key), so
-    train and held-out sets never share a problem, whatever ``n`` and ``seed``. A third split,
-    ``"warmup"`` (1 in 16 of the non-held-out keys), is kept for the CPU starting model's SFT warm-up
-    (``opsd.warmstart``), so neither OPSD's training problems nor the held-out ones are ever seen there.
-    Asking for more problems than a split holds raises (2-digit add: 3,338 train / 224 warmup / 533 held-out).
-
-    ``phrasing="paraphrased"`` words each problem in one of six other ways (``"Find the sum of 18 and
-    55."``, ``"If you have 18 apples and get 55 more, ..."``; fixed per key), never used for training:
-    the held-out check that what OPSD teaches is not tied to the template. ``reference="terse"`` gives
-    solutions without a derivation (``"18 + 55 = 73.\\n\\nThe answer is \\boxed{73}."``): references that
-    are not the model's own way of working, which imitating (SFT) copies but a teacher that knows the
-    answer can still use to guide the student's own reasoning.
+    Deterministic for ``(n, seed, split, kind, digits)``. A problem's split comes from a hash of its key
+    ``(op, a, b)`` alone (``18 + 55`` and ``55 + 18`` are one key): 1 key in 8 is ``"heldout"``, 1 in 16 of
+    the others ``"warmup"`` (the CPU starting model's SFT warm-up, ``opsd.warmstart``), the rest ``"train"``;
+    so the splits never share a problem, whatever ``n`` and ``seed``. Asking for more problems than a split
+    holds raises (2-digit add: 3,338 train / 224 warmup / 533 held-out).
 
     Why this set: SmolLM2-135M-Instruct is poor at it as a student and much better when it sees the
-    solution, the gap OPSD closes on a CPU. Measured on the embedded model, greedy decoding, chat
-    template, the ``paper`` prompt profile of ``opsd.contexts`` (default ``add``):
-
-    - full answers (max_new_tokens=64, 16 problems, correct ``\\boxed{}``): student 0/16 on each of
-      train seed 0, train seed 1 and held-out seed 0 (it often computes the sum, then writes an empty
-      ``\\boxed{}`` or none); teacher 8/16, 2/16 and 3/16 (its misses are mostly a missing box).
-    - at the answer slot (assistant text forced to ``"The answer is \\boxed{"``, 64 problems, seed 0):
-      student 0/64 train and 1/64 held-out continue with the right number, teacher 64/64 and 64/64;
-      after ``"18 + 55 = "``: student 14/64 and 26/64, teacher 54/64 and 60/64.
+    solution, the gap OPSD closes on a CPU. Measured on the embedded model (greedy, ``paper`` prompts,
+    seed 0, assistant text forced to ``"The answer is \\boxed{"``, 64 problems): the student continues
+    with the right number on 0/64 train and 1/64 held-out problems, the teacher on 64/64 and 64/64.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -211,6 +195,8 @@ def held_out_problems(source: str, n: int, seed: int = 0) -> datasets.Dataset:
         return synthetic_math(n, seed=seed, split="heldout", **SYNTHETIC_SOURCES[str(source)])
     logger.warning("%s has no held-out split: using %d of its rows", source, n)
     return load_problems(source, n=n, seed=seed, require=("problem", "solution", "answer"))
+
+
 DATA_FILE_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}  # preferred first
 _COLUMN_ALIASES = {  # canonical name <- other spellings seen in public math sets
     "problem": ("Problem", "question", "Question"),
@@ -220,9 +206,7 @@ _COLUMN_ALIASES = {  # canonical name <- other spellings seen in public math set
 
 
 def require_columns(dataset: datasets.Dataset, columns: Sequence[str], source: str = "dataset") -> datasets.Dataset:
-    """Return ``dataset`` if it has every column in ``columns``, else raise ValueError naming both sides."""
-    from opsd.validation import InputError
-
+    """Return ``dataset`` if it has every column in ``columns``, else raise InputError naming both sides."""
     found = list(dataset.column_names)
     missing = [c for c in columns if c not in found]
     if missing:
@@ -246,23 +230,8 @@ def normalize_columns(dataset: datasets.Dataset) -> datasets.Dataset:
     if renames:
         dataset = dataset.rename_columns(renames)
     if "answer" in dataset.column_names and dataset.features["answer"] != datasets.Value("string"):
-        dataset = dataset.map(lambda row: {"answer": _answer_text(row["answer"])},
-                              features=_with_string(dataset.features, "answer"))
+        dataset = as_string_columns(dataset, ["answer"])
     return dataset
-
-
-def _answer_text(value) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _with_string(features: datasets.Features, column: str) -> datasets.Features:
-    features = features.copy()
-    features[column] = datasets.Value("string")
-    return features
 
 
 def _data_files(folder: Path, split: str | None) -> tuple[str, list[str]]:
@@ -272,8 +241,6 @@ def _data_files(folder: Path, split: str | None) -> tuple[str, list[str]]:
     by_format = {ext: [p for p in files if p.suffix == ext] for ext in DATA_FILE_FORMATS}
     ext = next((e for e, found in by_format.items() if found), None)
     if ext is None:
-        from opsd.validation import MissingInputError
-
         raise MissingInputError(f"{folder}: no data files ({', '.join(DATA_FILE_FORMATS)}) found")
     chosen = by_format[ext]
     if split is not None:
@@ -284,15 +251,11 @@ def _data_files(folder: Path, split: str | None) -> tuple[str, list[str]]:
         if matching:
             chosen = matching
         elif split_named:
-            from opsd.validation import InputError
-
             raise InputError(f"{folder}: no {split!r} files; found {[str(p.relative_to(folder)) for p in chosen]}")
     return DATA_FILE_FORMATS[ext], [str(p) for p in chosen]
 
 
 def _load_local(path: Path, split: str | None) -> datasets.Dataset:
-    from opsd.validation import InputError, check_data_files
-
     if path.is_dir():
         builder, files = _data_files(path, split)
     elif path.suffix in DATA_FILE_FORMATS:
@@ -302,7 +265,7 @@ def _load_local(path: Path, split: str | None) -> datasets.Dataset:
     check_data_files(files, str(path))  # empty, not UTF-8, cut or invalid JSON lines: errors naming file and line
     try:
         return datasets.load_dataset(builder, data_files=files, split="train")
-    except Exception as err:  # noqa: BLE001 - whatever the reader says, name the file it could not read
+    except Exception as err:  # whatever the reader says, name the file it could not read
         cause = err.__cause__ or err
         raise InputError(f"{path}: could not be read as {builder} rows ({type(cause).__name__}: "
                          f"{str(cause).splitlines()[0] if str(cause) else ''})") from err
@@ -310,23 +273,15 @@ def _load_local(path: Path, split: str | None) -> datasets.Dataset:
 
 def load_problems(source: str | os.PathLike, split: str | None = None, *, n: int | None = None, seed: int = 0,
                   require: Sequence[str] = ("problem",), on_invalid: str = "error") -> datasets.Dataset:
-    """Load problems from ``"synthetic"``, a local file/folder or a Hub id; normalise and validate columns.
+    """Problems from a synthetic set (``SYNTHETIC_SOURCES``), a local ``.parquet`` / ``.jsonl`` / ``.json``
+    file or a folder of them (with ``split``: only the files named after it, as in the Hub's
+    ``data/train-*.parquet``), or a Hub id (``datasets.load_dataset``, needs network).
 
-    - ``"synthetic"``: :func:`synthetic_math` (``split`` "train" (default) or "heldout"; ``n`` defaults to
-      512 / 64).
-    - a ``.parquet`` / ``.jsonl`` / ``.json`` file, or a folder of them (e.g. the Hub's ``data/train-*.parquet``
-      layout; with ``split``, only files named after that split).
-    - anything else: ``datasets.load_dataset(source, split=split or "train")`` (needs network).
-
-    Columns are normalised (``Problem`` -> ``problem``, ``question`` -> ``problem``, ``Answer`` -> ``answer``,
-    answers cast to str), then ``require`` is checked (ValueError naming missing and found columns), then
-    every row's ``require`` values (``opsd.validation.validate_rows``): non-empty strings, numbers
-    converted (with a warning); a null or empty value is an error naming the row and the column, or with
-    ``on_invalid="drop"`` a dropped row (counted). An empty file or dataset is an error naming the source.
-    With ``n``, the first ``n`` rows after a shuffle with ``seed`` (all rows if fewer).
+    Synthetic: ``split`` "train" (default), "heldout" or "warmup"; ``n`` defaults to 512 / 64 / 64.
+    Otherwise columns are normalised (``normalize_columns``), ``require`` is checked (an error naming the
+    missing and found columns), then every row's ``require`` values (``opsd.validation.validate_rows``;
+    ``on_invalid``: "error" or "drop"). With ``n``: the first ``n`` rows after a shuffle with ``seed``.
     """
-    from opsd.validation import MissingInputError, validate_rows
-
     if str(source) in SYNTHETIC_SOURCES:
         split = split or "train"
         return synthetic_math(DEFAULT_SYNTHETIC_SIZES.get(split, 64) if n is None else n, seed=seed, split=split,
@@ -408,13 +363,9 @@ def local_benchmark_dir(name: str, local_dir: str | os.PathLike | None = None) -
     return None
 
 
-def _is_local(source: str) -> bool:
-    return os.path.exists(os.path.expanduser(str(source)))
-
-
 def check_benchmark(name: str) -> str:
     """``name`` if it is a name of ``BENCHMARKS``, a local path or a Hub id, else a ValueError listing the names."""
-    if name not in BENCHMARKS and not (_is_local(name) or "/" in name):
+    if name not in BENCHMARKS and not (Path(name).expanduser().exists() or "/" in name):
         raise ValueError(
             f"unknown benchmark {name!r}: use one of {list(BENCHMARKS)} or a path to a local "
             "parquet/jsonl file with `problem` and `answer` (or `solution`) columns"
@@ -461,9 +412,7 @@ def _with_id_and_answer(ds: datasets.Dataset, name: str) -> datasets.Dataset:
     """Add ``id`` (from ``problem_idx``/``unique_id``/... or the row index) and ``answer`` (as strings)."""
     from opsd.grading import extract_boxed
 
-    cols = ds.column_names
-    if "problem" not in cols:
-        raise ValueError(f"benchmark {name!r}: missing column 'problem' (found {cols})")
+    cols = ds.column_names  # "problem" is there: every loader requires it
     if "answer" not in cols:
         if "solution" in cols:
             ds = ds.map(lambda row: {"answer": extract_boxed(row["solution"] or "") or ""})

@@ -43,9 +43,7 @@ class GapReport:
         return self.teacher.value - self.student.value
 
     def as_dict(self) -> dict:
-        out = asdict(self)
-        out["accuracy_gap"] = self.accuracy_gap
-        return out
+        return asdict(self) | {"accuracy_gap": self.accuracy_gap}
 
     def summary(self) -> str:
         return (f"privilege gap of {self.model or 'the model'} on {self.n} held-out problems:\n"

@@ -69,27 +69,14 @@ def extract_boxed(text: str | None) -> str | None:
 def normalize_answer(s: str) -> str:
     """Textual normal form for the fallback comparison: no spaces, ``$``, ``\\!``, ``\\left/\\right``,
     ``\\text{}`` unwrapped, ``\\dfrac`` -> ``\\frac``, integers without leading zeros or ``.0``."""
-    s = str(s).strip()
-    s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)
-    for old, new in (
-        ("\\dfrac", "\\frac"),
-        ("\\tfrac", "\\frac"),
-        ("\\left", ""),
-        ("\\right", ""),
-        ("\\!", ""),
-        ("\\,", ""),
-        ("\\;", ""),
-        ("$", ""),
-    ):
+    s = re.sub(r"\\text\{([^{}]*)\}", r"\1", str(s).strip())
+    for old, new in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\left", ""), ("\\right", ""),
+                     ("\\!", ""), ("\\,", ""), ("\\;", ""), ("$", "")):
         s = s.replace(old, new)
     s = re.sub(r"\s+", "", s).rstrip(".")
     if re.fullmatch(r"[+-]?\d+(\.0+)?", s):
         s = str(int(float(s))) if len(s) < 16 else s.split(".")[0].lstrip("+").lstrip("0") or "0"
     return s
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 def is_correct(prediction: str | None, answer: str | float | None, *, timeout_seconds: int = 5) -> bool:
@@ -111,7 +98,7 @@ def is_correct(prediction: str | None, answer: str | float | None, *, timeout_se
     try:
         from math_verify import parse, verify
 
-        timeout = timeout_seconds if _in_main_thread() else None
+        timeout = timeout_seconds if threading.current_thread() is threading.main_thread() else None
         gold = parse(answer if "\\boxed" in answer else f"\\boxed{{{answer}}}", parsing_timeout=timeout)
         if not gold:
             gold = parse(f"${answer}$", parsing_timeout=timeout)
@@ -125,7 +112,6 @@ def is_correct(prediction: str | None, answer: str | float | None, *, timeout_se
         return textual
 
 
-# ---------------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------------------------------
@@ -245,14 +231,8 @@ def summarize(records: Sequence[dict], k: int | None = None) -> dict:
     }
 
 
-def make_record(
-    problem_id,
-    sample_index: int,
-    completion: str,
-    answer: str,
-    completion_tokens: int,
-    truncated: bool = False,
-) -> dict:
+def make_record(problem_id, sample_index: int, completion: str, answer: str, completion_tokens: int,
+                truncated: bool = False) -> dict:
     """One graded sample: problem id, sample index, completion, extracted answer, gold, correct."""
     extracted = extract_boxed(completion)
     return {

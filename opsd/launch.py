@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from opsd.config import REPO_ROOT, available_profiles, check_keys, read_profile, upgrade_legacy_spellings
+from opsd.config import REPO_ROOT, check_keys, profile_path, read_profile, upgrade_legacy_spellings
 
 ACCELERATE_DIR = REPO_ROOT / "reproduce" / "accelerate"
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -77,8 +77,7 @@ def resolve_train_overrides(profile: str, overrides: Mapping[str, Any] | None, *
     """Merge the notebook's convenience parameters into `overrides` and validate every key."""
     from opsd.trainer import OPSDConfig
 
-    if profile not in available_profiles() and not Path(str(profile)).exists():
-        raise ValueError(f"unknown profile {profile!r}; valid profiles: {available_profiles()}")
+    profile_path(profile)  # an unknown profile: an error listing the valid ones
     merged = dict(overrides or {})
     for key, value in (("output_dir", output_dir), ("max_steps", max_steps), ("seed", seed)):
         if value is not None:

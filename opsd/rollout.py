@@ -17,9 +17,9 @@ cache (written in place instead of concatenated at every step).
 from __future__ import annotations
 
 import contextlib
-import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 import torch
 
@@ -181,13 +181,8 @@ class HFRollout:
             raise ValueError("prompts must be left-padded (the last column is padding in some row)")
         model = self.model
         device = next(model.parameters()).device
-        kwargs = dict(
-            max_new_tokens=params.max_new_tokens,
-            num_return_sequences=params.n,
-            pad_token_id=self.pad_id,
-            eos_token_id=self.eos_ids,
-            use_cache=True,
-        )
+        kwargs = {"max_new_tokens": params.max_new_tokens, "num_return_sequences": params.n,
+                  "pad_token_id": self.pad_id, "eos_token_id": self.eos_ids, "use_cache": True}
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -215,9 +210,6 @@ class HFRollout:
 
 # ----------------------------------------------------------------------------------------- vLLM backend
 
-_PEFT_PREFIX = re.compile(r"^(base_model\.model\.)")
-
-
 def vllm_weight_name(name: str) -> str | None:
     """Map a (peft-wrapped, merged) HF parameter name to the plain name vLLM's `load_weights` expects.
 
@@ -226,24 +218,16 @@ def vllm_weight_name(name: str) -> str | None:
     """
     if "lora_" in name or ("modules_to_save" in name and "original_module" in name):
         return None
-    name = _PEFT_PREFIX.sub("", name)
-    name = name.replace(".base_layer.", ".")
-    name = name.replace(".modules_to_save.default.", ".")
-    return name
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
 
 
 def vllm_sampling_kwargs(params: SamplingParams) -> dict:
     """Our SamplingParams -> keyword arguments of `vllm.SamplingParams` (top_k -1 disables it there)."""
+    common = {"n": params.n, "max_tokens": params.max_new_tokens, "seed": params.seed}
     if params.greedy:
-        return dict(n=params.n, temperature=0.0, max_tokens=params.max_new_tokens, seed=params.seed)
-    return dict(
-        n=params.n,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        top_k=params.top_k if params.top_k and params.top_k > 0 else -1,
-        max_tokens=params.max_new_tokens,
-        seed=params.seed,
-    )
+        return {**common, "temperature": 0.0}
+    return {**common, "temperature": params.temperature, "top_p": params.top_p,
+            "top_k": params.top_k if params.top_k and params.top_k > 0 else -1}
 
 
 def rollout_from_vllm_outputs(outputs, pad_id: int, eos_ids: Iterable[int]) -> Rollout:

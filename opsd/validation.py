@@ -1,19 +1,14 @@
 """Checks of everything a user hands in, done before any model is loaded, with errors that say what to fix.
 
-- Config values (`coerce_config_values`, `check_config_values`): every profile value and override is
-  parsed to its field's type (``learning_rate=1e-4`` from the command line arrives as the string
-  ``"1e-4"`` and becomes a float; ``learning_rate=abc`` is an error naming the key, the value and the
-  type), then ranges are checked (positive batch sizes, steps, lengths, learning rate, temperature;
-  beta in [0, 1] for OPSD; clip > 0; ...).
-- Data files (`check_data_files`): empty files, text that is not UTF-8, JSON lines that do not parse
-  (a cut last line included) and rows that are not objects are errors naming the file and the line.
-- Rows (`validate_rows`): problems, solutions and answers must be non-empty strings. A number is
-  converted to a string (and said so); ``None``, an empty string, a list or a mapping is an error naming
-  the row and the column, or, with ``on_invalid="drop"``, a dropped row counted in a warning. An
-  empty dataset is an error naming its source; duplicate problems are counted in a warning.
+- Config values (`coerce_config_values`, `check_config_values`): parsed to their field's type
+  (``learning_rate=1e-4`` from the command line arrives as the string ``"1e-4"``), then range-checked.
+- Data files (`check_data_files`): empty files, text that is not UTF-8, JSON that does not parse (a cut
+  last line included), rows that are not objects.
+- Rows (`validate_rows`): problems, solutions and answers must be non-empty strings (numbers are
+  converted, and said so); bad rows are an error, or with ``on_invalid="drop"`` dropped and counted.
 
-Every such error is an `InputError` (a ``ValueError``); the command line prints it as one line,
-``error: ...``, and exits with code 2 (`cli_errors`).
+Every such error is an `InputError` (a ``ValueError``) naming the key, file, line, row or column; the
+command line prints it as one line, ``error: ...``, and exits with code 2 (`cli_errors`).
 """
 
 from __future__ import annotations
@@ -72,118 +67,108 @@ def _type_hints(config_class) -> dict[str, Any]:
 
 
 _NO_MATCH = object()
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _coerce_one(value, hint):
-    """`value` as type `hint`, or _NO_MATCH."""
+def _is_nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _to_bool(value):
+    if isinstance(value, str):
+        value = _BOOL_WORDS.get(value.strip().lower(), value)
+    return bool(value) if isinstance(value, int) and value in (0, 1) else _NO_MATCH
+
+
+def _to_int(value):
+    if (isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value)) or (
+            isinstance(value, float) and value.is_integer()):
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else _NO_MATCH
+
+
+def _to_float(value):
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return _NO_MATCH
+    return value if _is_number(value) and not _is_nan(value) else _NO_MATCH  # an int stays an int
+
+
+def _to_str(value):
+    return str(value) if _is_number(value) else value if isinstance(value, str) else _NO_MATCH
+
+
+def _to_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else _NO_MATCH
+
+
+def _to_dict(value):
+    return dict(value) if isinstance(value, Mapping) else _NO_MATCH
+
+
+#: How a value is parsed to each plain type (a value that cannot be: _NO_MATCH).
+_PARSERS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str, list: _to_list, tuple: _to_list,
+            Sequence: _to_list, dict: _to_dict, Mapping: _to_dict}
+_TYPE_NAMES = {bool: "a boolean (true/false)", int: "an integer (int)", float: "a number (float)", str: "a string",
+               list: "a list, e.g. [a, b]", dict: "a mapping, e.g. {key: value}", type(None): "null"}
+
+
+def _options(hint) -> list:
+    """The types of a union (``int | None`` -> [int, NoneType]); [hint] for any other hint."""
+    return list(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
+
+
+def _has_type(value, option) -> bool:
+    """`value` already is an `option` (None, bool, int, float or str): kept as it is, whatever the order of a union."""
+    if option is type(None):
+        return value is None
+    if option in (bool, int, str):
+        return isinstance(value, option) and not (option is int and isinstance(value, bool))
+    return option is float and _is_number(value) and not _is_nan(value)
+
+
+def _parse(value, hint):
+    """`value` parsed to type `hint` (one option of a union), or _NO_MATCH."""
     if hint is Any or hint is object:
         return value
     if hint is type(None):
         return None if value is None or (isinstance(value, str) and value.lower() in ("none", "null")) else _NO_MATCH
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
+    if typing.get_origin(hint) is typing.Literal:
         return value if value in typing.get_args(hint) else _NO_MATCH
-    base = origin or hint
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-            return value.strip().lower() in ("true", "yes", "on", "1")
-        return _NO_MATCH
-    if base is int:
-        if isinstance(value, bool):
-            return _NO_MATCH
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
-            return int(value)
-        return _NO_MATCH
-    if base is float:
-        if isinstance(value, bool):
-            return _NO_MATCH
-        if isinstance(value, (int, float)):
-            return _NO_MATCH if isinstance(value, float) and math.isnan(value) else value
-        if isinstance(value, str):
-            try:
-                number = float(value.strip())
-            except ValueError:
-                return _NO_MATCH
-            return _NO_MATCH if math.isnan(number) else number
-        return _NO_MATCH
-    if base is str:
-        if isinstance(value, str):
-            return value
-        if _is_number(value):
-            return str(value)
-        return _NO_MATCH
-    if base in (list, tuple, typing.Sequence, Sequence):
-        return list(value) if isinstance(value, (list, tuple)) else _NO_MATCH
-    if base in (dict, typing.Mapping, Mapping):
-        return dict(value) if isinstance(value, Mapping) else _NO_MATCH
-    if isinstance(base, type):
-        if isinstance(value, base):
-            return value
-        if issubclass(base, str) and isinstance(value, str):  # str-valued enums
-            return value
-        return _NO_MATCH
+    base = typing.get_origin(hint) or hint
+    if base in _PARSERS:
+        return _PARSERS[base](value)
+    if isinstance(base, type):  # any other class; a str-valued enum also takes its values as strings
+        return value if isinstance(value, base) or (issubclass(base, str) and isinstance(value, str)) else _NO_MATCH
     return value  # an annotation we do not understand: leave the value to the config class
 
 
-def _options(hint) -> list:
-    origin = typing.get_origin(hint)
-    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
-        return list(typing.get_args(hint))
-    return [hint]
-
-
-def _type_name(hint) -> str:
-    names = {bool: "a boolean (true/false)", int: "an integer (int)", float: "a number (float)", str: "a string",
-             list: "a list, e.g. [a, b]", dict: "a mapping, e.g. {key: value}", type(None): "null"}
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        return " or ".join(repr(a) for a in typing.get_args(hint))
-    base = origin or hint
-    if base in names:
-        return names[base]
-    return getattr(base, "__name__", str(base))
-
-
 def expected_type(hint) -> str:
+    """``"an integer (int) or null"``: the types a value of `hint` may have, in words."""
     names = []
     for option in _options(hint):
-        name = _type_name(option)
-        if name not in names:
-            names.append(name)
-    # enums that also accept their string names read as "a string"
-    return " or ".join(names)
+        base = typing.get_origin(option) or option
+        if base is typing.Literal:
+            names.append(" or ".join(repr(a) for a in typing.get_args(option)))
+        else:
+            names.append(_TYPE_NAMES.get(base) or getattr(base, "__name__", str(base)))
+    return " or ".join(dict.fromkeys(names))
 
 
 def coerce_value(key: str, value, hint, where: str = "value"):
-    """`value` parsed to `hint` (a field's type), or an InputError naming the key, the value and the type."""
+    """`value` parsed to `hint` (a field's type), or an InputError naming the key, the value and the type.
+    A value that already has one of a union's types is kept; otherwise the first option that parses it wins."""
     options = _options(hint)
-    # a value that already has one of the types is kept as it is
+    if any(_has_type(value, option) for option in options):
+        return value
     for option in options:
-        base = typing.get_origin(option) or option
-        if option is type(None) and value is None:
-            return None
-        if base in (bool,) and isinstance(value, bool):
-            return value
-        if base in (int, float) and _is_number(value) and not (base is int and isinstance(value, float)):
-            if isinstance(value, float) and math.isnan(value):
-                break
-            return value
-        if base is str and isinstance(value, str):
-            return value
-    for option in options:
-        out = _coerce_one(value, option)
+        out = _parse(value, option)
         if out is not _NO_MATCH:
             return out
     raise InputError(f"{where} {key}={value!r}: expected {expected_type(hint)}, got {type(value).__name__} {value!r}")
@@ -249,6 +234,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "vllm_gpu_memory_utilization": (_unit_open_closed, "in (0, 1]"),
     "save_total_limit": (_positive, "a positive integer or null (keep all)"),
     "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "max_steps": (lambda v: v >= -1 and v != 0, "a positive number of optimizer steps, or -1 to train for num_train_epochs"),
 }
 #: Per config class: the same name means another thing (OPSD's beta mixes KL directions, GRPO's weighs a KL term).
 CLASS_RANGES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
@@ -274,18 +260,14 @@ def check_config_values(config_class, values: Mapping[str, Any]) -> None:
     name = getattr(config_class, "__name__", type(config_class).__name__)
     ranges = {**RANGES, **CLASS_RANGES.get(name, {})}
     for key, value in values.items():
-        if key in ranges and value is not None and _is_number(value):
+        if key in ranges and _is_number(value):
             ok, valid = ranges[key]
-            if not ok(value) or (isinstance(value, float) and math.isnan(value)):
+            if not ok(value) or _is_nan(value):
                 raise InputError(f"{key}={value!r} is out of range: {key} must be {valid}")
         elif key in CHOICES and value is not None and value not in CHOICES[key]:
             raise InputError(f"{key}={value!r}: must be one of {list(CHOICES[key])}")
     if "prompt_profile" in values and values["prompt_profile"] not in _prompt_profiles():
         raise InputError(f"prompt_profile={values['prompt_profile']!r}: must be one of {_prompt_profiles()}")
-    max_steps = values.get("max_steps")
-    if _is_number(max_steps) and max_steps == 0 or (_is_number(max_steps) and max_steps < -1):
-        raise InputError(f"max_steps={max_steps!r} is out of range: max_steps must be a positive number of "
-                         "optimizer steps, or -1 to train for num_train_epochs")
 
 
 def check_config(config) -> None:
@@ -355,10 +337,34 @@ def check_data_files(files: Sequence[str | Path], source: str | None = None) -> 
 # ------------------------------------------------------------------------------------------ rows
 
 
-def _as_text(value) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+def _as_text(value) -> str | None:
+    """A cell as text: ``42`` -> ``"42"``, ``27.0`` -> ``"27"``; None stays None."""
+    if value is None:
+        return None
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def as_string_columns(dataset, columns: Sequence[str]):
+    """`dataset` with `columns` cast to string features (values by `_as_text`)."""
+    import datasets
+
+    features = dataset.features.copy()
+    for column in columns:
+        features[column] = datasets.Value("string")
+    return dataset.map(lambda row: {c: _as_text(row[c]) for c in columns}, features=features)
+
+
+def _not_text(value) -> str | None:
+    """Why a cell that must hold text does not (``"is null"``, ...); None for a non-empty string or a finite number."""
+    if value is None:
+        return "is null"
+    if isinstance(value, (bool, list, dict)):
+        return f"is a {type(value).__name__} ({str(value)[:40]}), not a string"
+    if _is_number(value):
+        return None if math.isfinite(value) else f"is {value}, not a string"
+    if not isinstance(value, str):
+        return f"is a {type(value).__name__}, not a string"
+    return None if value.strip() else "is an empty string"
 
 
 def validate_rows(dataset, columns: Sequence[str], source: str, *, on_invalid: str = "error"):
@@ -377,34 +383,20 @@ def validate_rows(dataset, columns: Sequence[str], source: str, *, on_invalid: s
         raise InputError(f"on_invalid_row={on_invalid!r}: must be one of {list(INVALID_ROW_POLICIES)}")
     if len(dataset) == 0:
         raise InputError(f"dataset {source!r} has no rows")
-    bad: dict[int, str] = {}
+    bad: dict[int, str] = {}  # row -> what is wrong with it (its first bad column)
     convert: list[str] = []
-    for column in columns:
-        if column not in dataset.column_names:
-            continue
+    for column in [c for c in columns if c in dataset.column_names]:
         values = dataset[column]
         numbers = []
         for i, value in enumerate(values):
-            if i in bad:
-                continue
-            if value is None:
-                bad[i] = f"row {i}, column {column!r} is null"
-            elif isinstance(value, (bool, list, dict)):
-                bad[i] = f"row {i}, column {column!r} is a {type(value).__name__} ({str(value)[:40]}), not a string"
-            elif _is_number(value):
-                if isinstance(value, float) and not math.isfinite(value):
-                    bad[i] = f"row {i}, column {column!r} is {value}, not a string"
-                else:
-                    numbers.append(i)
-            elif not isinstance(value, str):
-                bad[i] = f"row {i}, column {column!r} is a {type(value).__name__}, not a string"
-            elif not value.strip():
-                bad[i] = f"row {i}, column {column!r} is an empty string"
+            if i not in bad and (what := _not_text(value)):
+                bad[i] = f"row {i}, column {column!r} {what}"
+            elif i not in bad and _is_number(value):
+                numbers.append(i)
         if numbers:
             logger.warning("%s: column %r holds %d number(s) (first: row %d, %r); converted to strings",
                            source, column, len(numbers), numbers[0], values[numbers[0]])
-            convert.append(column)
-        elif dataset.features[column] != datasets.Value("string") and column not in convert:
+        if numbers or dataset.features[column] != datasets.Value("string"):
             convert.append(column)
     if bad:
         first = bad[min(bad)]
@@ -419,18 +411,10 @@ def validate_rows(dataset, columns: Sequence[str], source: str, *, on_invalid: s
                        source, len(bad), len(dataset), first)
         dataset = dataset.select([i for i in range(len(dataset)) if i not in bad])
     if convert:
-        features = dataset.features.copy()
-        for column in convert:
-            features[column] = datasets.Value("string")
-        dataset = dataset.map(lambda row: {c: _as_text(row[c]) for c in convert}, features=features)
+        dataset = as_string_columns(dataset, convert)
     if "problem" in dataset.column_names:
-        seen: dict[str, int] = {}
-        duplicates = []
-        for i, problem in enumerate(dataset["problem"]):
-            if problem in seen:
-                duplicates.append((seen[problem], i))
-            else:
-                seen[problem] = i
+        first_row: dict[str, int] = {}
+        duplicates = [(first_row[p], i) for i, p in enumerate(dataset["problem"]) if first_row.setdefault(p, i) != i]
         if duplicates:
             a, b = duplicates[0]
             logger.warning("%s: %d duplicate row(s) (the same problem as an earlier row; first: row %d = row %d); kept",

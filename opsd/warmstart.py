@@ -25,8 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,22 +62,12 @@ DEFAULT_RECIPE = WarmStartRecipe()
 
 def start_model_dir(recipe: WarmStartRecipe = DEFAULT_RECIPE, *, force: bool = False) -> Path:
     """The cached starting model of ``recipe`` (built on first use: ~30 s on 2 CPU cores)."""
-    from opsd.models import cache_root
+    from opsd.models import build_folder, cache_root
 
     target = cache_root() / f"{START_MODEL}-{recipe.key()}"
     if (target / _MARKER).is_file() and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        os.chmod(tmp, 0o755)
-        build_start_model(recipe, tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    build_folder(target, lambda tmp: build_start_model(recipe, tmp), _MARKER, replace=True)
     logger.info("built the starting model %s", target)
     return target
 

@@ -25,8 +25,8 @@ def test_length_stats_nearest_rank():
 
 def test_audit_counts_what_training_builds(embedded_tokenizer):
     tok = embedded_tokenizer
-    chat = dict(profile="paper", student_chat_kwargs={"enable_thinking": False},
-                teacher_chat_kwargs={"enable_thinking": True})
+    chat = {"profile": "paper", "student_chat_kwargs": {"enable_thinking": False},
+            "teacher_chat_kwargs": {"enable_thinking": True}}
     student, teacher = audit.prompt_lengths(tok, PROBLEMS, SOLUTIONS, chunk=3, **chat)  # chunks of 3 and 1
     ctx = build_dual_contexts(tok, PROBLEMS, SOLUTIONS, **chat)
     assert student == ctx.student.prompt_lengths.tolist() and teacher == ctx.teacher.prompt_lengths.tolist()

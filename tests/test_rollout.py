@@ -89,7 +89,7 @@ def test_vllm_weight_name_mapping():
 
 def test_vllm_sampling_mapping():
     kw = vllm_sampling_kwargs(SamplingParams(temperature=1.1, top_p=0.95, top_k=20, max_new_tokens=1024, n=2, seed=3))
-    assert kw == dict(n=2, temperature=1.1, top_p=0.95, top_k=20, max_tokens=1024, seed=3)
+    assert kw == {"n": 2, "temperature": 1.1, "top_p": 0.95, "top_k": 20, "max_tokens": 1024, "seed": 3}
     assert vllm_sampling_kwargs(SamplingParams(top_k=0))["top_k"] == -1
     assert vllm_sampling_kwargs(SamplingParams(greedy=True, temperature=0))["temperature"] == 0.0
 
