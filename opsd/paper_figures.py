@@ -234,7 +234,7 @@ def table3_figure(records: Mapping[str, RunRecord], benchmarks: Sequence[str], p
         return None
     section = (paper if paper is not None else load_paper_results())["table3"]
     drawn = [records[n] for n in TABLE3_RUNS]
-    ours = [(f"{objective_label(records[n].config)} ({n})", *records[n].curve(bench), {}) for n in TABLE3_RUNS]
+    ours = [(f"{objective_label(rec.config)} ({n})", *rec.curve(bench), {}) for n, rec in zip(TABLE3_RUNS, drawn)]
     theirs = [(key, section["steps"], section[key], {"marker": "s", "ls": "--"}) for key in section if key != "steps"]
     title = (_title("Table 3 analogue: divergence objective", drawn)
              + f"\n{clip_label(records['OPSD'].config)}; left and right are not comparable in absolute value")

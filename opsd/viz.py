@@ -190,17 +190,15 @@ def _records(records_or_run_dir) -> list[dict]:
     return list(records_or_run_dir)
 
 
-def _mark_negative(ax, steps, values) -> bool:
+def _mark_negative(ax, steps, values) -> None:
     """Shade the steps where the objective is below zero and say why that is a failure."""
-    negative = [s for s, v in zip(steps, values) if v < 0]
-    if not negative:
-        return False
+    if not (negative := [s for s, v in zip(steps, values) if v < 0]):
+        return
     ax.axvspan(min(negative) - 0.5, max(negative) + 0.5, color="#d62728", alpha=0.12, lw=0)
     _room_below(ax, values)
     ax.annotate(_NEGATIVE_NOTE_TEXT, xy=(negative[0], values[steps.index(negative[0])]), xycoords="data",
                 xytext=(0.03, 0.05), textcoords="axes fraction", **_NOTE_STYLE,
                 arrowprops={"arrowstyle": "->", "color": "#b2182b", "lw": 0.8})
-    return True
 
 
 def _room_below(ax, values) -> None:
