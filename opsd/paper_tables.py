@@ -347,9 +347,8 @@ def table5(records: Mapping[str, RunRecord], paper: Mapping | None = None, run: 
     rows = {
         f"ours: {model}, {objective}, step {steps[0]} (base model)": _category_means(rec, [steps[0]]),
         f"ours: {model}, {objective}, mean over steps {steps[0]}-{steps[-1]}": _category_means(rec),
+        **{f"paper: {m}": values for m, values in table5_by_model(paper).items()},
     }
-    for m, values in table5_by_model(paper).items():
-        rows[f"paper: {m}"] = values
     return _frame(rows, "source", (
         f"Mean per-token divergence by token category (keyword lists of opsd.divergence.token_category). "
         f"ours = CPU edition run {run!r}: {train_label(rec.config, rec.kind)}, {clip_label(rec.config)}, unclipped D[n] "
