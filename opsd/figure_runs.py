@@ -197,19 +197,24 @@ def _finished(run_dir: Path, max_steps: int) -> bool:
     return max_steps in checkpoint_steps(run_dir, complete=True)
 
 
+def _read_json(path: Path) -> Any:
+    """``path``'s JSON; None when there is no such file, or when a crash cut it (logged; it is written again)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        logger.warning("%s is cut off or unreadable; it is written again", path)
+        return None
+
+
 def _check_campaign_entry(run: CampaignRun, run_dir: Path, fresh: bool) -> None:
     """Record the campaign entry in the run directory; a different recorded entry is an error."""
     entry = {"name": run.name, "kind": run.kind, "profile": run.profile, "overrides": run.overrides}
     path = run_dir / CAMPAIGN_FILE
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    recorded = None
-    if path.is_file():
-        try:
-            recorded = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError):  # cut by a crash while it was written
-            logger.warning("%s is cut off or unreadable; writing it again", path)
-    if recorded is not None:
+    if (recorded := _read_json(path)) is not None:
         if recorded != json.loads(json.dumps(entry)):
             raise RuntimeError(
                 f"{run_dir} holds a run of another campaign entry ({recorded}); now {entry}. Delete it, or pass "
@@ -247,11 +252,7 @@ def share_base_eval(source: Path, target: Path, benchmark: str = BENCHMARK) -> b
     from opsd.eval_results import eval_path
 
     src, dst = eval_path(source, benchmark, 0), eval_path(target, benchmark, 0)
-    if not src.is_file() or dst.is_file():
-        return False
-    try:
-        data = json.loads(src.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):  # cut by a crash: evaluate_run moves it aside and redoes it
+    if dst.is_file() or (data := _read_json(src)) is None:  # a cut one: evaluate_run moves it aside and redoes it
         return False
     data["copied_from"] = _rel(src)
     from opsd.runlog import write_text_atomic
@@ -334,15 +335,9 @@ def run_campaign(root: str | Path = DEFAULT_ROOT, *, quick: bool = False, only: 
     timings["total_s"] = round(time.perf_counter() - start, 1)
     print(f"[figure_runs] total {_fmt_s(timings['total_s'])}", flush=True)
     root.mkdir(parents=True, exist_ok=True)
-    previous = {}
-    if (root / TIMINGS_FILE).is_file():
-        try:
-            previous = json.loads((root / TIMINGS_FILE).read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            logger.warning("%s is cut off or unreadable; starting it again", root / TIMINGS_FILE)
     from opsd.runlog import write_json_atomic
 
-    write_json_atomic(root / TIMINGS_FILE, {**previous, "last": timings})
+    write_json_atomic(root / TIMINGS_FILE, {**(_read_json(root / TIMINGS_FILE) or {}), "last": timings})
     return timings
 
 
