@@ -5,53 +5,25 @@
     python -m opsd.figure_runs --quick    # 2 steps per run, 4 eval problems, into runs/figures-quick/
     python -m opsd.figure_runs --plan     # print the runs, the equivalent commands and a time estimate
 
-Every run starts from the same model, the CPU starting model ``smollm2-135m-opsd-start`` (the embedded
-SmolLM2-135M-Instruct after a short SFT warm-up on problems none of the runs trains or is evaluated on,
-``opsd.warmstart``: the analogue of the paper starting from Qwen3), and is trained on synthetic additions,
-one run after the other, each into ``<root>/<name>/`` (``CAMPAIGN``):
+The runs (``campaign``; ``opsd.paper_data`` lists their names, figures/README.md which figure uses which)
+start from the same model, ``START_MODEL`` (the embedded SmolLM2-135M-Instruct after a short SFT warm-up on
+problems none of the runs trains or is evaluated on, ``opsd.warmstart``: the analogue of the paper starting
+from Qwen3), and train on synthetic additions, one after the other, each into ``<root>/<name>/``. The data
+variants hold the same problems with other references: ``synthetic-terse`` the sum and the boxed answer only;
+``synthetic-verbose`` the worked steps inside a long-winded plan (~156 tokens, longer than the 64-token
+answer budget). Imitating them (SFT) copies their style; the OPSD teacher reads them only as a hint.
 
-    OPSD              cpu-tiny (forward KL, no clip)                      Fig 3, 5, Tables 2, 3, 5
-    OPSD-clip         cpu-tiny + point-wise clip 0.05 (the paper's)         Fig 4
-    OPSD-reverse-KL   cpu-tiny + beta 1                                     Table 3
-    OPSD-JSD          cpu-tiny + beta 0.5                                   Table 3
-    OPSD-long         cpu-tiny + max_completion_length 128 (vs 64)          Fig 5
-    SFT               sft-cpu-tiny                                          Table 2, imitation figure
-    GRPO              grpo-cpu-tiny                                         Fig 3, Table 2
-    OPSD-terse        cpu-tiny on synthetic-terse references                imitation figure
-    SFT-terse         sft-cpu-tiny on synthetic-terse references            imitation figure
-    OPSD-verbose      cpu-tiny on synthetic-verbose references              imitation figure
-    SFT-verbose       sft-cpu-tiny on synthetic-verbose references          imitation figure
+Budget: the OPSD-type runs and GRPO take ``STEPS`` optimizer steps, a checkpoint every ``SAVE_EVERY``; the
+SFT runs ``SFT_STEPS_PER_STEP`` times as many (each half as large and much cheaper), so that at each evaluated
+checkpoint SFT and OPSD have trained on the same problems (GRPO, 2 prompts x 4 samples a step, is compared
+per step, as in the paper's Fig 3). Every checkpoint and step 0 is evaluated with ``EVAL`` on the same 200
+held-out problems of ``synthetic`` (``opsd.evaluate.evaluate_run``, ``<run>/eval/synthetic/step-<N>.json``);
+step 0 once, copied (marked ``copied_from``) into the other runs.
 
-The data variants hold the same training problems as ``synthetic`` with other reference solutions.
-``synthetic-terse``: the sum and the boxed answer only, no worked steps. ``synthetic-verbose``: the worked
-steps inside a long-winded plan, place-value decomposition and check (~156 tokens), longer than the
-64-token answer budget: correct, but not the model's own way of working, the paper's condition for SFT on
-reference solutions. Imitating them (SFT) copies the style; the OPSD teacher reads them only as a hint
-(it knows the answer) while the student keeps writing its own derivation. The worked references are the
-opposite case: perfect examples in exactly the format wanted, where imitation is at its strongest.
-``fig_imitation_vs_self_distillation`` (``opsd.paper_figures``) shows the three cases side by side.
-
-Budget: the OPSD-type runs (and GRPO) take ``STEPS`` optimizer steps with a checkpoint every
-``SAVE_EVERY``. An SFT step is much cheaper (no generation) and, in ``sft-cpu-tiny``, half as large
-(4 solutions vs cpu-tiny's 8 problems), so the SFT runs take ``SFT_STEPS_PER_STEP`` (2) times as many
-steps, with a checkpoint every ``SFT_STEPS_PER_STEP * SAVE_EVERY``: at each evaluated checkpoint SFT and
-OPSD have trained on the same number of problems (the imitation figure's x axis), and both are evaluated
-the same number of times. (GRPO sees fewer problems per step, 2 prompts x 4 samples: it is compared
-per step, as in the paper's Fig 3.)
-
-Every checkpoint (and step 0, the starting model) is evaluated with the same settings (``EVAL``) on the
-same held-out set: 200 held-out problems of ``synthetic`` (never trained on, whatever the run's dataset),
-greedy, at most 64 new tokens, Avg@1, written to ``<run>/eval/synthetic/step-<N>.json`` by
-``opsd.evaluate.evaluate_run``. Step 0 is evaluated once (in the first run) and copied, marked
-``copied_from``, into the others: same model, same settings, same file. 200 problems give a 95% interval
-of about +-7 points around 50%, narrow enough to tell apart differences of 15 points.
-
-Resume-safe: a run whose last checkpoint is already there is not trained again, an interrupted one
-resumes from its last checkpoint, and evaluations already on disk with the same settings are kept.
-Crash-safe: a checkpoint whose save a crash cut is moved aside (``<run>/incomplete/``) and the run
-resumes from its last complete one; a cut evaluation file is moved aside and evaluated again.
-Each run directory records its campaign entry in ``campaign.json``; a changed entry is an error
-(``--fresh`` deletes and redoes those runs). Timings go to ``<root>/timings.json``.
+Resume-safe: a finished run is not trained again, an interrupted one resumes from its last complete
+checkpoint (one cut by a crash is moved aside, ``<run>/incomplete/``), evaluations on disk with the same
+settings are kept. Each run directory records its campaign entry in ``campaign.json``; a changed entry is an
+error (``--fresh`` deletes and redoes those runs). Timings go to ``<root>/timings.json``.
 """
 
 from __future__ import annotations
@@ -225,19 +197,24 @@ def _finished(run_dir: Path, max_steps: int) -> bool:
     return max_steps in checkpoint_steps(run_dir, complete=True)
 
 
+def _read_json(path: Path) -> Any:
+    """``path``'s JSON; None when there is no such file, or when a crash cut it (logged; it is written again)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        logger.warning("%s is cut off or unreadable; it is written again", path)
+        return None
+
+
 def _check_campaign_entry(run: CampaignRun, run_dir: Path, fresh: bool) -> None:
     """Record the campaign entry in the run directory; a different recorded entry is an error."""
     entry = {"name": run.name, "kind": run.kind, "profile": run.profile, "overrides": run.overrides}
     path = run_dir / CAMPAIGN_FILE
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    recorded = None
-    if path.is_file():
-        try:
-            recorded = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError):  # cut by a crash while it was written
-            logger.warning("%s is cut off or unreadable; writing it again", path)
-    if recorded is not None:
+    if (recorded := _read_json(path)) is not None:
         if recorded != json.loads(json.dumps(entry)):
             raise RuntimeError(
                 f"{run_dir} holds a run of another campaign entry ({recorded}); now {entry}. Delete it, or pass "
@@ -275,11 +252,7 @@ def share_base_eval(source: Path, target: Path, benchmark: str = BENCHMARK) -> b
     from opsd.eval_results import eval_path
 
     src, dst = eval_path(source, benchmark, 0), eval_path(target, benchmark, 0)
-    if not src.is_file() or dst.is_file():
-        return False
-    try:
-        data = json.loads(src.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):  # cut by a crash: evaluate_run moves it aside and redoes it
+    if dst.is_file() or (data := _read_json(src)) is None:  # a cut one: evaluate_run moves it aside and redoes it
         return False
     data["copied_from"] = _rel(src)
     from opsd.runlog import write_text_atomic
@@ -362,15 +335,9 @@ def run_campaign(root: str | Path = DEFAULT_ROOT, *, quick: bool = False, only: 
     timings["total_s"] = round(time.perf_counter() - start, 1)
     print(f"[figure_runs] total {_fmt_s(timings['total_s'])}", flush=True)
     root.mkdir(parents=True, exist_ok=True)
-    previous = {}
-    if (root / TIMINGS_FILE).is_file():
-        try:
-            previous = json.loads((root / TIMINGS_FILE).read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            logger.warning("%s is cut off or unreadable; starting it again", root / TIMINGS_FILE)
     from opsd.runlog import write_json_atomic
 
-    write_json_atomic(root / TIMINGS_FILE, {**previous, "last": timings})
+    write_json_atomic(root / TIMINGS_FILE, {**(_read_json(root / TIMINGS_FILE) or {}), "last": timings})
     return timings
 
 

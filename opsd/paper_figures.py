@@ -33,6 +33,7 @@ notebook ``reproduce/figures.ipynb`` does the same, one cell per figure, through
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -129,6 +130,17 @@ def _title(figure: str, records: Sequence[RunRecord], *, with_eval: bool = True)
     return head
 
 
+@contextlib.contextmanager
+def _figure(title: str, *grid: int, **subplots):
+    """``plt.subplots(*grid, **subplots)`` in the kit's style, yielding (figure, axes); on leaving, the
+    figure's ``title`` and a tight layout."""
+    with styled():
+        fig, axes = plt.subplots(*grid, **subplots)
+        yield fig, axes
+        fig.suptitle(title)
+        fig.tight_layout()
+
+
 # ------------------------------------------------------------------------------------------ accuracy figures
 
 
@@ -143,10 +155,9 @@ def _accuracy_panels(what: str, records: Mapping[str, RunRecord], names: Sequenc
     rows = [("avg_at_k", _accuracy_label([rec for _, rec in lines]))]
     rows += [(key, label) for key, label in SECONDARY_METRICS.items()
              if all(rec.curve(b, key)[0] for _, rec in lines for b in benchmarks)]
-    with styled():
-        n = len(benchmarks)
-        fig, axes = plt.subplots(len(rows), n, figsize=(4.6 * n if n > 1 else 6.4, 3.8 + 2.6 * (len(rows) - 1)),
-                                 squeeze=False, sharex="col")
+    n = len(benchmarks)
+    with _figure(_title(title, [rec for _, rec in lines]) + (f"\n{note(records)}" if note else ""), len(rows), n,
+                 figsize=(4.6 * n if n > 1 else 6.4, 3.8 + 2.6 * (len(rows) - 1)), squeeze=False, sharex="col") as (fig, axes):
         for r, (metric, ylabel) in enumerate(rows):
             for c, (ax, b) in enumerate(zip(axes[r], benchmarks)):
                 curves = [(label, *rec.curve(b, metric), styles[i] if styles else {})
@@ -154,8 +165,6 @@ def _accuracy_panels(what: str, records: Mapping[str, RunRecord], names: Sequenc
                 plot_accuracy(ax, curves, xlabel="training step" if r == len(rows) - 1 else None, ylabel=ylabel,
                               title=bench_label(b) if r == 0 else None,
                               legend={"loc": "best"} if (r, c) == (0, 0) else None)
-        fig.suptitle(_title(title, [rec for _, rec in lines]) + (f"\n{note(records)}" if note else ""))
-        fig.tight_layout()
     return fig
 
 
@@ -211,13 +220,11 @@ def fig3_avg_vs_tokens(records: Mapping[str, RunRecord], benchmarks: Sequence[st
                 xs.append(tokens)
                 ys.append(sum(c[s] for c in by_step) / len(by_step))
         curves.append((f"{n}: {train_label(rec.config, rec.kind)}", xs, ys, {}))
-    label = _accuracy_label([records[n] for n in names])
-    with styled():
-        fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    drawn = [records[n] for n in names]
+    label = _accuracy_label(drawn)
+    with _figure(_title("Fig 3 analogue: accuracy vs generated tokens", drawn), figsize=(6.4, 3.8)) as (fig, ax):
         plot_accuracy(ax, curves, xlabel="tokens generated during training (cumulative)", integer_x=False,
                       ylabel=label if len(bs) == 1 else f"mean {label} over {len(bs)} benchmarks", legend={"loc": "best"})
-        fig.suptitle(_title("Fig 3 analogue: accuracy vs generated tokens", [records[n] for n in names]))
-        fig.tight_layout()
     return fig
 
 
@@ -226,18 +233,16 @@ def table3_figure(records: Mapping[str, RunRecord], benchmarks: Sequence[str], p
     if (bench := table3_benchmark("Table 3 figure", records, benchmarks)) is None:
         return None
     section = (paper if paper is not None else load_paper_results())["table3"]
-    names = TABLE3_RUNS
-    ours = [(f"{objective_label(records[n].config)} ({n})", *records[n].curve(bench), {}) for n in names]
+    drawn = [records[n] for n in TABLE3_RUNS]
+    ours = [(f"{objective_label(rec.config)} ({n})", *rec.curve(bench), {}) for n, rec in zip(TABLE3_RUNS, drawn)]
     theirs = [(key, section["steps"], section[key], {"marker": "s", "ls": "--"}) for key in section if key != "steps"]
-    with styled():
-        fig, (ax, axp) = plt.subplots(1, 2, figsize=(10.0, 3.8))
-        plot_accuracy(ax, ours, ylabel=_accuracy_label([records[n] for n in names]),
-                      title=f"CPU edition: {bench_label(bench)}", legend={"loc": "best"})
+    title = (_title("Table 3 analogue: divergence objective", drawn)
+             + f"\n{clip_label(records['OPSD'].config)}; left and right are not comparable in absolute value")
+    with _figure(title, 1, 2, figsize=(10.0, 3.8)) as (fig, (ax, axp)):
+        plot_accuracy(ax, ours, ylabel=_accuracy_label(drawn), title=f"CPU edition: {bench_label(bench)}",
+                      legend={"loc": "best"})
         plot_accuracy(axp, theirs, ylabel="Avg@12 (%)", title="paper (Qwen3-1.7B, AIME25 Avg@12, v3 Table 3)",
                       integer_x=False, from_zero=False, legend={"loc": "best"})
-        fig.suptitle(_title("Table 3 analogue: divergence objective", [records[n] for n in names])
-                     + f"\n{clip_label(records['OPSD'].config)}; left and right are not comparable in absolute value")
-        fig.tight_layout()
     return fig
 
 
@@ -256,8 +261,12 @@ def imitation_vs_self_distillation(records: Mapping[str, RunRecord], benchmarks:
     base = base_eval_source(records, [bench])
     start = eval_proportion(base.eval_at(bench, 0)) if base else None
     colors = {"opsd": "#1f77b4", "sft": "#ff7f0e"}
-    with styled():
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.4), sharey=True, squeeze=False)
+    drawn = [records[n] for _, pair in panels for n in pair]
+    opsd, sft = (records[n] for n in panels[0][1])
+    title = (_title("Imitation (SFT) vs self-distillation (OPSD)", drawn)
+             + f"\nOPSD: {train_label(opsd.config, opsd.kind)}; SFT: {train_label(sft.config, sft.kind)}"
+             + "\nbands: 95% Wilson intervals; dotted: the starting model (step 0)")
+    with _figure(title, 1, len(panels), figsize=(5.5 * len(panels), 4.4), sharey=True, squeeze=False) as (fig, axes):
         shown = []
         for ax, (references, pair) in zip(axes[0], panels):
             if start is not None:
@@ -276,13 +285,7 @@ def imitation_vs_self_distillation(records: Mapping[str, RunRecord], benchmarks:
                                    xlabel="training problems seen (steps x problems per step)" if by_seen else "training step",
                                    legend={"loc": "upper center", "bbox_to_anchor": (0.5, -0.3), "ncols": 1})
         accuracy_limits(axes[0][0], shown)
-        drawn = [records[n] for _, pair in panels for n in pair]
         axes[0][0].set_ylabel(_accuracy_label(drawn))
-        opsd, sft = (records[n] for n in panels[0][1])
-        fig.suptitle(_title("Imitation (SFT) vs self-distillation (OPSD)", drawn)
-                     + f"\nOPSD: {train_label(opsd.config, opsd.kind)}; SFT: {train_label(sft.config, sft.kind)}"
-                     + "\nbands: 95% Wilson intervals; dotted: the starting model (step 0)")
-        fig.tight_layout()
     return fig
 
 
@@ -299,22 +302,18 @@ def fig3_grpo_zero_std(records: Mapping[str, RunRecord]):
     if not steps:
         _skip(what, "the GRPO run logged no reward_std_zero_fraction")
         return None
-    with styled():
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    title = (_title("Fig 3 analogue: GRPO groups with zero reward std", [rec], with_eval=False)
+             + f"\nGRPO: {train_label(rec.config, 'grpo')}, temperature {rec.config.get('temperature')}")
+    with _figure(title, figsize=(6.4, 3.6)) as (fig, ax):
         ax.plot(steps, values, marker="o", color="#d62728", label="groups with zero reward std (no learning signal)")
         mean = sum(values) / len(values)
         ax.axhline(mean, color="black", lw=0.8, ls="--", label=f"mean {mean:.2f}")
         r_steps, rewards = rec.metric("reward_mean")
         if r_steps:
             ax.plot(r_steps, rewards, marker="s", color="#2ca02c", ls=":", label="mean reward (fraction correct)")
-        ax.set_ylim(-0.03, 1.03)
         integer_steps(ax)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("fraction of prompt groups")
+        ax.set(ylim=(-0.03, 1.03), xlabel="training step", ylabel="fraction of prompt groups")
         ax.legend(loc="best")
-        fig.suptitle(_title("Fig 3 analogue: GRPO groups with zero reward std", [rec], with_eval=False)
-                     + f"\nGRPO: {train_label(rec.config, 'grpo')}, temperature {rec.config.get('temperature')}")
-        fig.tight_layout()
     return fig
 
 
@@ -347,10 +346,10 @@ def diagnostics(records: Mapping[str, RunRecord], keys: Sequence[str] = DIAGNOST
     for n in present:
         c = records[n].config
         labels[f"{n}: {objective_label(c)}, {clip_label(c)}, len {c.get('max_completion_length')}"] = records[n].metrics
-    with styled():
-        cols = 2
-        rows = math.ceil(len(keys) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(10.0, 3.2 * rows), squeeze=False)
+    title = (_title("Training diagnostics", [records[n] for n in present], with_eval=False)
+             + f"\n{train_label(records[present[0]].config, 'opsd')}")
+    rows = math.ceil(len(keys) / 2)
+    with _figure(title, rows, 2, figsize=(10.0, 3.2 * rows), squeeze=False) as (fig, axes):
         for ax, key in zip(axes.ravel(), keys):
             plot_runs(labels, key, ax=ax, title=key)
             if ax.get_legend():
@@ -364,10 +363,6 @@ def diagnostics(records: Mapping[str, RunRecord], keys: Sequence[str] = DIAGNOST
             fig.delaxes(ax)
         handles, names = axes.ravel()[0].get_legend_handles_labels()
         fig.legend(handles, names, loc="lower center", ncols=2, bbox_to_anchor=(0.5, -0.02 - 0.03 * math.ceil(len(names) / 2)))
-        first = records[present[0]]
-        fig.suptitle(_title("Training diagnostics", [records[n] for n in present], with_eval=False)
-                     + f"\n{train_label(first.config, 'opsd')}")
-        fig.tight_layout()
     return fig
 
 

@@ -28,7 +28,6 @@ from opsd.paper_data import (
     bench_label,
     clip_label,
     eval_label,
-    eval_proportion,
     load_paper_results,
     model_label,
     need_evals,
@@ -59,10 +58,26 @@ DEFAULT_PAPER_MODEL = "Qwen3-1.7B"
 TABLE3_RUNS = ("OPSD", "OPSD-reverse-KL", "OPSD-JSD")
 
 
-def _add_interval(row: dict, column: str, prop) -> None:
-    """``row[column + CI_LO]`` / ``CI_HI``: the 95% interval bounds in % (None without a proportion)."""
-    row[column + CI_LO] = None if prop is None else 100.0 * prop.lo
-    row[column + CI_HI] = None if prop is None else 100.0 * prop.hi
+def _accuracy_cells(column: str, value: float | None, prop) -> dict[str, float | None]:
+    """``{column: value, column 95% lo: .., column 95% hi: ..}``: the bounds of ``prop`` in % (None without one)."""
+    return {column: value, column + CI_LO: None if prop is None else 100.0 * prop.lo,
+            column + CI_HI: None if prop is None else 100.0 * prop.hi}
+
+
+def _checkpoint_cells(column: str, rec: RunRecord | None, bench: str, step: int | None) -> dict[str, float | None]:
+    """``_accuracy_cells`` of ``rec`` on ``bench`` at ``step`` (None where not evaluated), the step in ``column step``."""
+    value = dict(zip(*rec.curve(bench))).get(step) if rec else None
+    return {**_accuracy_cells(column, value, rec and rec.proportion_at(bench, step)), f"{column} step": step}
+
+
+def _frame(rows: Mapping[str, Mapping], index: str, note: str, columns: Sequence[str] | None = None, **attrs):
+    """A DataFrame of ``rows`` ({label: {column: value}}, ``columns`` in that order), its index named
+    ``index``, with ``note`` and ``attrs`` in ``df.attrs``."""
+    import pandas as pd
+
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis(index)
+    df.attrs.update(note=note, **attrs)
+    return df
 
 
 def _interval_note(evaluation: Mapping | None) -> str:
@@ -115,16 +130,13 @@ def imitation_vs_self_distillation_table(records: Mapping[str, RunRecord], bench
             start = rec.proportion_at(bench, 0)
             for step in rec.curve(bench)[0]:
                 prop = rec.proportion_at(bench, step)
-                row = {"run": name, "references": references,
-                       "method": "self-distillation (OPSD)" if rec.kind == "opsd" else f"imitation ({rec.kind.upper()})",
-                       "step": step, "problems seen": None if per_step is None else step * per_step,
-                       "accuracy": None if prop is None else 100.0 * prop.value}
-                _add_interval(row, "accuracy", prop)
-                row["correct"] = None if prop is None else prop.k
-                row["n"] = None if prop is None else prop.n
-                row["vs start (points)"] = (None if prop is None or start is None
-                                            else 100.0 * (prop.value - start.value))
-                rows.append(row)
+                rows.append({
+                    "run": name, "references": references,
+                    "method": "self-distillation (OPSD)" if rec.kind == "opsd" else f"imitation ({rec.kind.upper()})",
+                    "step": step, "problems seen": None if per_step is None else step * per_step,
+                    **_accuracy_cells("accuracy", None if prop is None else 100.0 * prop.value, prop),
+                    "correct": None if prop is None else prop.k, "n": None if prop is None else prop.n,
+                    "vs start (points)": None if prop is None or start is None else 100.0 * (prop.value - start.value)})
     df = pd.DataFrame(rows).set_index("run")
     first = records["OPSD"].first_eval()
     kinds = [references_label(records[pair[0]].config) for _, pair in panels]
@@ -201,18 +213,13 @@ def table2(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
            paper_model: str | None = None, select: str = DEFAULT_SELECTION):
     """Table 2: accuracy (%) of base / SFT / GRPO / OPSD per benchmark, the paper's beside.
 
-    Ours: per benchmark the checkpoint ``select`` picks (``best``, the paper's rule: the highest
-    accuracy over the run's evaluated checkpoints; ``last``: the latest), with its step in the column
-    ``ours: <benchmark> step`` beside the value and its 95% Wilson interval in ``ours: <benchmark> 95% lo``
-    / ``95% hi`` (``eval_proportion``); base: the step-0 evaluation of ``base`` (else of OPSD). The runs
-    trained on terse references (``SFT-terse``, ``OPSD-terse``) and on long-winded ones (``SFT-verbose``,
-    ``OPSD-verbose``) get rows of their own when present (``VARIANT_ROWS``; the paper has none: --).
-    Paper: ``paper_results.yaml`` table2 for ``paper_model``
-    (default: the run's model if the paper has it, else Qwen3-1.7B). A method without a run shows --.
-    ``df.attrs["note"]`` says what the columns are.
+    Ours: per benchmark the checkpoint ``select`` picks (``best``, the paper's rule, or ``last``) in
+    ``ours: <benchmark>``, its step in ``ours: <benchmark> step``, its 95% Wilson interval in
+    ``ours: <benchmark> 95% lo`` / ``95% hi``; base: the step-0 evaluation of ``base_eval_source``. The data
+    variants (``VARIANT_ROWS``) get rows of their own when present (the paper has none: --); a method
+    without a run shows --. Paper: ``paper_results.yaml`` table2 for ``paper_model`` (default: the runs'
+    model if the paper has it, else Qwen3-1.7B).
     """
-    import pandas as pd
-
     what = "Table 2"
     _check_select(select)
     if not (bs := need_evals(what, records, ("OPSD",), benchmarks)):
@@ -226,48 +233,33 @@ def table2(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
     base_src = base_eval_source(records, bs)
     rows = {}
     variants = [n for n in VARIANT_ROWS if n in records]
-    methods = ["base", "SFT", "GRPO", "OPSD"] + variants
-    for method in methods:
+    for method in ["base", "SFT", "GRPO", "OPSD"] + variants:
         row: dict[str, Any] = {}
         for b in bs:
-            step, value, prop = None, None, None
             if method == "base":
-                e = base_src.eval_at(b, 0) if base_src else None
-                if e:
-                    step, value, prop = 0, 100.0 * e["summary"]["avg_at_k"], eval_proportion(e)
-            elif method in records:
-                step, value = records[method].selected_accuracy(b, select)
-                prop = records[method].proportion_at(b, step)
-            row[f"ours: {b}"] = value
-            _add_interval(row, f"ours: {b}", prop)
-            row[f"ours: {b} step"] = step
+                rec, step = base_src, 0 if base_src and base_src.eval_at(b, 0) else None
+            else:
+                rec = records.get(method)
+                step = rec.selected_accuracy(b, select)[0] if rec else None
+            row |= _checkpoint_cells(f"ours: {b}", rec, b, step)
         for i, b in enumerate(pbench):
             row[f"paper {pmodel}: {b}"] = float(section[pmodel][method][i]) if method in section[pmodel] else None
         rows[method] = row
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df.index.name = "method"
+    by_references: dict[str, list[str]] = {}  # the data-variant rows, grouped by their references
+    for name in variants:
+        by_references.setdefault(references_label(records[name].config), []).append(name)
     first = records["OPSD"].first_eval()
-    df.attrs["note"] = (
+    return _frame(rows, "method", (
         f"ours = CPU edition: {model_label(records['OPSD'].config)}, {eval_label(first)}, accuracy in %, "
         f"{selection_label(select)} (base = step 0 of the {base_src.name if base_src else '?'} run); "
         f"{_interval_note(first)}. "
         + "".join(f"{' / '.join(names)}: trained on {label}, evaluated on the same held-out problems; the "
                   "paper has no such rows. "
-                  for label, names in _variant_groups(records, variants))
+                  for label, names in by_references.items())
         + f"paper = arXiv 2601.18734 v3 Table 2, {pmodel}, Avg@12 (%), thinking on, {', '.join(bench_label(b) for b in pbench)}. "
         "Paper scale vs CPU edition: different model, data and budget, so the absolute values are not "
         "comparable; compare the ordering of the methods."
-    )
-    df.attrs["select"] = select
-    return df
-
-
-def _variant_groups(records: Mapping[str, RunRecord], variants: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """[(references label, [run names])] of Table 2's data-variant rows, grouped by their dataset."""
-    groups: dict[str, list[str]] = {}
-    for name in variants:
-        groups.setdefault(references_label(records[name].config), []).append(name)
-    return list(groups.items())
+    ), select=select)
 
 
 def table3_benchmark(what: str, records: Mapping[str, RunRecord], benchmarks: Sequence[str]) -> str | None:
@@ -288,8 +280,6 @@ def table3(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
     each run's ``beta``.
     Paper: ``paper_results.yaml`` table3 (Qwen3-1.7B, AIME25, steps 0 / 50 / 100).
     """
-    import pandas as pd
-
     names = TABLE3_RUNS
     _check_select(select)
     if (bench := table3_benchmark("Table 3", records, benchmarks)) is None:
@@ -299,32 +289,23 @@ def table3(records: Mapping[str, RunRecord], benchmarks: Sequence[str], paper: M
     steps = sorted({s for n in names for s in records[n].curve(bench)[0]})
     rows = {}
     for n in names:
-        label = objective_label(records[n].config)
-        curve = dict(zip(*records[n].curve(bench)))
+        rec, label = records[n], objective_label(records[n].config)
+        curve = dict(zip(*rec.curve(bench)))
         row = {}
         for s in steps:
-            row[f"ours: step {s}"] = curve.get(s)
-            _add_interval(row, f"ours: step {s}", records[n].proportion_at(bench, s if s in curve else None))
-        chosen_step, chosen = records[n].selected_accuracy(bench, select)
-        row[f"ours: {select}"] = chosen
-        _add_interval(row, f"ours: {select}", records[n].proportion_at(bench, chosen_step))
-        row[f"ours: {select} step"] = chosen_step
+            row |= _accuracy_cells(f"ours: step {s}", curve.get(s), rec.proportion_at(bench, s))
+        row |= _checkpoint_cells(f"ours: {select}", rec, bench, rec.selected_accuracy(bench, select)[0])
         for i, s in enumerate(section["steps"]):
             row[f"paper: step {s}"] = float(section[label][i]) if label in section else None
         rows[f"{label} ({n})"] = row
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df.index.name = "objective"
-    first = records["OPSD"].first_eval()
-    df.attrs["note"] = (
-        f"ours = CPU edition: {model_label(records['OPSD'].config)}, {train_label(records['OPSD'].config, 'opsd')}, "
-        f"{clip_label(records['OPSD'].config)}; {eval_label(records['OPSD'].eval_at(bench, steps[0]) or first)}, %; "
-        f"'ours: {select}' = {selection_label(select)}; {_interval_note(first)}. "
+    opsd = records["OPSD"]
+    return _frame(rows, "objective", (
+        f"ours = CPU edition: {model_label(opsd.config)}, {train_label(opsd.config, 'opsd')}, "
+        f"{clip_label(opsd.config)}; {eval_label(opsd.eval_at(bench, steps[0]) or opsd.first_eval())}, %; "
+        f"'ours: {select}' = {selection_label(select)}; {_interval_note(opsd.first_eval())}. "
         "paper = arXiv 2601.18734 v3 Table 3, Qwen3-1.7B, AIME25 Avg@12 (%) at steps 0 / 50 / 100. "
         "Paper scale vs CPU edition: not comparable in absolute value; compare how each objective moves from step 0."
-    )
-    df.attrs["benchmark"] = bench
-    df.attrs["select"] = select
-    return df
+    ), benchmark=bench, select=select)
 
 
 def _category_means(rec: RunRecord, steps: Sequence[int] | None = None) -> dict[str, float]:
@@ -352,8 +333,6 @@ def table5(records: Mapping[str, RunRecord], paper: Mapping | None = None, run: 
     KL for OPSD): at the first logged step (the base model, before any update) and averaged over all
     steps (token-count weighted). Paper: ``paper_results.yaml`` table5, one row per model.
     """
-    import pandas as pd
-
     what = "Table 5"
     if not need_runs(what, records, (run,)):
         return None
@@ -368,18 +347,14 @@ def table5(records: Mapping[str, RunRecord], paper: Mapping | None = None, run: 
     rows = {
         f"ours: {model}, {objective}, step {steps[0]} (base model)": _category_means(rec, [steps[0]]),
         f"ours: {model}, {objective}, mean over steps {steps[0]}-{steps[-1]}": _category_means(rec),
+        **{f"paper: {m}": values for m, values in table5_by_model(paper).items()},
     }
-    for m, values in table5_by_model(paper).items():
-        rows[f"paper: {m}"] = values
-    df = pd.DataFrame.from_dict(rows, orient="index")[list(CATEGORIES)]
-    df.index.name = "source"
-    df.attrs["note"] = (
+    return _frame(rows, "source", (
         f"Mean per-token divergence by token category (keyword lists of opsd.divergence.token_category). "
         f"ours = CPU edition run {run!r}: {train_label(rec.config, rec.kind)}, {clip_label(rec.config)}, unclipped D[n] "
         "on its training rollouts. paper = arXiv 2601.18734 v3 Table 5. Not comparable in absolute value "
         "(different model, vocabulary and data); compare the ordering of the categories."
-    )
-    return df
+    ), columns=list(CATEGORIES))
 
 
 def _markdown_with_note(df, digits: int) -> str:

@@ -34,9 +34,12 @@ STYLE_PATH = REPO_ROOT / "reproduce" / "opsd.mplstyle"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 NEGATIVE_LOSS_NOTE = "loss < 0: clipping lets the optimizer push below zero"
-# metrics.jsonl keys as `opsd.runlog.read_metrics` returns them (one key per quantity, old keys mapped)
-_ZERO_LINE_KEYS = ("loss", "divergence_mean")
-_NEGATIVE_MARK_KEYS = ("loss", "divergence_mean")
+# on three lines, for a small-multiple panel, in the style of a warning
+_NEGATIVE_NOTE_TEXT = NEGATIVE_LOSS_NOTE.replace(": ", ":\n").replace(" push", "\npush")
+_NOTE_STYLE = {"fontsize": 7.5, "color": "#b2182b", "fontweight": "bold", "ha": "left", "va": "bottom",
+               "bbox": {"facecolor": "white", "alpha": 0.8, "lw": 0}}
+# the objective's keys (as `opsd.runlog.read_metrics` returns them): a zero line, and the note when negative
+_OBJECTIVE_KEYS = ("loss", "divergence_mean")
 
 
 # ------------------------------------------------------------------------------------------------ style
@@ -65,10 +68,8 @@ def styled():
 
 
 def _new_axes(ax=None, figsize=(6.0, 3.6)):
-    if ax is not None:
-        return ax.figure, ax
-    fig, ax = plt.subplots(figsize=figsize)
-    return fig, ax
+    """(figure, axes): ``ax`` and its figure, or a new figure of ``figsize`` inches."""
+    return (ax.figure, ax) if ax is not None else plt.subplots(figsize=figsize)
 
 
 # --------------------------------------------------------------------------------------------- accuracy
@@ -111,12 +112,7 @@ def plot_accuracy(ax, curves, *, xlabel: str | None = "training step", ylabel: s
         integer_steps(ax)
     if from_zero:
         accuracy_limits(ax, shown)
-    if title is not None:
-        ax.set_title(title)
-    if xlabel is not None:
-        ax.set_xlabel(xlabel)
-    if ylabel is not None:
-        ax.set_ylabel(ylabel)
+    ax.set(**{k: v for k, v in {"title": title, "xlabel": xlabel, "ylabel": ylabel}.items() if v is not None})
     if legend is not None and ax.get_legend_handles_labels()[0]:
         ax.legend(**legend)
     return shown
@@ -175,9 +171,8 @@ def plot_kl_by_category(measured: Mapping[str, float], paper: Mapping[str, Mappi
                 text = f"{v:.2f}" if math.isfinite(v) else "n/a"
                 ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                             fontsize=7, xytext=(0, 1), textcoords="offset points")
-        ax.set_xticks(x, [f"{c}" for c in CATEGORIES])
-        ax.set_ylabel("mean per-token KL")
-        ax.set_title(title or "Divergence by token category (paper: v3 Table 5)")
+        ax.set_xticks(x, CATEGORIES)
+        ax.set(ylabel="mean per-token KL", title=title or "Divergence by token category (paper: v3 Table 5)")
         top = max((v for _, vals in series for v in vals if math.isfinite(v)), default=1.0) or 1.0
         ax.set_ylim(0, top * 1.45)  # headroom for the legend above the bars
         ax.legend(ncols=2, loc="upper right")
@@ -195,19 +190,15 @@ def _records(records_or_run_dir) -> list[dict]:
     return list(records_or_run_dir)
 
 
-def _mark_negative(ax, steps, values) -> bool:
+def _mark_negative(ax, steps, values) -> None:
     """Shade the steps where the objective is below zero and say why that is a failure."""
-    negative = [s for s, v in zip(steps, values) if v < 0]
-    if not negative:
-        return False
-    first, last = min(negative), max(negative)
-    ax.axvspan(first - 0.5, last + 0.5, color="#d62728", alpha=0.12, lw=0)
+    if not (negative := [s for s, v in zip(steps, values) if v < 0]):
+        return
+    ax.axvspan(min(negative) - 0.5, max(negative) + 0.5, color="#d62728", alpha=0.12, lw=0)
     _room_below(ax, values)
-    ax.annotate(_wrapped_note(), xy=(negative[0], values[steps.index(negative[0])]), xycoords="data",
-                xytext=(0.03, 0.05), textcoords="axes fraction", ha="left", va="bottom", fontsize=7.5,
-                color="#b2182b", fontweight="bold", bbox={"facecolor": "white", "alpha": 0.8, "lw": 0},
+    ax.annotate(_NEGATIVE_NOTE_TEXT, xy=(negative[0], values[steps.index(negative[0])]), xycoords="data",
+                xytext=(0.03, 0.05), textcoords="axes fraction", **_NOTE_STYLE,
                 arrowprops={"arrowstyle": "->", "color": "#b2182b", "lw": 0.8})
-    return True
 
 
 def _room_below(ax, values) -> None:
@@ -215,12 +206,6 @@ def _room_below(ax, values) -> None:
     low, high = min(values), max(max(values), 0.0)
     span = (high - low) or 1.0
     ax.set_ylim(low - 0.9 * span, high + 0.05 * span)
-
-
-def _wrapped_note() -> str:
-    """NEGATIVE_LOSS_NOTE on three lines (fits a small-multiple panel)."""
-    head, tail = NEGATIVE_LOSS_NOTE.split(": ", 1)
-    return f"{head}:\n" + tail.replace(" push", "\npush", 1)
 
 
 def plot_training_diagnostics(records_or_run_dir, keys: Sequence[str] = (
@@ -247,11 +232,10 @@ def plot_training_diagnostics(records_or_run_dir, keys: Sequence[str] = (
         for ax, key in zip(flat, present):
             steps, values = metric_series(records, key)
             ax.plot(steps, values, marker="o" if len(steps) <= 30 else None, ms=3)
-            ax.set_title(key)
-            ax.set_xlabel("step")
-            if key in _ZERO_LINE_KEYS or min(values) < 0:
+            ax.set(title=key, xlabel="step")
+            if key in _OBJECTIVE_KEYS or min(values) < 0:
                 ax.axhline(0.0, color="black", lw=0.8, ls="--")
-            if key in _NEGATIVE_MARK_KEYS:
+            if key in _OBJECTIVE_KEYS:
                 _mark_negative(ax, steps, values)
         if title:
             fig.suptitle(title)
@@ -271,15 +255,12 @@ def plot_runs(runs: Mapping[str, Any], key: str, ax=None, *, title: str | None =
             ax.plot(steps, values, marker="o" if len(steps) <= 30 else None, ms=3, label=label)
             all_values += values
         any_negative = bool(all_values) and min(all_values) < 0
-        if key in _ZERO_LINE_KEYS or any_negative:
+        if key in _OBJECTIVE_KEYS or any_negative:
             ax.axhline(0.0, color="black", lw=0.8, ls="--")
-        if any_negative and key in _NEGATIVE_MARK_KEYS:
+        if any_negative and key in _OBJECTIVE_KEYS:
             _room_below(ax, all_values)
-            ax.text(0.03, 0.05, _wrapped_note(), transform=ax.transAxes, fontsize=7.5, color="#b2182b",
-                    fontweight="bold", ha="left", va="bottom", bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
-        ax.set_xlabel("step")
-        ax.set_ylabel(key)
-        ax.set_title(title or key)
+            ax.text(0.03, 0.05, _NEGATIVE_NOTE_TEXT, transform=ax.transAxes, **_NOTE_STYLE)
+        ax.set(xlabel="step", ylabel=key, title=title or key)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     return fig
@@ -342,9 +323,7 @@ def plot_prompt_lengths(audit_rows: Sequence[Mapping], *, max_prompt_length: int
             over = sum(max(s, t) > max_prompt_length for s, t in zip(student, teacher))
             ax.axvline(max_prompt_length, color="black", ls="--",
                        label=f"max_prompt_length {max_prompt_length}: {over} row(s) over")
-        ax.set_xlabel("prompt tokens")
-        ax.set_ylabel("rows")
-        ax.set_title(title or "Prompt lengths per role")
+        ax.set(xlabel="prompt tokens", ylabel="rows", title=title or "Prompt lengths per role")
         ax.legend()
     return fig
 

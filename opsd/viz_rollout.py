@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,16 +54,11 @@ def _as_floats(values) -> list[float]:
 
 def _norm_and_cmap(values: Sequence[float], vmax: float | None, cmap: str | None):
     finite = [v for v in values if math.isfinite(v)]
-    has_negative = any(v < 0 for v in finite)
     top = vmax if vmax is not None else max((abs(v) for v in finite), default=0.0)
     top = top if top > 0 else 1.0
-    if has_negative:
-        norm = mpl.colors.Normalize(vmin=-top, vmax=top)
-        name = cmap or _DIVERGING_CMAP
-    else:
-        norm = mpl.colors.Normalize(vmin=0.0, vmax=top)
-        name = cmap or _SEQUENTIAL_CMAP
-    return norm, mpl.colormaps[name]
+    if any(v < 0 for v in finite):
+        return mpl.colors.Normalize(vmin=-top, vmax=top), mpl.colormaps[cmap or _DIVERGING_CMAP]
+    return mpl.colors.Normalize(vmin=0.0, vmax=top), mpl.colormaps[cmap or _SEQUENTIAL_CMAP]
 
 
 def divergence_colors(values, *, vmax: float | None = None, cmap: str | None = None) -> list[str | None]:
@@ -150,29 +146,15 @@ def special_tokens_html(text: str, special, *, title: str | None = None) -> str:
     ``special``: a tokenizer (its added tokens, e.g. ``<|im_start|>``, ``<think>``) or a list of strings.
     Each badge is a ``<span class="opsd-special">``.
     """
-    markers = _special_strings(special)
-    pieces: list[str] = []
-    i = 0
-    plain = []
-
-    def flush():
-        if plain:
-            chunk = html.escape("".join(plain)).replace("\n", '<span style="color: #999;">⏎</span>\n')
-            pieces.append(chunk)
-            plain.clear()
-
-    while i < len(text):
-        for m in markers:
-            if text.startswith(m, i):
-                flush()
-                pieces.append('<span class="opsd-special" style="background: #2f4b7c; color: white; '
-                              f'border-radius: 3px; padding: 0 3px;">{html.escape(m)}</span>')
-                i += len(m)
-                break
-        else:
-            plain.append(text[i])
-            i += 1
-    flush()
+    markers = _special_strings(special)  # longest first: the regex tries them in this order
+    parts = re.split(f"({'|'.join(map(re.escape, markers))})", text) if markers else [text]
+    pieces = []
+    for i, part in enumerate(parts):  # odd positions: the markers the split kept
+        if i % 2:
+            pieces.append('<span class="opsd-special" style="background: #2f4b7c; color: white; '
+                          f'border-radius: 3px; padding: 0 3px;">{html.escape(part)}</span>')
+        elif part:
+            pieces.append(html.escape(part).replace("\n", '<span style="color: #999;">⏎</span>\n'))
     head = f'<div style="font-weight: bold; margin-bottom: 4px;">{html.escape(title)}</div>' if title else ""
     return ('<div class="opsd-chat" style="font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px;">'
             f'{head}<div style="white-space: pre-wrap; border: 1px solid #ddd; padding: 6px;">{"".join(pieces)}'
@@ -330,9 +312,8 @@ def plot_logprob_scatter(student_logprobs, teacher_logprobs, *, tokens: Sequence
             for i in np.argsort(-gap)[:annotate]:
                 ax.annotate(visible_token(tokens[i]), (s[i], t[i]), fontsize=8, xytext=(3, 3),
                             textcoords="offset points")
-        ax.set_xlabel("log p_S(sampled token)  (student context)")
-        ax.set_ylabel("log p_T(sampled token)  (teacher context)")
-        ax.set_title(title or "The same sampled tokens, scored in both contexts")
+        ax.set(xlabel="log p_S(sampled token)  (student context)", ylabel="log p_T(sampled token)  (teacher context)",
+               title=title or "The same sampled tokens, scored in both contexts")
         ax.legend(loc="lower right")
     return fig
 
@@ -359,9 +340,7 @@ def plot_summands(summands, *, clip: float | None = 0.05, ax=None, title: str | 
         negative = int((values < 0).sum())
         ax.axvline(0.0, color="black", lw=0.8)
         ax.plot([], [], " ", label=f"{negative:,} negative entries (never clipped)")
-        ax.set_xlabel("summand l[n, v]  (symlog)")
-        ax.set_ylabel("entries")
-        ax.set_title(title or "Per-entry summands of the divergence")
+        ax.set(xlabel="summand l[n, v]  (symlog)", ylabel="entries", title=title or "Per-entry summands of the divergence")
         ax.legend(loc="upper left")
     return fig
 
@@ -378,8 +357,6 @@ def plot_divergence_kinds(per_token: Mapping[str, Any], *, mask=None, ax=None, t
             mean = np.nanmean(shown) if np.isfinite(shown).any() else float("nan")
             ax.plot(np.arange(len(v)), shown, marker=".", ms=4, label=f"{label} (mean {mean:.3f})")
         ax.axhline(0.0, color="black", lw=0.8, ls="--")
-        ax.set_xlabel("rollout position n")
-        ax.set_ylabel("D[n]")
-        ax.set_title(title or "Per-token divergence, same rollout")
+        ax.set(xlabel="rollout position n", ylabel="D[n]", title=title or "Per-token divergence, same rollout")
         ax.legend()
     return fig

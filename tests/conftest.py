@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -27,3 +29,19 @@ def embedded_model():
 
     torch.manual_seed(0)
     return load_model_and_tokenizer()
+
+
+@pytest.fixture()
+def full_runs(tmp_path) -> Path:
+    """Every run of the campaign (the 11 runs) written by hand, evaluated at steps 0, 2, 4 (``fake_runs``)."""
+    from fake_runs import make_full_runs
+
+    return make_full_runs(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Close the figures a test drew (when it used pyplot at all)."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")

@@ -16,15 +16,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pytest
 from fake_runs import (
     BENCH,
     GRPO_CONFIG,
     OPSD_CONFIG,
-    SFT_CONFIG,
     grpo_metrics,
-    make_full_runs,
     opsd_metrics,
     write_run,
 )
@@ -34,18 +31,6 @@ from opsd import paper_figures as pf
 from opsd.paper_data import RUN_NAMES, problems_per_step
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def full_runs(tmp_path) -> Path:
-    """Every run of the campaign (the 11 runs), evaluated at steps 0, 2, 4."""
-    return make_full_runs(tmp_path)
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 # ------------------------------------------------------------------------------------------ skipped figures

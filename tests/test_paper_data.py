@@ -4,7 +4,6 @@ paper's numbers."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from fake_runs import (
@@ -13,18 +12,11 @@ from fake_runs import (
     OPSD_CONFIG,
     SFT_CONFIG,
     eval_json,
-    make_full_runs,
     opsd_metrics,
     write_run,
 )
 
 from opsd import paper_data as pdata
-
-
-@pytest.fixture()
-def full_runs(tmp_path) -> Path:
-    return make_full_runs(tmp_path)
-
 
 # ------------------------------------------------------------------------------------------ readers
 
@@ -89,8 +81,6 @@ def test_labels_come_from_the_run_config():
     assert pdata.run_kind(GRPO_CONFIG) == "grpo" and pdata.run_kind(OPSD_CONFIG) == "opsd" and pdata.run_kind(SFT_CONFIG) == "sft"
 
 
-
-
 def test_best_and_last_checkpoint_selection_on_hand_made_evals(tmp_path):
     # the paper's forward-KL curve: 36.7 at step 0, 43.9 at 50, 41.1 at 100 -> best is step 50, last step 100
     write_run(tmp_path / "OPSD", OPSD_CONFIG, opsd_metrics(), {0: 0.367, 50: 0.439, 100: 0.411})
@@ -122,8 +112,6 @@ def test_eval_proportion_counts_correct_answers_with_the_wilson_interval():
     assert (pdata.eval_proportion(e).k, pdata.eval_proportion(e).n) == (20, 40)
     e["summary"].pop("avg_at_k")
     assert pdata.eval_proportion(e) is None
-
-
 
 
 def test_paper_table5_values():

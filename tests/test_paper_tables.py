@@ -8,13 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pytest
 import yaml
 from fake_runs import (
     BENCH,
     OPSD_CONFIG,
-    make_full_runs,
     opsd_metrics,
     write_run,
 )
@@ -24,17 +22,6 @@ from opsd import paper_tables as pt
 from opsd.paper_data import load_runs
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def full_runs(tmp_path) -> Path:
-    return make_full_runs(tmp_path)
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 # ------------------------------------------------------------------------------------------ tables

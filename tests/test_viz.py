@@ -9,16 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
-import pytest
 
 from opsd import viz
 from opsd.paper_data import CATEGORIES, PAPER_TABLE5
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 def _title(ax) -> str:
@@ -87,7 +80,6 @@ def test_plot_accuracy_vs_step_lines_per_benchmark_and_reference():
 
 
 # ------------------------------------------------------------------------------------------ categories
-
 
 
 def test_plot_kl_by_category_bars_and_paper_reference():
