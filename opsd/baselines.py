@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,18 +33,20 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer import TRAINER_STATE_NAME
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
+from opsd.atomic_io import write_json_atomic
 from opsd.config import RunFields
 from opsd.contexts import build_student_messages
-from opsd.runlog import (
-    RunDirectoryCallback,
-    check_resume_path,
+from opsd.rundir import (
     check_run_kind,
-    resume_checkpoint,
-    write_json_atomic,
+    checkpoint_dir,
+    export_final_model,
+    finished_step,
+    resume_point,
+    write_run_info,
 )
+from opsd.runlog import RunDirectoryCallback
 from opsd.validation import InputError, check_config
 
 logger = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ class BaselineGRPOTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         # Written first (atomically): the Trainer's trainer_state.json, written last, marks the checkpoint complete.
         if self.accelerator.is_main_process:
-            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            folder = checkpoint_dir(self.args.output_dir, self.state.global_step)
             write_json_atomic(folder / BASELINE_STATE_FILE, {"tokens_generated": self.tokens_generated}, None)
         super()._save_checkpoint(model, trial)
 
@@ -350,37 +351,11 @@ def _required_state(config) -> tuple[str, ...]:
     return (BASELINE_STATE_FILE,) if isinstance(config, GRPORunConfig) else ()
 
 
-def _resume_point(config, resume: bool | str) -> str | None:
-    """`"auto"`/True: the last complete checkpoint in output_dir if any (incomplete ones, left by a crash
-    during a save, are moved aside with a warning); a path: that checkpoint (an error when incomplete);
-    False: none."""
-    if not resume:
-        return None
-    if resume in (True, "auto"):
-        found = resume_checkpoint(config.output_dir, required=_required_state(config))
-        return None if found is None else str(found)
-    return str(check_resume_path(resume, required=_required_state(config)))
-
-
 def _finish(trainer, config, *, global_step: int, resumed_from: str | None) -> Path:
     if trainer.is_world_process_zero():
-        info = {"global_step": global_step, "resumed_from": resumed_from}
-        if hasattr(trainer, "tokens_generated"):
-            info["tokens_generated"] = trainer.tokens_generated
-        write_json_atomic(Path(config.output_dir) / "run_info.json", info)
+        counted = {"tokens_generated": trainer.tokens_generated} if hasattr(trainer, "tokens_generated") else {}
+        write_run_info(config.output_dir, global_step=global_step, resumed_from=resumed_from, **counted)
     return Path(config.output_dir)
-
-
-# Files of a checkpoint that are training state, not the model.
-_STATE_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "latest",
-                "zero_to_fp32.py", BASELINE_STATE_FILE)
-
-
-def _export_checkpoint(checkpoint: str | Path, output_dir: str | Path) -> None:
-    """Copy a checkpoint's model files (weights or adapters, config, tokenizer) to `output_dir`."""
-    for path in Path(checkpoint).iterdir():
-        if path.is_file() and path.name not in _STATE_FILES and not path.name.startswith("rng_state"):
-            shutil.copy2(path, Path(output_dir) / path.name)
 
 
 def build_sft_trainer(config: SFTRunConfig, *, callbacks=None) -> SFTTrainer:
@@ -406,26 +381,15 @@ def build_grpo_trainer(config: GRPORunConfig, *, callbacks=None) -> BaselineGRPO
     )
 
 
-def _finished_at(checkpoint: str, config) -> int | None:
-    """The checkpoint's step if it already reached the run's end (`max_steps`, or the step count it
-    recorded for an epoch-based run), else None."""
-    state_file = Path(checkpoint) / TRAINER_STATE_NAME
-    if not state_file.exists():
-        return None
-    state = json.loads(state_file.read_text())
-    target = config.max_steps if config.max_steps > 0 else state.get("max_steps", 0)
-    step = int(state.get("global_step", 0))
-    return step if target and step >= target else None
-
-
 def _train(trainer, config, resume) -> Path:
-    point = _resume_point(config, resume)
-    done = _finished_at(point, config) if point else None
+    point = resume_point(config.output_dir, resume, required=_required_state(config))
+    point = None if point is None else str(point)
+    done = finished_step(point, config.max_steps) if point else None
     if done is not None:
         # Trainer would run one more step past max_steps; the finished checkpoint is the final model.
         logger.warning("%s already reached the last step (%d); exporting it as the final model", point, done)
         if trainer.is_world_process_zero():
-            _export_checkpoint(point, config.output_dir)
+            export_final_model(point, config.output_dir, state_files=_required_state(config))
         if hasattr(trainer, "restore_counters"):
             trainer.restore_counters(point)
         return _finish(trainer, config, global_step=done, resumed_from=point)

@@ -1,7 +1,8 @@
 """``python -m opsd eval``: evaluation profiles (``reproduce/configs/eval-*.yaml``) and the command line.
 
 ``main`` evaluates a run directory (``--run``: the base model and every checkpoint) or one model
-(``--model``, as step 0) with ``opsd.evaluate``, then prints ``opsd.eval_results.summary_table``.
+(``--model``, as step 0) with ``opsd.evaluate``, then prints ``summary_table`` (also read by
+``reproduce/eval.ipynb`` from the files ``opsd.rundir.load_eval_results`` returns).
 A profile's values are the defaults of the flags; flags given explicitly override them.
 """
 
@@ -14,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from opsd.eval_generation import DEFAULT_EVAL_PROMPT, EVAL_PROMPTS
-from opsd.eval_results import summary_table
 from opsd.evaluate import evaluate_model, evaluate_run
 
 
@@ -68,6 +68,39 @@ def load_eval_profile(name: str, overrides: dict | None = None) -> EvalProfile:
     check_keys(EvalProfile, values, "evaluation profile")
     check_keys(EvalProfile, dict(overrides or {}), "override")
     return EvalProfile(**{**values, **dict(overrides or {})})
+
+
+def summary_table(results: Sequence[dict]):
+    """A ``pandas.DataFrame``, one row per (benchmark, step): n_problems, k, avg@k, maj@k, pass@1..k,
+    boxed_rate, mean_tokens, truncated_rate (rates are fractions, exactly as in the JSON)."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        s = r["summary"]
+        row = {
+            "benchmark": r.get("benchmark"),
+            "step": r.get("step"),
+            "checkpoint": r.get("checkpoint") or "base",
+            "n_problems": s.get("n_problems"),
+            "k": r.get("k", s.get("k")),
+            "avg@k": s["avg_at_k"],
+            "maj@k": s.get("maj_at_k"),  # None in files written before maj@k was recorded
+            "avg@k 95% lo": (s.get("avg_at_k_interval") or [None, None])[0],  # absent in older files
+            "avg@k 95% hi": (s.get("avg_at_k_interval") or [None, None])[1],
+        }
+        for kk, v in sorted(s.get("pass_at_k", {}).items(), key=lambda kv: int(kv[0])):
+            row[f"pass@{kk}"] = v
+        row["boxed_rate"] = s.get("boxed_rate")
+        row["mean_tokens"] = s.get("mean_completion_tokens")
+        row["truncated_rate"] = s.get("truncated_rate")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        tail = ["boxed_rate", "mean_tokens", "truncated_rate"]
+        df = df[[c for c in df.columns if c not in tail] + tail]
+        df = df.sort_values(["benchmark", "step"], kind="stable").reset_index(drop=True)
+    return df
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ maj@k. The paper's settings are k=12, 38,912 new tokens, thinking on, vLLM; the 
   (records, summary); generation by ``opsd.eval_generation`` (backend ``hf`` or ``vllm``).
 - ``heldout_accuracy``: greedy accuracy on held-out synthetic problems, with its Wilson interval.
 - ``evaluate_run`` / ``evaluate_model``: a run's checkpoints (or one model as step 0) ->
-  ``<run>/eval/<benchmark>/step-<N>.json`` (``opsd.eval_results``: the files, read back for tables).
+  ``<run>/eval/<benchmark>/step-<N>.json`` (``opsd.rundir``: the files, written and read back).
 - The command line ``python -m opsd eval`` is ``opsd.eval_cli``.
 """
 
@@ -23,17 +23,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from opsd.eval_generation import DEFAULT_EVAL_PROMPT, EVAL_PROMPTS, eval_prompts, generate_hf, generate_vllm
-from opsd.eval_results import (  # load_eval_results: read from here by opsd.paper_figures
+from opsd.grading import make_record, summarize
+from opsd.rundir import (
+    check_eval_run_dir,
     eval_path,
-    eval_settings,
     find_checkpoints,
     is_lora_checkpoint,
-    load_eval_results,  # noqa: F401
     read_run_config,
-    same_eval_settings,
+    reusable_eval,
+    usable_checkpoints,
     write_eval_json,
 )
-from opsd.grading import make_record, summarize
 
 # ---------------------------------------------------------------------------------------------------
 # One model on one dataset
@@ -206,10 +206,18 @@ def heldout_accuracy(
 # ---------------------------------------------------------------------------------------------------
 
 
-def _default_dtype(device):
-    import torch
-
-    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+def eval_settings(
+    *, k, temperature, top_p, max_new_tokens, thinking, backend, seed, n_problems, model, batch_size,
+    prompt=DEFAULT_EVAL_PROMPT, context_length=None,
+) -> dict:
+    """The ``settings`` of a result file (``context_length`` only when set): what decides whether an
+    existing file is reused (``opsd.rundir.reusable_eval``; ``batch_size`` does not count)."""
+    extra = {} if context_length is None else {"context_length": int(context_length)}
+    return extra | {
+        "prompt": str(prompt), "k": int(k), "temperature": float(temperature), "top_p": float(top_p),
+        "max_new_tokens": int(max_new_tokens), "thinking": bool(thinking), "backend": backend, "seed": int(seed),
+        "n_problems": int(n_problems), "model": str(model), "batch_size": int(batch_size),
+    }
 
 
 def evaluate_run(
@@ -246,7 +254,6 @@ def evaluate_run(
     Returns the result dicts (as written / read back), ordered by step then benchmark.
     """
     from opsd.data import benchmark_names, load_benchmark
-    from opsd.runlog import check_eval_run_dir, reusable_eval, usable_checkpoints
     from opsd.validation import InputError, validate_rows
 
     run_dir = Path(run_dir)
@@ -277,154 +284,88 @@ def evaluate_run(
         b: eval_settings(**gen, n_problems=len(ds), model=model_name, batch_size=batch_size)
         for b, ds in datasets_.items()
     }
-
-    def todo(step: int) -> list[str]:
-        out = []
-        for b in benchmarks:
-            path = eval_path(run_dir, b, step)
-            # a file cut by a crash, or from other settings, is moved aside (with a warning) and redone
-            if not overwrite and reusable_eval(path, settings[b], same_eval_settings):
-                continue
-            out.append(b)
-        return out
-
-    plan = {s: todo(s) for s in chosen}
-    if any(plan.values()):
-        if backend == "vllm":
-            _evaluate_run_vllm(
-                run_dir,
-                model_name,
-                checkpoints,
-                plan,
-                datasets_,
-                settings,
-                gen,
-                progress=progress,
-                vllm_kwargs=vllm_kwargs,
-            )
-        else:
-            _evaluate_run_hf(
-                run_dir,
-                model_name,
-                checkpoints,
-                plan,
-                datasets_,
-                settings,
-                gen,
-                batch_size=batch_size,
-                device=device,
-                progress=progress,
-                torch_dtype=torch_dtype,
-            )
-
-    results = []
-    for s in chosen:
-        for b in benchmarks:
-            with open(eval_path(run_dir, b, s)) as f:
-                results.append(json.load(f))
-    return results
+    # step -> the benchmarks to evaluate; a file cut by a crash, or from other settings, is moved aside and redone
+    plan = {s: [b for b in benchmarks if overwrite or not reusable_eval(eval_path(run_dir, b, s), settings[b])]
+            for s in chosen}
+    plan = {s: todo for s, todo in plan.items() if todo}
+    if plan:
+        models = (_vllm_models(model_name, checkpoints, plan, seed, context_length, vllm_kwargs) if backend == "vllm"
+                  else _hf_models(model_name, checkpoints, plan, device=device, torch_dtype=torch_dtype))
+        for step, ckpt, model, tokenizer, adapter in models:
+            for b in plan[step]:
+                if progress:
+                    print(f"[eval] {b} step {step} ({'base' if ckpt is None else ckpt.name})", flush=True)
+                records, summary = evaluate(model, tokenizer, datasets_[b], batch_size=batch_size, progress=progress,
+                                            lora_adapter=adapter, **gen)
+                write_eval_json(run_dir, b, step, settings=settings[b], records=records, summary=summary,
+                                checkpoint=None if ckpt is None else ckpt.name)
+            del model, tokenizer  # so that the generator frees a checkpoint's model before loading the next
+    return [json.loads(eval_path(run_dir, b, s).read_text()) for s in chosen for b in benchmarks]
 
 
-def _write_step(run_dir, benchmark, step, settings, ckpt, records, summary):
-    write_eval_json(eval_path(run_dir, benchmark, step), benchmark=benchmark, step=step, settings=settings,
-                    records=records, summary=summary, checkpoint=None if ckpt is None else ckpt.name)
-
-
-def _evaluate_run_hf(
-    run_dir,
-    model_name,
-    checkpoints,
-    plan,
-    datasets_,
-    settings,
-    gen,
-    *,
-    batch_size,
-    device,
-    progress,
-    torch_dtype=None,
-):
+def _hf_models(model_name, checkpoints, plan, *, device, torch_dtype=None):
+    """(step, checkpoint or None, model, tokenizer, None) for each step of `plan`: the base model loaded once;
+    a LoRA checkpoint put onto it and unloaded after, a full checkpoint loaded on its own."""
     import torch
 
     from opsd.models import load_model_and_tokenizer
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else _default_dtype(device)
+    if isinstance(torch_dtype, str):
+        dtype = getattr(torch, torch_dtype)
+    else:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     base = tokenizer = None
-
-    def get_base():
-        nonlocal base, tokenizer
+    for step in plan:
+        ckpt = checkpoints.get(step)
         if base is None:
             base, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device)
-        return base
-
-    for step, todo in plan.items():
-        if not todo:
-            continue
-        ckpt = checkpoints.get(step)
-        model = get_base()
-        if ckpt is not None and is_lora_checkpoint(ckpt):
+        lora = ckpt is not None and is_lora_checkpoint(ckpt)
+        if lora:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(ckpt))
+            model = PeftModel.from_pretrained(base, str(ckpt))
         elif ckpt is not None:
             import transformers
 
             model = transformers.AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=dtype).to(device)
+        else:
+            model = base
         try:
-            for b in todo:
-                if progress:
-                    print(f"[eval] {b} step {step} ({'base' if ckpt is None else ckpt.name})", flush=True)
-                records, summary = evaluate(
-                    model, tokenizer, datasets_[b], batch_size=batch_size, progress=progress, **gen
-                )
-                _write_step(run_dir, b, step, settings[b], ckpt, records, summary)
+            yield step, ckpt, model, tokenizer, None
         finally:
-            if ckpt is not None and is_lora_checkpoint(ckpt):
+            if lora:
                 base = model.unload()  # removes the LoRA layers, leaving the base weights untouched
             elif ckpt is not None:
                 del model
                 gc.collect()
 
 
-def _evaluate_run_vllm(
-    run_dir, model_name, checkpoints, plan, datasets_, settings, gen, *, progress, vllm_kwargs
-):
-    """One ``vllm.LLM`` for the base and every LoRA checkpoint (``enable_lora``); a fresh one per
-    full-model checkpoint."""
+def _vllm_models(model_name, checkpoints, plan, seed, context_length, vllm_kwargs):
+    """(step, checkpoint or None, vllm.LLM, tokenizer, LoRA adapter path or None) for each step of `plan`:
+    one engine for the base and every LoRA checkpoint (``enable_lora``), a fresh one per full checkpoint."""
     import vllm
 
     lora_steps = [s for s in plan if s in checkpoints and is_lora_checkpoint(checkpoints[s])]
     vllm_kwargs = dict(vllm_kwargs or {})
-    if gen.get("context_length") is not None:  # the engine's context is the evaluation's
-        vllm_kwargs.setdefault("max_model_len", int(gen["context_length"]))
+    if context_length is not None:  # the engine's context is the evaluation's
+        vllm_kwargs.setdefault("max_model_len", int(context_length))
     kwargs = dict(vllm_kwargs)
     if lora_steps:
-        ranks = []
-        for s in lora_steps:
-            with open(checkpoints[s] / "adapter_config.json") as f:
-                ranks.append(int(json.load(f).get("r", 16)))
+        ranks = [int(json.loads((checkpoints[s] / "adapter_config.json").read_text()).get("r", 16)) for s in lora_steps]
         kwargs.setdefault("enable_lora", True)
         kwargs.setdefault("max_lora_rank", max(ranks))
     shared = None
-    for step, todo in plan.items():
-        if not todo:
-            continue
+    for step in plan:
         ckpt = checkpoints.get(step)
-        adapter = None
         if ckpt is None or is_lora_checkpoint(ckpt):
             if shared is None:
-                shared = vllm.LLM(model=model_name, seed=gen["seed"], **kwargs)
-            llm, adapter = shared, (None if ckpt is None else str(ckpt))
+                shared = vllm.LLM(model=model_name, seed=seed, **kwargs)
+            yield step, ckpt, shared, shared.get_tokenizer(), None if ckpt is None else str(ckpt)
         else:
-            llm = vllm.LLM(model=str(ckpt), seed=gen["seed"], **(vllm_kwargs or {}))
-        for b in todo:
-            records, summary = evaluate(
-                llm, llm.get_tokenizer(), datasets_[b], progress=progress, lora_adapter=adapter, **gen
-            )
-            _write_step(run_dir, b, step, settings[b], ckpt, records, summary)
-        if llm is not shared:
+            llm = vllm.LLM(model=str(ckpt), seed=seed, **vllm_kwargs)
+            yield step, ckpt, llm, llm.get_tokenizer(), None
             del llm
             gc.collect()
 

@@ -192,7 +192,7 @@ def estimate_seconds(runs: Sequence[CampaignRun], quick: bool = False) -> dict[s
 
 def _finished(run_dir: Path, max_steps: int) -> bool:
     """The run's last checkpoint is there and complete (a save cut by a crash does not count)."""
-    from opsd.runlog import checkpoint_steps
+    from opsd.rundir import checkpoint_steps
 
     return max_steps in checkpoint_steps(run_dir, complete=True)
 
@@ -223,7 +223,7 @@ def _check_campaign_entry(run: CampaignRun, run_dir: Path, fresh: bool) -> None:
     elif not path.is_file() and run_dir.exists() and any(run_dir.iterdir()):
         raise RuntimeError(f"{run_dir} exists but was not made by opsd.figure_runs; delete it or pass --fresh")
     run_dir.mkdir(parents=True, exist_ok=True)
-    from opsd.runlog import write_json_atomic
+    from opsd.atomic_io import write_json_atomic
 
     write_json_atomic(path, entry)
 
@@ -249,13 +249,13 @@ def train_run(run: CampaignRun, root: Path, *, fresh: bool = False) -> str:
 def share_base_eval(source: Path, target: Path, benchmark: str = BENCHMARK) -> bool:
     """Copy ``source``'s step-0 (base model) eval JSON into ``target`` unless it has one; the copy
     gets ``copied_from``. ``evaluate_run`` then keeps it when its settings match. Returns whether copied."""
-    from opsd.eval_results import eval_path
+    from opsd.rundir import eval_path
 
     src, dst = eval_path(source, benchmark, 0), eval_path(target, benchmark, 0)
     if dst.is_file() or (data := _read_json(src)) is None:  # a cut one: evaluate_run moves it aside and redoes it
         return False
     data["copied_from"] = _rel(src)
-    from opsd.runlog import write_text_atomic
+    from opsd.atomic_io import write_text_atomic
 
     write_text_atomic(dst, json.dumps(data, indent=1, ensure_ascii=False))
     return True
@@ -274,7 +274,7 @@ def evaluate_campaign_run(run: CampaignRun, root: Path, eval_settings: dict, bas
 
 def _base_eval_source(root: Path, runs: Sequence[CampaignRun]) -> Path | None:
     """A campaign run directory under ``root`` that already holds the base model's (step-0) eval."""
-    from opsd.eval_results import eval_path
+    from opsd.rundir import eval_path
 
     for run in runs:
         if eval_path(root / run.name, BENCHMARK, 0).is_file():
@@ -335,7 +335,7 @@ def run_campaign(root: str | Path = DEFAULT_ROOT, *, quick: bool = False, only: 
     timings["total_s"] = round(time.perf_counter() - start, 1)
     print(f"[figure_runs] total {_fmt_s(timings['total_s'])}", flush=True)
     root.mkdir(parents=True, exist_ok=True)
-    from opsd.runlog import write_json_atomic
+    from opsd.atomic_io import write_json_atomic
 
     write_json_atomic(root / TIMINGS_FILE, {**(_read_json(root / TIMINGS_FILE) or {}), "last": timings})
     return timings

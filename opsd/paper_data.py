@@ -31,7 +31,8 @@ from typing import Any
 
 import yaml
 
-from opsd.config import REPO_ROOT, upgrade_legacy_spellings
+from opsd.config import REPO_ROOT
+from opsd.rundir import is_run_dir, load_eval_results, read_metrics, read_run_config
 
 RUN_NAMES = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO", "OPSD-terse",
              "SFT-terse", "OPSD-verbose", "SFT-verbose", "base")
@@ -159,7 +160,7 @@ class RunRecord:
     """What one run directory holds: its config, its metrics and its eval summaries.
 
     ``config``: ``config.yaml`` ({} when absent; old spellings mapped, ``opsd.config.upgrade_legacy_spellings``);
-    ``metrics``: ``metrics.jsonl`` records in step order (old keys mapped, ``opsd.runlog.read_metrics``);
+    ``metrics``: ``metrics.jsonl`` records in step order (old keys mapped, ``opsd.rundir.read_metrics``);
     ``evals``: the ``eval/<benchmark>/step-<N>.json`` dicts without their per-sample ``records``.
     """
 
@@ -241,24 +242,12 @@ def eval_proportion(evaluation: Mapping):
 
 def read_run(name: str, run_dir: str | Path) -> RunRecord:
     """Read one run directory (raises ``FileNotFoundError`` when it does not exist)."""
-    from opsd.evaluate import load_eval_results
-    from opsd.runlog import read_metrics
-
     path = Path(run_dir)
     if not path.is_dir():
         raise FileNotFoundError(f"run {name!r}: no directory {path}")
-    config = {}
-    if (path / "config.yaml").is_file():
-        with open(path / "config.yaml") as f:
-            config = yaml.safe_load(f) or {}
-        if isinstance(config, dict):  # older runs' spellings (top_k_loss, clip_mode: none) read as today's
-            config = upgrade_legacy_spellings(config, where=f"{path / 'config.yaml'}")
-    evals = []
-    for e in load_eval_results(path):
-        e = dict(e)
-        e.pop("records", None)
-        evals.append(e)
-    return RunRecord(name=name, path=path, config=config, metrics=read_metrics(path), evals=evals)
+    evals = [{k: v for k, v in e.items() if k != "records"} for e in load_eval_results(path)]
+    return RunRecord(name=name, path=path, config=read_run_config(path, missing_ok=True),
+                     metrics=read_metrics(path), evals=evals)
 
 
 def _resolve_path(p: str | Path) -> Path:
@@ -276,8 +265,7 @@ def campaign_runs(root: str | Path = DEFAULT_RUNS_ROOT) -> dict[str, Path]:
         return {}
     found = {}
     for child in sorted(root.iterdir()):
-        if child.is_dir() and ((child / "config.yaml").is_file() or (child / "metrics.jsonl").is_file()
-                               or (child / "eval").is_dir()):
+        if child.is_dir() and is_run_dir(child):
             found[child.name] = child
     order = {n: i for i, n in enumerate(RUN_NAMES)}
     return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))

@@ -12,12 +12,11 @@ One training step (per micro-batch of problems):
 Steps 3-5 are `opsd.step.opsd_loss`; `compute_loss` adds the bookkeeping (timers, finiteness errors that
 name the step and rows, metrics, rollouts.jsonl). Gradient accumulation, checkpointing, mixed precision and
 DDP / DeepSpeed come from `Trainer` and accelerate; `opsd.loop.train_plain` writes the same training out
-in plain PyTorch. The run directory receives config.yaml, metrics.jsonl, rollouts.jsonl and checkpoints.
+in plain PyTorch. The files it writes (config.yaml, metrics.jsonl, rollouts.jsonl, ...): `opsd.rundir`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -30,21 +29,23 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
+from opsd.atomic_io import append_jsonl
 from opsd.config import RunFields
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.diagnostics import divergence_diagnostics
 from opsd.divergence import CLIP_MODES, DEFAULT_CLIP_MODE, LOSS_TYPES, resolve_clip, token_divergence
 from opsd.divergence_chunked import suggest_chunk_size
 from opsd.rollout import SamplingParams, make_rollout_backend
-from opsd.runlog import (
-    RunDirectoryCallback,
-    append_jsonl,
-    check_resume_path,
+from opsd.rundir import (
+    ROLLOUTS_FILE,
     check_run_kind,
+    checkpoint_dir,
+    finished_step,
     last_checkpoint,
-    resume_checkpoint,
-    write_json_atomic,
+    resume_point,
+    write_run_info,
 )
+from opsd.runlog import RunDirectoryCallback
 from opsd.step import NonFiniteScoresError, opsd_loss
 from opsd.teacher import TEACHER_MODES, EMATeacher, teacher_context
 
@@ -254,6 +255,7 @@ class OPSDTrainer(Trainer):
         self._step_times: dict[str, float] = {}
         self.tokens_generated = 0
         self.seen_row_ids: list[list] = []
+        self._rollouts_logged: set[int] = set()  # steps whose rollouts are in rollouts.jsonl (one write per step)
 
     # ------------------------------------------------------------------------------------- one step
 
@@ -361,17 +363,13 @@ class OPSDTrainer(Trainer):
         for key, value in combine_diagnostics(parts).items():
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 self._metrics[key].append(float(value))
-        if (
-            args.log_rollouts_every
-            and step % args.log_rollouts_every == 0
-            and self.accelerator.is_main_process
-            and step not in getattr(self, "_rollouts_logged", set())
-        ):
-            self._rollouts_logged = getattr(self, "_rollouts_logged", set()) | {step}
+        if (args.log_rollouts_every and step % args.log_rollouts_every == 0 and self.accelerator.is_main_process
+                and step not in self._rollouts_logged):
+            self._rollouts_logged.add(step)
             self._write_rollouts(batch, student_logits, teacher_logits, contexts, step, kwargs)
 
     def _write_rollouts(self, batch, student_logits, teacher_logits, contexts, step, kwargs) -> None:
-        path = Path(self.args.output_dir) / "rollouts.jsonl"
+        path = Path(self.args.output_dir) / ROLLOUTS_FILE
         with torch.no_grad():
             for row in range(min(self.args.num_logged_rollouts, batch.loss_mask.shape[0])):
                 m = batch.loss_mask[row]
@@ -391,9 +389,8 @@ class OPSDTrainer(Trainer):
 
         One key per quantity: `loss` is the optimized objective (the Trainer's mean over the step's
         micro-batches and processes), `divergence_mean` the diagnostics' mean clipped D[n] (main process;
-        for loss_type full on one process the same number as `loss`; absent on the fused path). Older
-        runs also logged `objective` (= loss) and `divergence` (a copy of divergence_mean);
-        `opsd.runlog.read_metrics` maps those to the kept keys (`METRIC_ALIASES`).
+        for loss_type full on one process the same number as `loss`; absent on the fused path).
+        `opsd.rundir.read_metrics` reads older runs' `objective` and `divergence` as these two.
         """
         for key, values in self._metrics.items():
             if values:
@@ -406,9 +403,9 @@ class OPSDTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         # The OPSD state goes in first (written to a temporary name, then renamed): the Trainer writes
-        # trainer_state.json last, so a checkpoint that has one is complete (opsd.runlog.checkpoint_problem).
+        # trainer_state.json last, so a checkpoint that has one is complete (opsd.rundir.checkpoint_problem).
         if self.accelerator.is_main_process:
-            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            folder = checkpoint_dir(self.args.output_dir, self.state.global_step)
             folder.mkdir(parents=True, exist_ok=True)
             state = {"tokens_generated": self.tokens_generated, "ema": self.ema.state_dict() if self.ema else None}
             tmp = folder / f".{OPSD_STATE_FILE}.tmp"
@@ -417,42 +414,30 @@ class OPSDTrainer(Trainer):
         super()._save_checkpoint(model, trial)
 
     def train(self, resume_from_checkpoint=None, **kwargs):
-        if resume_from_checkpoint in (True, "auto"):
-            # incomplete checkpoints (a crash during a save) are moved aside with a warning
-            found = resume_checkpoint(self.args.output_dir, required=(OPSD_STATE_FILE,))
-            resume_from_checkpoint = str(found) if found else None
-        elif resume_from_checkpoint:
-            check_resume_path(resume_from_checkpoint, required=(OPSD_STATE_FILE,))
-        if resume_from_checkpoint:
-            done = _checkpoint_step(resume_from_checkpoint)
-            if self.args.max_steps > 0 and done >= self.args.max_steps:
-                # A finished run: load its final weights instead of training past max_steps.
-                logger.warning("run already finished at step %d (%s); nothing to train", done, resume_from_checkpoint)
-                self._load_from_checkpoint(resume_from_checkpoint)
-                self.state.global_step = done
-                self._load_opsd_state(resume_from_checkpoint)
-                return None
-            self._load_opsd_state(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        """`resume_from_checkpoint` True / "auto": the last complete checkpoint of output_dir (incomplete ones,
+        from a crash during a save, are moved aside with a warning); a path: that one; None: from scratch."""
+        point = resume_point(self.args.output_dir, resume_from_checkpoint, required=(OPSD_STATE_FILE,))
+        if point is None:
+            return super().train(resume_from_checkpoint=None, **kwargs)
+        self._load_opsd_state(point)
+        done = finished_step(point, self.args.max_steps)
+        if done is not None:  # a finished run: load its final weights instead of training past its end
+            logger.warning("run already finished at step %d (%s); nothing to train", done, point)
+            self._load_from_checkpoint(str(point))
+            self.state.global_step = done
+            return None
+        return super().train(resume_from_checkpoint=str(point), **kwargs)
 
-    def _load_opsd_state(self, checkpoint) -> None:
-        if checkpoint:
-            state_file = Path(checkpoint) / OPSD_STATE_FILE
-            if state_file.exists():
-                state = torch.load(state_file, map_location="cpu", weights_only=False)
-                self.tokens_generated = int(state.get("tokens_generated", 0))
-                if self.ema is not None and state.get("ema") is not None:
-                    self.ema.load_state_dict(state["ema"])
+    def _load_opsd_state(self, checkpoint: Path) -> None:
+        state_file = checkpoint / OPSD_STATE_FILE
+        if state_file.exists():
+            state = torch.load(state_file, map_location="cpu", weights_only=False)
+            self.tokens_generated = int(state.get("tokens_generated", 0))
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
 
 
 # ---------------------------------------------------------------------------------------- entry point
-
-
-def _checkpoint_step(checkpoint) -> int:
-    state = Path(checkpoint) / "trainer_state.json"
-    if state.exists():
-        return int(json.loads(state.read_text()).get("global_step", 0))
-    return int(Path(checkpoint).name.rsplit("-", 1)[-1])
 
 
 def build_trainer(config: OPSDConfig, *, callbacks=None, model=None, tokenizer=None) -> OPSDTrainer:
@@ -480,16 +465,21 @@ def build_trainer(config: OPSDConfig, *, callbacks=None, model=None, tokenizer=N
     return OPSDTrainer(model, config, dataset, tokenizer, callbacks=callbacks)
 
 
-def run_training(config: OPSDConfig, *, resume: bool | str = "auto", callbacks=None) -> OPSDTrainer:
-    """Train with OPSD and save the final model; resumes from the last checkpoint in output_dir by default.
-    Returns the trainer (its `.model` is the trained student)."""
-    trainer = build_trainer(config, callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=resume if resume else None)
-    trainer.save_model(config.output_dir)
+def train_and_save(trainer: OPSDTrainer, resume: bool | str = "auto") -> OPSDTrainer:
+    """Train (resuming per `resume`, see `OPSDTrainer.train`), then save the final model and run_info.json
+    into output_dir. Returns the trainer (its `.model` is the trained student)."""
+    trainer.train(resume_from_checkpoint=resume or None)
+    trainer.save_model(trainer.args.output_dir)
     if trainer.is_world_process_zero():
-        write_json_atomic(Path(config.output_dir) / "run_info.json",
-                          {"tokens_generated": trainer.tokens_generated, "global_step": trainer.state.global_step}, None)
+        write_run_info(trainer.args.output_dir, global_step=trainer.state.global_step,
+                       tokens_generated=trainer.tokens_generated)
     return trainer
+
+
+def run_training(config: OPSDConfig, *, resume: bool | str = "auto", callbacks=None) -> OPSDTrainer:
+    """Build the trainer from the config, train with OPSD and save (`train_and_save`); resumes from the last
+    checkpoint in output_dir by default."""
+    return train_and_save(build_trainer(config, callbacks=callbacks), resume)
 
 
 def main(argv: list[str]) -> int:

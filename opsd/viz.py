@@ -38,7 +38,7 @@ NEGATIVE_LOSS_NOTE = "loss < 0: clipping lets the optimizer push below zero"
 _NEGATIVE_NOTE_TEXT = NEGATIVE_LOSS_NOTE.replace(": ", ":\n").replace(" push", "\npush")
 _NOTE_STYLE = {"fontsize": 7.5, "color": "#b2182b", "fontweight": "bold", "ha": "left", "va": "bottom",
                "bbox": {"facecolor": "white", "alpha": 0.8, "lw": 0}}
-# the objective's keys (as `opsd.runlog.read_metrics` returns them): a zero line, and the note when negative
+# the objective's keys (as `opsd.rundir.read_metrics` returns them): a zero line, and the note when negative
 _OBJECTIVE_KEYS = ("loss", "divergence_mean")
 
 
@@ -184,7 +184,7 @@ def plot_kl_by_category(measured: Mapping[str, float], paper: Mapping[str, Mappi
 
 def _records(records_or_run_dir) -> list[dict]:
     if isinstance(records_or_run_dir, (str, Path)):
-        from opsd.runlog import read_metrics
+        from opsd.rundir import read_metrics
 
         return read_metrics(records_or_run_dir)
     return list(records_or_run_dir)

@@ -27,6 +27,7 @@ from opsd.baselines import SFTRunConfig, load_baseline_config
 from opsd.config import load_config, parse_overrides
 from opsd.data import load_problems
 from opsd.launch import check_notebook_parameters, resolve_train_overrides
+from opsd.rundir import eval_path, write_eval_json
 from opsd.trainer import OPSDConfig
 from opsd.validation import InputError
 
@@ -287,14 +288,17 @@ def test_eval_json_from_other_settings_is_moved_aside_and_redone(tmp_path, monke
     run = make_run(tmp_path, steps=())
     done = []
 
-    def fake_eval(run_dir, model_name, checkpoints, plan, datasets_, settings, gen, **kwargs):
-        for step, benchmarks in plan.items():
-            for b in benchmarks:
-                done.append((step, b))
-                ev.write_eval_json(ev.eval_path(run_dir, b, step), benchmark=b, step=step, settings=settings[b],
-                                   records=[], summary={"avg_at_k": 0.0})
+    def fake_models(model_name, checkpoints, plan, **kwargs):  # no model: every step of the plan, as is
+        for step in plan:
+            yield step, checkpoints.get(step), None, None, None
 
-    monkeypatch.setattr(ev, "_evaluate_run_hf", fake_eval)
+    def write(run_dir, benchmark, step, **kwargs):
+        done.append((step, benchmark))
+        return write_eval_json(run_dir, benchmark, step, **kwargs)
+
+    monkeypatch.setattr(ev, "_hf_models", fake_models)
+    monkeypatch.setattr(ev, "evaluate", lambda *args, **kwargs: ([], {"avg_at_k": 0.0}))
+    monkeypatch.setattr(ev, "write_eval_json", write)
     ev.evaluate_run(run, "synthetic", k=1, n_problems=2, progress=False)
     assert done == [(0, "synthetic")]
     with caplog.at_level(logging.WARNING):
@@ -302,7 +306,7 @@ def test_eval_json_from_other_settings_is_moved_aside_and_redone(tmp_path, monke
     assert done == [(0, "synthetic")] * 2
     assert "was evaluated with other settings (k: 1 -> 2)" in caplog.text
     assert len(list((run / "eval" / "synthetic" / "replaced").glob("step-0.*.json"))) == 1
-    path = ev.eval_path(run, "synthetic", 0)
+    path = eval_path(run, "synthetic", 0)
     path.write_text(path.read_text()[:50])  # cut by a crash
     ev.evaluate_run(run, "synthetic", k=2, n_problems=2, progress=False)
     assert done == [(0, "synthetic")] * 3 and "is cut off or unreadable" in caplog.text

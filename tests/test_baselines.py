@@ -13,8 +13,6 @@ from opsd.baselines import (
     GRPOMetricNames,
     GRPORunConfig,
     SFTRunConfig,
-    _finished_at,
-    _resume_point,
     boxed_answer_reward,
     completion_text,
     grpo_dataset,
@@ -26,7 +24,7 @@ from opsd.baselines import (
 )
 from opsd.config import check_keys, read_profile
 from opsd.contexts import apply_chat, build_student_messages
-from opsd.runlog import checkpoint_steps, read_metrics
+from opsd.rundir import checkpoint_steps, finished_step, read_metrics, resume_point
 
 BASELINE_PROFILES = [
     "sft-cpu-tiny", "grpo-cpu-tiny",
@@ -167,16 +165,16 @@ def _complete_checkpoint(folder, step):
 
 
 def test_resume_point(tmp_path):
-    config = load_baseline_config("sft", "sft-cpu-tiny", {"output_dir": str(tmp_path)})
-    assert _resume_point(config, "auto") is None
+    assert resume_point(tmp_path, "auto") is None
     _complete_checkpoint(tmp_path / "checkpoint-3", 3)
     _complete_checkpoint(tmp_path / "checkpoint-12", 12)
-    assert _resume_point(config, "auto") == str(tmp_path / "checkpoint-12")
-    assert _resume_point(config, False) is None
+    assert resume_point(tmp_path, "auto") == tmp_path / "checkpoint-12"
+    assert resume_point(tmp_path, False) is None
+    assert resume_point(tmp_path, str(tmp_path / "checkpoint-3")) == tmp_path / "checkpoint-3"
     # a save cut by a crash (only config.json written) is moved aside; the last complete one is used
     (tmp_path / "checkpoint-15").mkdir()
     (tmp_path / "checkpoint-15" / "config.json").write_text("{}")
-    assert _resume_point(config, "auto") == str(tmp_path / "checkpoint-12")
+    assert resume_point(tmp_path, True) == tmp_path / "checkpoint-12"
     assert not (tmp_path / "checkpoint-15").exists()
     assert [p.name.split("-2")[0] for p in (tmp_path / "incomplete").iterdir()] == ["checkpoint-15"]
 
@@ -186,9 +184,10 @@ def test_finished_checkpoint_is_not_trained_again(tmp_path):
     ckpt = tmp_path / "checkpoint-4"
     ckpt.mkdir()
     (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 4, "max_steps": 4}))
-    assert _finished_at(str(ckpt), config) == 4
+    assert finished_step(ckpt, config.max_steps) == 4
     longer = load_baseline_config("sft", "sft-cpu-tiny", {"output_dir": str(tmp_path), "max_steps": 6})
-    assert _finished_at(str(ckpt), longer) is None  # raising max_steps continues the run
+    assert finished_step(ckpt, longer.max_steps) is None  # raising max_steps continues the run
+    assert finished_step(ckpt, -1) == 4  # an epoch-based run: the step count its trainer_state recorded
 
 
 def test_grpo_metric_names_are_added_to_logs():

@@ -1,5 +1,5 @@
 """Tests for opsd.evaluate and its parts: generation (opsd.eval_generation), result files and tables
-(opsd.eval_results), the command line and profiles (opsd.eval_cli), run-directory evaluation."""
+(opsd.rundir), the command line and profiles (opsd.eval_cli), run-directory evaluation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from opsd import eval_cli, eval_generation, eval_results
+from opsd import eval_cli, eval_generation, rundir
 from opsd import evaluate as ev
 from opsd.grading import extract_boxed, is_correct, summarize
 
@@ -76,7 +76,7 @@ def test_vllm_backend_runs_where_vllm_is_installed():
 def _result(step, avg, benchmark="synthetic", k=2):
     records = [_rec(str(i), j, (i + j + step) % 3 == 0) for i in range(3) for j in range(k)]
     summary = summarize(records, k)
-    settings = eval_results.eval_settings(
+    settings = ev.eval_settings(
         k=k,
         temperature=1.0,
         top_p=0.95,
@@ -94,15 +94,15 @@ def _result(step, avg, benchmark="synthetic", k=2):
 def test_eval_json_round_trip_and_summary_table(tmp_path):
     for step in (0, 10, 5):
         records, summary, settings = _result(step, None)
-        eval_results.write_eval_json(
-            eval_results.eval_path(tmp_path, "synthetic", step),
-            benchmark="synthetic",
-            step=step,
+        rundir.write_eval_json(
+            tmp_path,
+            "synthetic",
+            step,
             settings=settings,
             records=records,
             summary=summary,
         )
-    results = eval_results.load_eval_results(tmp_path)
+    results = rundir.load_eval_results(tmp_path)
     assert [r["step"] for r in results] == [0, 5, 10]
     assert set(results[0]) >= {"benchmark", "step", "k", "settings", "summary", "records"}
     assert set(results[0]["settings"]) >= {
@@ -116,7 +116,7 @@ def test_eval_json_round_trip_and_summary_table(tmp_path):
         "n_problems",
         "model",
     }
-    table = eval_results.summary_table(results)
+    table = eval_cli.summary_table(results)
     assert list(table["step"]) == [0, 5, 10]
     assert {"avg@k", "pass@1", "pass@2", "boxed_rate", "mean_tokens"} <= set(table.columns)
     assert list(table.columns[5:7]) == ["avg@k", "maj@k"]
@@ -146,8 +146,8 @@ def test_eval_prompts_use_the_evaluation_profile():
     # the prompt is part of the settings, so a file evaluated with the other prompt is not reused
     common = {"k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8, "thinking": False, "backend": "hf",
               "seed": 0, "n_problems": 1, "model": "m", "batch_size": 1}
-    assert eval_results.eval_settings(**common)["prompt"] == "reference"
-    assert not eval_results.same_eval_settings(eval_results.eval_settings(**common), eval_results.eval_settings(**common, prompt="student"))
+    assert ev.eval_settings(**common)["prompt"] == "reference"
+    assert not rundir.same_eval_settings(ev.eval_settings(**common), ev.eval_settings(**common, prompt="student"))
     assert eval_cli.build_parser().parse_args(["--model", "m"]).prompt == "reference"
     assert eval_cli.build_parser().parse_args(["--model", "m", "--prompt", "student"]).prompt == "student"
 
@@ -190,8 +190,8 @@ def test_completion_budgets_fill_the_context():
     assert [r["truncated"] for r in records] == [True, False]
     common = {"k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8, "thinking": False, "backend": "hf",
               "seed": 0, "n_problems": 1, "model": "m", "batch_size": 1}
-    assert "context_length" not in eval_results.eval_settings(**common)
-    assert eval_results.eval_settings(**common, context_length=32768)["context_length"] == 32768
+    assert "context_length" not in ev.eval_settings(**common)
+    assert ev.eval_settings(**common, context_length=32768)["context_length"] == 32768
 
 
 def test_cli_parser_options():
@@ -325,7 +325,7 @@ def test_evaluate_run_with_a_lora_checkpoint(tmp_path, embedded):
     stamp = (run / "eval" / "synthetic" / "step-5.json").stat().st_mtime_ns
     ev.evaluate_run(run, ["synthetic"], **kwargs)
     assert (run / "eval" / "synthetic" / "step-5.json").stat().st_mtime_ns == stamp
-    table = eval_results.summary_table(eval_results.load_eval_results(run))
+    table = eval_cli.summary_table(rundir.load_eval_results(run))
     assert list(table["step"]) == [0, 5] and list(table["checkpoint"]) == ["base", "checkpoint-5"]
     with pytest.raises(ValueError, match="no checkpoint"):
         ev.evaluate_run(run, "synthetic", steps=[7], **kwargs)

@@ -23,20 +23,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from opsd.runlog import (
-    RunDirectoryCallback,
-    append_jsonl,
+from opsd.atomic_io import append_jsonl, read_jsonl, truncate_jsonl
+from opsd.rundir import (
     check_resume_path,
     checkpoint_problem,
     checkpoint_steps,
     last_checkpoint,
-    read_jsonl,
     read_metrics,
+    read_rollouts,
     resume_checkpoint,
     reusable_eval,
-    truncate_jsonl,
     usable_checkpoints,
 )
+from opsd.runlog import RunDirectoryCallback
 from opsd.validation import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,16 +126,13 @@ def test_evaluation_skips_a_checkpoint_with_cut_weights_but_keeps_weight_only_on
 def test_cut_eval_file_and_other_settings_are_moved_aside(tmp_path, caplog):
     path = tmp_path / "eval" / "synthetic" / "step-0.json"
     path.parent.mkdir(parents=True)
-    def same(a, b):
-        return a == b
-
-    path.write_text(json.dumps({"settings": {"k": 2}, "records": []}))
-    assert reusable_eval(path, {"k": 2}, same)
+    path.write_text(json.dumps({"settings": {"k": 2, "batch_size": 8}, "records": []}))
+    assert reusable_eval(path, {"k": 2, "batch_size": 1})  # the batch size does not change the results
     with caplog.at_level(logging.WARNING):
-        assert not reusable_eval(path, {"k": 4}, same)
+        assert not reusable_eval(path, {"k": 4, "batch_size": 8})
     assert "other settings (k: 2 -> 4)" in caplog.text and not path.exists()
     path.write_text('{"settings": {"k": 4}, "reco')
-    assert not reusable_eval(path, {"k": 4}, same) and not path.exists()
+    assert not reusable_eval(path, {"k": 4}) and not path.exists()
     assert len(list((path.parent / "replaced").iterdir())) == 2
 
 
@@ -169,7 +165,7 @@ def test_resume_cuts_metrics_and_rollouts_back_to_the_checkpoint(tmp_path):
     callback = RunDirectoryCallback(extra={"run_kind": "opsd"})
     callback.on_train_begin(args, SimpleNamespace(is_world_process_zero=True, global_step=2), None)
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
-    assert [r["step"] for r in read_jsonl(tmp_path / "rollouts.jsonl")] == [1, 2]
+    assert [r["step"] for r in read_rollouts(tmp_path)] == [1, 2]
     assert "kind: train" in (tmp_path / "config.yaml").read_text()
     callback.on_train_begin(args, SimpleNamespace(is_world_process_zero=True, global_step=0), None)
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "rollouts.jsonl").exists()

@@ -19,7 +19,7 @@ from opsd import paper_data as pdata
 from opsd import viz
 from opsd.config import load_config, parse_overrides, save_config, upgrade_legacy_spellings
 from opsd.divergence import CLIP_MODES, LOSS_TYPES
-from opsd.runlog import METRIC_ALIASES, canonical_metrics, read_metrics
+from opsd.rundir import METRIC_ALIASES, canonical_metrics, read_metrics
 from opsd.teacher import TEACHER_MODES
 from opsd.trainer import OPSDConfig
 from opsd.validation import InputError

@@ -44,6 +44,8 @@ def test_train_notebook_trains_and_reports(tmp_path):
     assert "synthetic-paraphrased" in text and "  ->  after " in text  # the summary's before -> after lines
     assert "Warning" not in text, "library warnings in the notebook's outputs"
     assert (run_dir / "checkpoint-2").is_dir() and (run_dir / "config.yaml").exists()
+    info = json.loads((run_dir / "run_info.json").read_text())  # make demo writes it as python -m opsd train does
+    assert info["global_step"] == 2 and info["tokens_generated"] == metrics[-1]["tokens_generated"]
 
 
 def test_train_notebook_rejects_unknown_parameters(tmp_path):
