@@ -155,8 +155,8 @@ def test_unknown_override_key_lists_valid_keys():
 
 def _complete_checkpoint(folder, step):
     """A minimal complete checkpoint: LoRA adapter (whole safetensors file) and trainer_state.json."""
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text(json.dumps({"r": 4}))
