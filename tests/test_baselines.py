@@ -24,7 +24,7 @@ from opsd.baselines import (
 )
 from opsd.config import check_keys, read_profile
 from opsd.contexts import apply_chat, build_student_messages
-from opsd.rundir import checkpoint_steps, finished_step, read_metrics, resume_point
+from opsd.rundir import checkpoint_steps, finished_step, read_metrics
 
 BASELINE_PROFILES = [
     "sft-cpu-tiny", "grpo-cpu-tiny",
@@ -151,32 +151,6 @@ def test_unknown_override_key_lists_valid_keys():
         load_baseline_config("sft", "grpo-cpu-tiny")
     with pytest.raises(ValueError, match="unknown reward function"):
         load_baseline_config("grpo", "grpo-cpu-tiny", {"reward_functions": ["length"]})
-
-
-def _complete_checkpoint(folder, step):
-    """A minimal complete checkpoint: LoRA adapter (whole safetensors file) and trainer_state.json."""
-    import torch
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"r": 4}))
-    save_file({"w": torch.zeros(2)}, str(folder / "adapter_model.safetensors"))
-    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-
-
-def test_resume_point(tmp_path):
-    assert resume_point(tmp_path, "auto") is None
-    _complete_checkpoint(tmp_path / "checkpoint-3", 3)
-    _complete_checkpoint(tmp_path / "checkpoint-12", 12)
-    assert resume_point(tmp_path, "auto") == tmp_path / "checkpoint-12"
-    assert resume_point(tmp_path, False) is None
-    assert resume_point(tmp_path, str(tmp_path / "checkpoint-3")) == tmp_path / "checkpoint-3"
-    # a save cut by a crash (only config.json written) is moved aside; the last complete one is used
-    (tmp_path / "checkpoint-15").mkdir()
-    (tmp_path / "checkpoint-15" / "config.json").write_text("{}")
-    assert resume_point(tmp_path, True) == tmp_path / "checkpoint-12"
-    assert not (tmp_path / "checkpoint-15").exists()
-    assert [p.name.split("-2")[0] for p in (tmp_path / "incomplete").iterdir()] == ["checkpoint-15"]
 
 
 def test_finished_checkpoint_is_not_trained_again(tmp_path):

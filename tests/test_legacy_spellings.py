@@ -19,7 +19,7 @@ from opsd import paper_data as pdata
 from opsd import viz
 from opsd.config import load_config, parse_overrides, save_config, upgrade_legacy_spellings
 from opsd.divergence import CLIP_MODES, LOSS_TYPES
-from opsd.rundir import METRIC_ALIASES, canonical_metrics, read_metrics
+from opsd.rundir import read_metrics
 from opsd.teacher import TEACHER_MODES
 from opsd.trainer import OPSDConfig
 from opsd.validation import InputError
@@ -113,17 +113,6 @@ def _old_metrics(n: int = 3) -> list[dict]:
     """metrics.jsonl records as OPSD runs wrote them before: objective and divergence beside loss and
     divergence_mean (the same numbers)."""
     return [{**m, "objective": m["loss"], "divergence": m["divergence_mean"]} for m in opsd_metrics(n)]
-
-
-def test_metric_aliases_map_old_keys_to_the_kept_ones():
-    assert METRIC_ALIASES == {"objective": "loss", "divergence": "divergence_mean"}
-    new = {"step": 1, "loss": 0.5, "divergence_mean": 0.4}
-    assert canonical_metrics(new) is new
-    assert canonical_metrics({"step": 1, "loss": 0.5, "objective": 0.5, "divergence_mean": 0.4, "divergence": 0.4}) == new
-    # a record holding only the old keys (e.g. a log line without the Trainer's loss) keeps its values
-    assert canonical_metrics({"step": 2, "objective": 0.25, "divergence": 0.125}) == {
-        "step": 2, "loss": 0.25, "divergence_mean": 0.125}
-    assert canonical_metrics({"step": 3, "loss": None, "objective": 0.1}) == {"step": 3, "loss": 0.1}
 
 
 def test_an_old_run_directory_reads_like_a_new_one(tmp_path):
