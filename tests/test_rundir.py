@@ -1,4 +1,5 @@
-"""Tests for opsd.rundir: checkpoint completeness and discovery, resume point, evaluation files, metrics keys.
+"""Tests for opsd.rundir: file names, checkpoint completeness and discovery, resume point, the final model,
+evaluation files, metrics keys.
 
 The checkpoint folders are built by hand as a kill leaves them (a folder with only config.json, a cut
 trainer_state.json or weights file). Whole training runs killed and resumed: tests/test_faults.py.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,16 @@ from safetensors.torch import save_file
 
 from opsd.rundir import (
     METRIC_ALIASES,
+    benchmark_slug,
     canonical_metrics,
     check_resume_path,
+    checkpoint_dir,
     checkpoint_problem,
     checkpoint_steps,
+    eval_path,
+    export_final_model,
+    find_latest_run,
+    is_run_dir,
     last_checkpoint,
     resume_checkpoint,
     resume_point,
@@ -27,6 +35,25 @@ from opsd.rundir import (
     usable_checkpoints,
 )
 from opsd.validation import InputError
+
+# ------------------------------------------------------------------------------------------ file names
+
+
+def test_file_names_of_a_run_directory(tmp_path):
+    assert checkpoint_dir(tmp_path, 4) == tmp_path / "checkpoint-4"
+    assert benchmark_slug("aime24") == "aime24"  # a known benchmark: its name
+    local = tmp_path / "my bench.jsonl"
+    local.write_text("")
+    assert benchmark_slug(str(local)) == "my_bench"  # a local file: its stem, other characters as _
+    assert benchmark_slug("org/some set") == "org_some_set"
+    assert eval_path(tmp_path, str(local), 0) == tmp_path / "eval" / "my_bench" / "step-0.json"
+    assert not is_run_dir(tmp_path)
+    (tmp_path / "eval").mkdir()
+    assert is_run_dir(tmp_path)  # evaluations alone make a run directory
+    (tmp_path / "eval").rmdir()
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert is_run_dir(tmp_path)
+
 
 # ------------------------------------------------------------------------------------------ checkpoints
 
@@ -146,6 +173,35 @@ def test_resume_point(tmp_path):
     assert resume_point(tmp_path, True) == tmp_path / "checkpoint-12"
     assert not (tmp_path / "checkpoint-15").exists()
     assert [p.name.split("-2")[0] for p in (tmp_path / "incomplete").iterdir()] == ["checkpoint-15"]
+
+
+# ------------------------------------------------------------------------------------------ final model, latest run
+
+
+def test_export_final_model_leaves_the_training_state_behind(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "checkpoint-2", 2)
+    (ckpt / "rng_state_1.pth").write_bytes(b"")
+    (ckpt / "tokenizer.json").write_text("{}")
+    export_final_model(ckpt, tmp_path, state_files=("opsd_state.pt",))
+    exported = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert exported == ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json"]
+    assert (tmp_path / "adapter_model.safetensors").read_bytes() == (ckpt / "adapter_model.safetensors").read_bytes()
+
+
+def test_find_latest_run_with_a_checkpoint_and_the_profile(tmp_path):
+    assert find_latest_run(tmp_path) is None
+    for age, (name, profile, step) in enumerate([("new-gpu", "gpu", 2), ("old", "cpu-tiny", 2),
+                                                 ("newer", "cpu-tiny", 2), ("newest-no-ckpt", "cpu-tiny", None)]):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text(f"kind: train\nprofile: {profile}\n")
+        if step:
+            (run / f"checkpoint-{step}").mkdir()
+        os.utime(run / "config.yaml", (1000 + age, 1000 + age))
+    os.utime(tmp_path / "new-gpu" / "config.yaml", (2000, 2000))
+    assert find_latest_run(tmp_path) == tmp_path / "newer"  # cpu-tiny, with a checkpoint, the latest
+    assert find_latest_run(tmp_path, profile=None) == tmp_path / "new-gpu"
+    assert find_latest_run(tmp_path, profile="sft-cpu-tiny") is None
 
 
 # ------------------------------------------------------------------------------------------ metrics
