@@ -16,10 +16,10 @@ def main(out_dir: str) -> None:
     _, tok = load_model_and_tokenizer()
     torch.manual_seed(0)
     model = tiny_qwen3(vocab_size=len(tok), hidden_size=32, num_layers=1, seed=0)
-    config = load_config(OPSDConfig, "cpu-tiny", dict(
-        output_dir=out_dir, max_steps=2, save_steps=2, per_device_train_batch_size=2, max_completion_length=4,
-        lora_r=4, lora_alpha=8, teacher_mode="dynamic", max_length=256, learning_rate=1e-2, report_to="none",
-    ))
+    config = load_config(OPSDConfig, "cpu-tiny", {
+        "output_dir": out_dir, "max_steps": 2, "save_steps": 2, "per_device_train_batch_size": 2, "max_completion_length": 4,
+        "lora_r": 4, "lora_alpha": 8, "teacher_mode": "dynamic", "max_length": 256, "learning_rate": 1e-2, "report_to": "none",
+    })
     from peft import get_peft_model
 
     model = get_peft_model(model, config.lora_settings().to_peft())

@@ -23,10 +23,10 @@ from opsd.trainer import NonFiniteLossError, OPSDConfig, OPSDTrainer, combine_di
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(
-    max_steps=2, per_device_train_batch_size=2, max_completion_length=6, save_steps=1, logging_steps=1,
-    log_rollouts_every=1, lora_r=4, lora_alpha=8, learning_rate=1e-3, max_length=256, dataset_size=16,
-)
+TINY = {
+    "max_steps": 2, "per_device_train_batch_size": 2, "max_completion_length": 6, "save_steps": 1, "logging_steps": 1,
+    "log_rollouts_every": 1, "lora_r": 4, "lora_alpha": 8, "learning_rate": 1e-3, "max_length": 256, "dataset_size": 16,
+}
 
 
 def make_trainer(tmp_path, callbacks=None, data=None, model=None, **overrides):
@@ -132,7 +132,7 @@ def test_efficient_paths_and_loss_types_on_one_rollout(tmp_path):
             ctx = build_dual_contexts(trainer.tokenizer, batch["problem"], batch["solution"])
             fixed_rollout = trainer.rollout_backend.generate(ctx.student.input_ids, ctx.student.attention_mask,
                                                              trainer.sampling)
-        trainer.rollout_backend.generate = lambda *a, **k: fixed_rollout
+        trainer.rollout_backend.generate = lambda *a, _rollout=fixed_rollout, **k: _rollout
         loss = trainer.compute_loss(trainer.model, batch)
         loss.backward()
         grads = [p.grad.norm() for p in trainer.model.parameters() if p.requires_grad and p.grad is not None]
@@ -157,7 +157,7 @@ class StopAfter(TrainerCallback):
 
 
 def test_resume_continues_steps_data_order_ema_and_metrics(tmp_path):
-    settings = dict(max_steps=4, save_steps=2, teacher_mode="ema", ema_decay=0.5, seed=3)
+    settings = {"max_steps": 4, "save_steps": 2, "teacher_mode": "ema", "ema_decay": 0.5, "seed": 3}
     full = make_trainer(tmp_path / "full", **settings)
     full.train()
     with pytest.raises(KeyboardInterrupt):
@@ -234,7 +234,7 @@ def test_two_process_run(tmp_path):
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            str(REPO / "tests" / "dist_worker.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world_size"] for r in reports] == [2, 2]
