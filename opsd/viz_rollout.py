@@ -69,7 +69,11 @@ def divergence_colors(values, *, vmax: float | None = None, cmap: str | None = N
     centred on 0, negative blue, positive red.
     """
     values = _as_floats(values)
-    norm, colormap = _norm_and_cmap(values, vmax, cmap)
+    return _scale_colors(values, *_norm_and_cmap(values, vmax, cmap))
+
+
+def _scale_colors(values: Sequence[float], norm, colormap) -> list[str | None]:
+    """Hex colour of each value under one colour scale (None for NaN)."""
     return [mpl.colors.to_hex(colormap(norm(v)), keep_alpha=False) if math.isfinite(v) else None for v in values]
 
 
@@ -161,14 +165,11 @@ def special_tokens_html(text: str, special, *, title: str | None = None) -> str:
             "</div></div>")
 
 
-def plot_divergence_heatmap(tokens: Sequence[str], values, *, ax=None, width: int = 80, vmax: float | None = None,
-                            cmap: str | None = None, title: str | None = None, fontsize: float = 9.0):
-    """The heatmap as a figure: token boxes wrapped at ``width`` characters, coloured by D[n], plus a colour bar.
+def _token_layout(tokens: Sequence[str], width: int):
+    """Token boxes in monospace character cells: ([(x0, line, n_chars, shown text)], n_lines, widest line).
 
-    Newline tokens end a line. One rectangle patch per token. Returns the Figure.
+    Lines wrap at ``width`` characters; newline tokens end a line.
     """
-    tokens, values, colors, norm, colormap = _heatmap(tokens, values, vmax, cmap)
-    # Layout in character cells (monospace): x in [0, width), one row per line.
     layout, x, line = [], 0, 0
     for token in tokens:
         shown = visible_token(token)
@@ -181,8 +182,37 @@ def plot_divergence_heatmap(tokens: Sequence[str], values, *, ax=None, width: in
             x, line = 0, line + 1
     n_lines = max((row for _, row, _, _ in layout), default=0) + 1
     used = max((x0 + n for x0, _, n, _ in layout), default=1)  # widest line, in characters
-    char_in = 0.6 * fontsize / 72.0
-    line_in = 2.4 * fontsize / 72.0
+    return layout, n_lines, used
+
+
+def _draw_token_boxes(ax, layout, colors, *, n_lines: int, used: int, fontsize: float, title: str | None) -> None:
+    """One rectangle patch (coloured) and one text per token of ``_token_layout`` on ``ax``, axis off."""
+    for (x0, row, n, shown), color in zip(layout, colors):
+        ax.add_patch(mpl.patches.Rectangle((x0, row + 0.08), n, 0.84, facecolor=color or "none",
+                                           edgecolor="#dddddd", linewidth=0.3))
+        ax.text(x0 + n / 2, row + 0.5, shown, ha="center", va="center", fontsize=fontsize,
+                family="monospace", color=_text_color(color))
+    ax.set_xlim(0, used)
+    ax.set_ylim(n_lines, 0)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, loc="left")
+
+
+def _token_cell_inches(fontsize: float) -> tuple[float, float]:
+    """(width of one monospace character, height of one token line) in inches at ``fontsize``."""
+    return 0.6 * fontsize / 72.0, 2.4 * fontsize / 72.0
+
+
+def plot_divergence_heatmap(tokens: Sequence[str], values, *, ax=None, width: int = 80, vmax: float | None = None,
+                            cmap: str | None = None, title: str | None = None, fontsize: float = 9.0):
+    """The heatmap as a figure: token boxes wrapped at ``width`` characters, coloured by D[n], plus a colour bar.
+
+    Newline tokens end a line. One rectangle patch per token. Returns the Figure.
+    """
+    tokens, values, colors, norm, colormap = _heatmap(tokens, values, vmax, cmap)
+    layout, n_lines, used = _token_layout(tokens, width)
+    char_in, line_in = _token_cell_inches(fontsize)
     with styled():
         cax = None
         if ax is None:
@@ -196,16 +226,7 @@ def plot_divergence_heatmap(tokens: Sequence[str], values, *, ax=None, width: in
             cax = fig.add_axes(((0.2 + text_w) / fig_w, (top - bar_h) / fig_h, 0.12 / fig_w, bar_h / fig_h))
         else:
             fig = ax.figure
-        for (x0, row, n, shown), color in zip(layout, colors):
-            ax.add_patch(mpl.patches.Rectangle((x0, row + 0.08), n, 0.84, facecolor=color or "none",
-                                               edgecolor="#dddddd", linewidth=0.3))
-            ax.text(x0 + n / 2, row + 0.5, shown, ha="center", va="center", fontsize=fontsize,
-                    family="monospace", color=_text_color(color))
-        ax.set_xlim(0, used)
-        ax.set_ylim(n_lines, 0)
-        ax.set_axis_off()
-        if title:
-            ax.set_title(title, loc="left")
+        _draw_token_boxes(ax, layout, colors, n_lines=n_lines, used=used, fontsize=fontsize, title=title)
         mappable = mpl.cm.ScalarMappable(norm=norm, cmap=colormap)
         if cax is not None:
             fig.colorbar(mappable, cax=cax, label="D[n]")
