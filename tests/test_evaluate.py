@@ -176,6 +176,54 @@ def test_evaluation_profiles_load_and_set_the_command_line_defaults():
     assert args.k == 4 and args.context_length is None and not args.thinking
 
 
+def test_eval_request_follows_the_run_then_the_profile_then_the_caller(tmp_path):
+    """opsd.eval_cli.eval_request: what reproduce/eval.ipynb and python -m opsd eval evaluate a run with."""
+    import inspect
+
+    import yaml
+
+    from opsd.config import read_profile
+
+    # a cpu-tiny run: the demo's held-out check (train.ipynb's heldout_accuracy), greedy, its 64 tokens
+    tiny = eval_cli.eval_request(read_profile("cpu-tiny"))
+    assert (tiny.benchmarks, tiny.k, tiny.temperature, tiny.max_new_tokens, tiny.n_problems, tiny.batch_size) == (
+        "synthetic,synthetic-paraphrased", 1, 0.0, 64, 200, 64)
+    assert tiny.prompt == inspect.signature(ev.heldout_accuracy).parameters["prompt"].default == "reference"
+    assert not tiny.thinking and tiny.sources["max_new_tokens"] == "run config.yaml"
+    assert tiny.settings() == {"k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64,
+                               "context_length": None, "thinking": False, "prompt": "reference", "backend": "hf",
+                               "n_problems": 200, "batch_size": 64, "seed": 0}
+    assert eval_cli.eval_request({"dataset": "synthetic", "student_chat_kwargs": {"enable_thinking": True}}).thinking
+    # the caller wins; None is "not given"; a k above 1 asks for sampling; "all" problems
+    given = eval_cli.eval_request(read_profile("cpu-tiny"), k=4, n_problems="all", max_new_tokens=None)
+    assert (given.k, given.temperature, given.top_p, given.n_problems, given.max_new_tokens) == (4, 1.0, 0.95, None, 64)
+    assert given.sources["k"] == "given" and given.sources["temperature"] == "default"
+    assert eval_cli.eval_request(read_profile("cpu-tiny"), temperature=0.7).k == 4
+    # a Qwen3 run: its token budget, every problem; the paper's profile over it
+    qwen = eval_cli.eval_request(read_profile("qwen3-1.7b-4xh100"))
+    assert (qwen.max_new_tokens, qwen.k, qwen.n_problems, qwen.benchmarks) == (1024, 4, None, "synthetic")
+    paper = eval_cli.eval_request(read_profile("qwen3-1.7b-4xh100"), profile="eval-paper", k=2)
+    assert (paper.max_new_tokens, paper.k, paper.thinking, paper.backend) == (38912, 2, True, "vllm")
+    assert paper.sources["max_new_tokens"] == "profile eval-paper"
+    # no run: the command line's defaults
+    assert eval_cli.eval_request().settings() == {k: v for k, v in eval_cli.EVAL_DEFAULTS.items() if k != "benchmarks"}
+    with pytest.raises(ValueError, match="unknown evaluation setting"):
+        eval_cli.eval_request(None, top_q=0.5)
+    with pytest.raises(ValueError, match="unknown evaluation prompt"):
+        eval_cli.eval_request(None, prompt="nope")
+    # the command line: flags not given come from --run's config.yaml, explicit ones win
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({**read_profile("cpu-tiny"), "max_completion_length": 48}))
+    args = eval_cli.parse_args(["--run", str(run)])
+    assert (args.k, args.temperature, args.max_new_tokens, args.limit, args.batch_size) == (1, 0.0, 48, 200, 64)
+    assert args.benchmarks == "synthetic,synthetic-paraphrased"
+    args = eval_cli.parse_args(["--run", str(run), "--k", "4", "--limit", "all", "--benchmarks", "synthetic"])
+    assert (args.k, args.temperature, args.limit, args.benchmarks) == (4, 1.0, None, "synthetic")
+    args = eval_cli.parse_args(["--run", str(tmp_path / "missing")])  # evaluate_run reports the missing run
+    assert args.k == 4 and args.max_new_tokens == 1024
+
+
 def test_completion_budgets_fill_the_context():
     assert eval_generation.completion_budgets([100, 30000, 32000], 32768, 32768) == [32668, 2768, 768]
     assert eval_generation.completion_budgets([10], 64, 32768) == [64]  # max_new_tokens still caps
