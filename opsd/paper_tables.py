@@ -153,6 +153,90 @@ def imitation_vs_self_distillation_table(records: Mapping[str, RunRecord], bench
     return df
 
 
+#: Share of a run's answers cut at the token limit from which the findings name it.
+_CUT_SHARE_NAMED = 0.5
+#: How the findings name each panel's references.
+_REFERENCE_WORDS = {"worked": "worked", "terse": "terse", "verbose": "long-winded"}
+
+
+def _number(value) -> float | None:
+    """A table cell as a float, None for a missing one (None or NaN)."""
+    return None if value is None or math.isnan(float(value)) else float(value)
+
+
+def imitation_findings(records: Mapping[str, RunRecord], table) -> str:
+    """What the runs of ``imitation_vs_self_distillation_table`` measured, as Markdown built from that table
+    (``table``: its DataFrame, or None) and the runs' eval files: the protocol and the starting model's accuracy;
+    per panel each run's accuracy at every evaluated step (the last with its 95% interval and the training
+    problems seen by then), answers cut at the token limit (when at least half are), and the two methods
+    compared at their last steps (a winner only where the intervals separate); then each method's gain over the
+    starting model per kind of references. ``reproduce/figures.ipynb`` displays it, so that no number of the
+    campaign is typed into the notebook."""
+    from opsd.stats import proportion
+
+    if table is None:
+        return "**What these runs measured:** nothing; the runs this comparison needs are missing (note above)."
+    bench, panels = table.attrs["benchmark"], table.attrs["panels"]
+
+    def method(name: str) -> str:
+        return "self-distillation" if records[name].kind == "opsd" else "imitation"
+
+    def measured(name: str):
+        """(rows by step, {step: Proportion}) of one run in the table."""
+        rows = table.loc[[name]].sort_values("step")
+        return rows, {int(r["step"]): proportion(int(r["correct"]), int(r["n"])) for _, r in rows.iterrows()}
+
+    def pct(prop, interval: bool = False) -> str:
+        text = f"{100 * prop.value:.1f}%"
+        return text + (f" [{100 * prop.lo:.1f}, {100 * prop.hi:.1f}]" if interval else "")
+
+    first = panels[0][1][0]
+    rows, props = measured(first)
+    head = f"**What these runs measured** ({eval_label(records[first].eval_at(bench, int(rows['step'].iloc[-1])))}"
+    if 0 in props:
+        head += f"; every run starts from {model_label(records[first].config)}: {pct(props[0], True)} at step 0"
+    lines = [head + "; one run each):"]
+    gains: dict[str, list[str]] = {"self-distillation": [], "imitation": []}
+    for references, pair in panels:
+        words = _REFERENCE_WORDS.get(references, references)
+        parts, finals = [], {}
+        for name in pair:
+            rows, props = measured(name)
+            steps = sorted(props)
+            last, final = steps[-1], rows.iloc[-1]
+            finals[name] = props[last]
+            path = [pct(props[0])] if 0 in props and last != 0 else []
+            path += [f"{pct(props[s])} (step {s})" for s in steps if 0 < s < last]
+            seen = _number(final["problems seen"])
+            path.append(f"{pct(props[last], True)} (step {last}"
+                        + ("" if seen is None else f", {int(seen)} training problems seen") + ")")
+            text = f"{name} " + " -> ".join(path)
+            evaluation = records[name].eval_at(bench, last) or {}
+            cut = (evaluation.get("summary") or {}).get("truncated_rate")
+            if cut is not None and cut >= _CUT_SHARE_NAMED:
+                limit = (evaluation.get("settings") or {}).get("max_new_tokens", "?")
+                text += f", {cut:.0%} of its answers cut at the {limit}-token limit"
+            if 0 in props and last != 0 and props[last].value < props[0].value and not props[last].overlaps(props[0]):
+                text += ", below the starting model"
+            parts.append(text)
+            if (change := _number(final["vs start (points)"])) is not None:
+                gains[method(name)].append(f"{change:+.1f} points with {words} references")
+        verdict = ""
+        if len(finals) == 2:
+            (a, pa), (b, pb) = finals.items()
+            if pa.k * pb.n == pb.k * pa.n:
+                verdict = ": the same accuracy"
+            else:
+                ahead = method(a if pa.value > pb.value else b)
+                verdict = (f": {ahead} ahead, with overlapping intervals (no winner on this many problems)"
+                           if pa.overlaps(pb) else f": {ahead} wins, the intervals separated")
+        lines.append(f"- {words} references: " + "; ".join(parts) + verdict + ";")
+    lines[-1] = lines[-1][:-1] + "."
+    lines += [f"\nGain of {kind} over the starting model at its last evaluated step: {', '.join(items)}."
+              for kind, items in gains.items() if items]
+    return "\n".join(lines)
+
+
 def _paper_model(records: Mapping[str, RunRecord], paper_section: Mapping, paper_model: str | None) -> str:
     models = [k for k in paper_section if k not in ("benchmarks", "steps", "categories")]
     if paper_model is not None:

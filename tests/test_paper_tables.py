@@ -13,6 +13,7 @@ import yaml
 from fake_runs import (
     BENCH,
     OPSD_CONFIG,
+    SFT_CONFIG,
     opsd_metrics,
     write_run,
 )
@@ -133,6 +134,39 @@ def test_imitation_table_has_every_checkpoint_with_intervals_and_problems_seen(f
         partial = {n: r for n, r in records.items() if n != missing}
         assert pt.imitation_vs_self_distillation_table(partial, [BENCH]) is None
         assert pf.imitation_vs_self_distillation(partial, [BENCH]) is None
+
+
+def test_imitation_findings_are_written_from_the_eval_files(full_runs):
+    """The paragraph figures.ipynb displays under the imitation table: every number from the runs."""
+    import json
+
+    cut = full_runs / "SFT-verbose" / "eval" / BENCH / "step-4.json"
+    data = json.loads(cut.read_text())
+    data["summary"]["truncated_rate"] = 1.0
+    cut.write_text(json.dumps(data))
+    records = load_runs(str(full_runs))
+    text = pt.imitation_findings(records, pt.imitation_vs_self_distillation_table(records, [BENCH]))
+    assert text.startswith("**What these runs measured** (synthetic held-out, 64 problems, greedy, <=96 tokens")
+    assert "every run starts from smollm2-135m-instruct: 25.0% [16.0, 36.8] at step 0" in text
+    assert ("- worked references: OPSD 25.0% -> 50.0% (step 2) -> 75.0% [63.2, 84.0] (step 4, 32 training problems "
+            "seen); SFT 25.0% -> 20.3% (step 2) -> 12.5% [6.5, 22.8]") in text
+    assert "self-distillation wins, the intervals separated" in text
+    assert "SFT-verbose 25.0% -> 0.0% (step 2) -> 0.0% [0.0, 5.7] (step 4, 32 training problems seen), 100% of its " \
+           "answers cut at the 96-token limit, below the starting model" in text
+    assert "Gain of self-distillation over the starting model at its last evaluated step: +50.0 points with worked " \
+           "references, +25.0 points with terse references, +37.5 points with long-winded references." in text
+    # overlapping intervals: a leader, no winner
+    write_run(full_runs / "SFT", SFT_CONFIG, [{"step": s, "loss": 1.0, "run_kind": "sft"} for s in (1, 2, 3, 4)],
+              {0: 0.25, 2: 0.5, 4: 0.7})
+    records = load_runs(str(full_runs))
+    text = pt.imitation_findings(records, pt.imitation_vs_self_distillation_table(records, [BENCH]))
+    worked = next(line for line in text.splitlines() if line.startswith("- worked"))
+    assert worked.endswith("self-distillation ahead, with overlapping intervals (no winner on this many problems);")
+    # without the long-winded pair its line is left out; without the required runs nothing is claimed
+    partial = {n: r for n, r in records.items() if n not in ("OPSD-verbose", "SFT-verbose")}
+    text = pt.imitation_findings(partial, pt.imitation_vs_self_distillation_table(partial, [BENCH]))
+    assert "long-winded" not in text and text.splitlines()[2].startswith("- terse") and text.splitlines()[2][-1] == "."
+    assert "nothing" in pt.imitation_findings(records, None)
 
 
 def test_table5_category_means_first_step_and_count_weighted(full_runs):

@@ -101,3 +101,15 @@ def test_notebook_is_committed_clean(name):
     nb = json.loads((REPO / "reproduce" / name).read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "clear the outputs"
+
+
+def test_figures_notebook_types_no_campaign_number():
+    """figures.ipynb's prose about the campaign is built from the runs (opsd.paper_tables.imitation_findings):
+    no accuracy is typed into its markdown."""
+    import re
+
+    nb = json.loads((REPO / "reproduce" / "figures.ipynb").read_text())
+    markdown = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert not re.findall(r"(?<![\d.])(?!95\s*%)\d+(?:\.\d+)?\s*%", markdown)  # 95%: the intervals' level
+    code = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert "display(Markdown(findings))" in code and "imitation_findings(records, ti)" in code
