@@ -1,6 +1,7 @@
 # opsd-kit: two commands on a fresh machine.
 #   make demo   CPU training run of reproduce/train.ipynb on the embedded model and synthetic data
 #   make test   the test suite (notebooks included)
+# Also: make lab (JupyterLab), make notebooks (executed copies in notebooks/executed/), make figures, make benchmark.
 # Each installs what it needs into .venv/ first.
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 
-.PHONY: setup demo test test-fast lab figures benchmark benchmark-step clean-runs
+.PHONY: setup demo test test-fast lab notebooks figures benchmark benchmark-step clean-runs
 
 setup: $(STAMP)
 
@@ -39,6 +40,9 @@ test-fast: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=.
+
+notebooks: setup
+	$(PY) -m opsd.notebook_runner
 
 figures: setup
 	$(PY) -m opsd.figure_runs

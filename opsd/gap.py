@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -29,7 +29,8 @@ from opsd.stats import Proportion, proportion
 
 @dataclass
 class GapReport:
-    """The numbers of ``privilege_gap``; ``student`` / ``teacher`` are accuracies with 95% intervals."""
+    """The numbers of ``privilege_gap``; ``student`` / ``teacher`` are accuracies with 95% intervals,
+    ``student_correct`` / ``teacher_correct`` the per-problem grades behind them (problem order)."""
 
     n: int
     student: Proportion
@@ -37,10 +38,23 @@ class GapReport:
     mean_token_kl: float
     rollout_tokens: int
     model: str = ""
+    student_correct: list[bool] = field(default_factory=list)
+    teacher_correct: list[bool] = field(default_factory=list)
+    student_answers: list[str | None] = field(default_factory=list)  # the last \\boxed{} of each answer
+    teacher_answers: list[str | None] = field(default_factory=list)
 
     @property
     def accuracy_gap(self) -> float:
         return self.teacher.value - self.student.value
+
+    def outcome_counts(self) -> dict[str, int]:
+        """The per-problem 2x2 table: ``{"both right", "teacher only", "student only", "both wrong"}``.
+        "teacher only" (teacher right, student wrong) is what OPSD can teach; "student only" is what the
+        privileged context costs."""
+        pairs = list(zip(self.student_correct, self.teacher_correct))
+        return {"both right": sum(s and t for s, t in pairs), "teacher only": sum(t and not s for s, t in pairs),
+                "student only": sum(s and not t for s, t in pairs),
+                "both wrong": sum(not s and not t for s, t in pairs)}
 
     def as_dict(self) -> dict:
         return asdict(self) | {"accuracy_gap": self.accuracy_gap}
@@ -78,7 +92,8 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
     from opsd.teacher import teacher_context
 
     n = len(problems)
-    correct = {"student": 0, "teacher": 0}
+    correct: dict[str, list[bool]] = {"student": [], "teacher": []}
+    boxed: dict[str, list[str | None]] = {"student": [], "teacher": []}
     kl_sum, kl_count = 0.0, 0
     sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=rollout_tokens)
     was_training = model.training
@@ -95,7 +110,8 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
                     with teacher_context(model, teacher_mode) if role == "teacher" else nullcontext():
                         texts = _greedy_answers(model, tokenizer, batch.input_ids, batch.attention_mask,
                                                 max_new_tokens)
-                    correct[role] += sum(bool(is_correct(extract_boxed(t), a)) for t, a in zip(texts, answers[sl]))
+                    boxed[role] += [extract_boxed(t) for t in texts]
+                    correct[role] += [bool(is_correct(b, a)) for b, a in zip(boxed[role][start:], answers[sl])]
                 rollout = HFRollout(model, tokenizer).generate(ctx.student.input_ids, ctx.student.attention_mask,
                                                                sampling)
                 joined = join_rollout(ctx, rollout.completion_ids, rollout.completion_mask)
@@ -113,8 +129,10 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
                 progress(min(start + batch_size, n), n)
     finally:
         model.train(was_training)
-    return GapReport(n=n, student=proportion(correct["student"], n), teacher=proportion(correct["teacher"], n),
-                     mean_token_kl=kl_sum / max(kl_count, 1), rollout_tokens=kl_count, model=model_name)
+    return GapReport(n=n, student=proportion(sum(correct["student"]), n), teacher=proportion(sum(correct["teacher"]), n),
+                     mean_token_kl=kl_sum / max(kl_count, 1), rollout_tokens=kl_count, model=model_name,
+                     student_correct=correct["student"], teacher_correct=correct["teacher"],
+                     student_answers=boxed["student"], teacher_answers=boxed["teacher"])
 
 
 def gap_for_config(config, n: int = 200, *, model=None, tokenizer=None, progress=None) -> GapReport:

@@ -10,6 +10,7 @@ returns a ``matplotlib.figure.Figure`` or a ``pandas.DataFrame``; pictures of on
     curves    plot_training_diagnostics, plot_runs           metrics.jsonl curves, runs overlaid
               runs_table, live_metrics                       the same as numbers / printed while training
     other     plot_kl_by_category                            mean KL of style / math / other tokens, paper beside
+              plot_privilege_gap                             student vs self-teacher accuracy and the per-problem 2x2 table
               plot_prompt_lengths                            student and teacher prompt lengths
 """
 
@@ -328,3 +329,43 @@ def plot_prompt_lengths(audit_rows: Sequence[Mapping], *, max_prompt_length: int
     return fig
 
 
+
+
+def plot_privilege_gap(reports: Mapping[str, Any], *, title: str | None = None):
+    """``{label: GapReport}`` (``opsd.gap``) -> one Figure: student and self-teacher greedy accuracy per
+    model with 95% Wilson intervals (left), and each model's per-problem 2x2 table (student right/wrong x
+    teacher right/wrong) as a coloured grid (right, one grid per model)."""
+    colors = {"student": "#4C72B0", "self-teacher": "#DD8452"}
+    with styled():
+        fig, axes = plt.subplots(1, 1 + len(reports), figsize=(4.2 + 2.6 * len(reports), 3.2),
+                                 gridspec_kw={"width_ratios": [1.6] + [1] * len(reports)})
+        ax = axes[0]
+        for i, (label, r) in enumerate(reports.items()):
+            for j, (role, p) in enumerate((("student", r.student), ("self-teacher", r.teacher))):
+                x = 3 * i + j
+                ax.bar(x, 100 * p.value, color=colors[role], label=role if i == 0 else None)
+                ax.errorbar(x, 100 * p.value, yerr=[[100 * (p.value - p.lo)], [100 * (p.hi - p.value)]],
+                            color="k", capsize=3)
+                ax.text(x, 100 * p.hi + 2, f"{p.k}/{p.n}", ha="center", fontsize=8)
+        ax.set_xticks([3 * i + 0.5 for i in range(len(reports))], list(reports))
+        ax.set_ylim(0, 112)
+        ax.set_ylabel("held-out accuracy (%)")
+        ax.set_title("greedy accuracy, 95% intervals")
+        ax.legend(loc="upper left", fontsize=8)
+        for grid_ax, (label, r) in zip(axes[1:], reports.items()):
+            counts = r.outcome_counts()
+            grid = np.array([[counts["both right"], counts["student only"]],
+                             [counts["teacher only"], counts["both wrong"]]])
+            grid_ax.imshow(grid, cmap="Greens", vmin=0, vmax=max(int(grid.max()), 1))
+            names = [["both right", "student only"], ["teacher only\n(OPSD can teach)", "both wrong"]]
+            for (row, col), value in np.ndenumerate(grid):
+                grid_ax.text(col, row, f"{value}\n{names[row][col]}", ha="center", va="center", fontsize=8,
+                             color="white" if value > grid.max() / 2 else "black")
+            grid_ax.set_xticks([0, 1], ["teacher\nright", "teacher\nwrong"])
+            grid_ax.set_yticks([0, 1], ["student\nright", "student\nwrong"])
+            grid_ax.grid(False)
+            grid_ax.set_title(f"{label}: {r.n} problems")
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+    return fig

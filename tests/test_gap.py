@@ -46,6 +46,9 @@ def test_privilege_gap_on_the_embedded_model():
     assert isinstance(report, GapReport) and report.n == 4
     assert report.student.n == report.teacher.n == 4
     assert report.student == proportion(report.student.k, 4)
+    assert len(report.student_correct) == len(report.teacher_correct) == 4
+    assert sum(report.student_correct) == report.student.k and sum(report.teacher_correct) == report.teacher.k
+    assert sum(report.outcome_counts().values()) == 4
     kl, count = _reference_kl(model, tokenizer, data["problem"], data["solution"], seed=3, temperature=0.7,
                               top_p=0.95, tokens=12)
     assert report.rollout_tokens == count and 0 < count <= 4 * 12
@@ -64,3 +67,11 @@ def test_gap_cli_writes_json(tmp_path):
     assert "privilege gap of smollm2-135m-opsd-start on 2 held-out problems" in proc.stdout
     report = json.loads(out.read_text())
     assert report["n"] == 2 and report["student"]["n"] == 2 and "accuracy_gap" in report
+
+
+def test_outcome_counts_is_the_per_problem_two_by_two_table():
+    report = GapReport(n=5, student=proportion(2, 5), teacher=proportion(3, 5), mean_token_kl=0.1, rollout_tokens=9,
+                       student_correct=[True, True, False, False, False],
+                       teacher_correct=[True, False, True, True, False])
+    assert report.outcome_counts() == {"both right": 1, "teacher only": 2, "student only": 1, "both wrong": 1}
+    assert report.as_dict()["teacher_correct"] == [True, False, True, True, False]

@@ -1,50 +1,73 @@
-"""The teaching notebooks in notebooks/: committed clean, and executed top to bottom with their defaults.
+"""The teaching notebooks in notebooks/: committed clean, in sync with their executed copies, and executed
+top to bottom with their defaults (each asserts what it teaches, so running it checks the lesson).
 
 Each notebook runs with papermill in the project's kernel ("opsd-kit", registered by `make setup`), with
-the notebook folder as working directory, writing its executed copy into tmp_path; a failing cell fails
-the test. Notebook 04 writes its two run directories under tmp_path instead of runs/.
-The reproduction notebooks (reproduce/*.ipynb) are tested elsewhere.
+the notebook folder as working directory, writing its executed copy into tmp_path; a failing cell (an
+assert of the lesson included) fails the test. Notebook 05 writes its run directory under tmp_path.
+`make notebooks` writes the committed executed copies (`opsd.notebook_runner`). The reproduction
+notebooks (reproduce/*.ipynb) are tested elsewhere.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = REPO / "notebooks"
-NOTEBOOKS = [
-    "01_dual_contexts.ipynb",
-    "02_on_policy_rollout.ipynb",
-    "03_token_kl_and_clipping.ipynb",
-    "04_tiny_training.ipynb",
-    "05_privilege_gap.ipynb",
-]
-KERNEL = "opsd-kit"
-# Per-cell limit: a hung cell fails instead of blocking the suite (each notebook takes minutes in total).
+from opsd.notebook_runner import EXECUTED_DIR, KERNEL, NOTEBOOK_DIR, RUN_TIME_MARK, TEACHING_NOTEBOOKS, cell_sources
+
+# Per-cell limit: a hung cell fails instead of blocking the suite.
 CELL_TIMEOUT_S = 600
 
 
-def _load(name: str) -> dict:
-    return json.loads((NOTEBOOK_DIR / name).read_text())
+def _load(path) -> dict:
+    return json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_notebook_is_listed():
+    assert sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(TEACHING_NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", TEACHING_NOTEBOOKS)
 def test_notebook_is_committed_clean(name):
-    """Outputs cleared, the project kernel selected, one parameters cell with the switchable settings."""
-    nb = _load(name)
+    """Outputs cleared, the project kernel selected, a first cell saying what it teaches and how long it
+    takes, one parameters cell with the switchable settings."""
+    nb = _load(NOTEBOOK_DIR / name)
     assert nb["metadata"]["kernelspec"]["name"] == KERNEL
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "clear the outputs"
-    assert nb["cells"][0]["cell_type"] == "markdown", "the first cell explains the goal"
+    first = nb["cells"][0]
+    assert first["cell_type"] == "markdown", "the first cell explains the goal"
+    assert "Run time" in "".join(first["source"]), "the first cell states the measured run time"
     tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1
     source = "".join(tagged[0]["source"])
-    for parameter in ("model_name", "dataset", "device", "seed"):
+    for parameter in ("profile", "model_name", "dataset", "device", "seed"):
         assert f"{parameter} =" in source, parameter
+
+
+@pytest.mark.parametrize("name", [n for n in TEACHING_NOTEBOOKS if n != "06_reproduction_details.ipynb"])
+def test_lessons_have_exercises(name):
+    """At least two checked exercises per lesson (00-05); the solutions notebook checks every checker."""
+    text = "".join("".join(c["source"]) for c in _load(NOTEBOOK_DIR / name)["cells"] if c["cell_type"] == "code")
+    calls = text.count("check_") if name != "solutions.ipynb" else text.count("exercises.check_")
+    assert calls >= (12 if name == "solutions.ipynb" else 2)
+
+
+@pytest.mark.parametrize("name", TEACHING_NOTEBOOKS)
+def test_executed_copy_is_in_sync(name):
+    """notebooks/executed/<name> was made from this very source (`make notebooks`): same cells, same
+    text, each code cell run, the run time written into the first cell."""
+    executed_path = EXECUTED_DIR / name
+    assert executed_path.exists(), f"run `make notebooks`: {executed_path} is missing"
+    source, executed = _load(NOTEBOOK_DIR / name), _load(executed_path)
+    assert cell_sources(executed) == cell_sources(source), f"{name} changed since `make notebooks`: re-run it"
+    assert RUN_TIME_MARK in "".join(executed["cells"][0]["source"])
+    code = [c for c in executed["cells"] if c["cell_type"] == "code"]
+    assert all(c.get("execution_count") for c in code), "every code cell executed"
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
 
 
 def _kernel_name() -> str:
@@ -58,10 +81,10 @@ def _kernel_name() -> str:
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", TEACHING_NOTEBOOKS)
 def test_notebook_executes(name, tmp_path):
     papermill = pytest.importorskip("papermill")
-    parameters = {"output_root": str(tmp_path / "runs")} if name.startswith("04") else {}
+    parameters = {"output_root": str(tmp_path / "runs")} if name.startswith("05") else {}
     start = time.perf_counter()
     papermill.execute_notebook(
         str(NOTEBOOK_DIR / name),
