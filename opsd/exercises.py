@@ -33,6 +33,9 @@ def _checker(check):
     """`check` returns (ok, text): print it as one verdict line, return ok; never raise for the answer."""
     @functools.wraps(check)
     def wrapper(*args, **kwargs) -> bool:
+        if args and args[0] is None:  # the notebook's placeholder, not yet replaced
+            print("✗ not yet: no answer yet (replace the None, or write the function's body, and run the cell again)")
+            return False
         try:
             ok, text = check(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the reader's function raised, or an answer of an odd type

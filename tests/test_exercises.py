@@ -201,3 +201,8 @@ def test_trainable_count(capsys):
     verdict(capsys, False, ex.check_trainable_count(23, model), "every parameter")
     verdict(capsys, False, ex.check_trainable_count(2, model), "tensors")
     verdict(capsys, False, ex.check_trainable_count(9, model), "requires_grad")
+
+
+def test_the_notebooks_placeholder_none_is_not_yet_an_answer(capsys):
+    assert not ex.check_negative_clip(None, (0.7, 0.1, 0.1, 0.1), (0.3, 0.5, 0.1, 0.1))
+    assert "no answer yet" in capsys.readouterr().out

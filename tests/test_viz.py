@@ -163,3 +163,19 @@ def test_live_metrics_prints_one_line_per_log(capsys):
     callback.on_log(None, state, None, logs={"loss": 0.125, "grad_norm": 2.0, "other": 1.0})
     callback.on_log(None, state, None, logs={"train_runtime": 1.0})
     assert capsys.readouterr().out == "step   3 | loss 0.125 | grad_norm 2\n"
+
+
+def test_plot_privilege_gap_bars_intervals_and_two_by_two():
+    from opsd.gap import GapReport
+    from opsd.stats import proportion
+
+    report = GapReport(n=4, student=proportion(1, 4), teacher=proportion(3, 4), mean_token_kl=0.2, rollout_tokens=40,
+                       student_correct=[True, False, False, False], teacher_correct=[True, True, True, False])
+    fig = viz.plot_privilege_gap({"start": report})
+    bars, grid = fig.axes[0], fig.axes[1]
+    assert [round(p.get_height(), 6) for p in bars.patches] == [25.0, 75.0]
+    assert {t.get_text() for t in bars.texts} == {"1/4", "3/4"}
+    image = grid.images[0].get_array()
+    assert image.tolist() == [[1, 0], [2, 1]]  # [both right, student only], [teacher only, both wrong]
+    assert any("OPSD can teach" in t.get_text() and t.get_text().startswith("2") for t in grid.texts)
+    plt.close(fig)
