@@ -15,7 +15,14 @@ import time
 
 import pytest
 
-from opsd.notebook_runner import EXECUTED_DIR, KERNEL, NOTEBOOK_DIR, RUN_TIME_MARK, TEACHING_NOTEBOOKS, cell_sources
+from opsd.notebook_runner import (
+    EXECUTED_DIR,
+    KERNEL,
+    NOTEBOOK_DIR,
+    RUN_TIME_MARK,
+    TEACHING_NOTEBOOKS,
+    cell_sources,
+)
 
 # Per-cell limit: a hung cell fails instead of blocking the suite.
 CELL_TIMEOUT_S = 600
