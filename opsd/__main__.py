@@ -1,4 +1,5 @@
-"""`python -m opsd train|eval|sft|grpo ...` (also the `opsd` console script; works under `accelerate launch`)."""
+"""`python -m opsd train|eval|sft|grpo|gap|audit-lengths|compare ...` (also the `opsd` console script;
+works under `accelerate launch`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ COMMAND_MODULES = {
     "eval": "opsd.evaluate",
     "gap": "opsd.gap",  # student vs self-teacher before training
     "audit-lengths": "opsd.audit",  # prompt-length audit of a training profile's whole dataset
+    "compare": "opsd.compare",  # two evaluations' Avg@k: the paired difference with its interval
 }
-COMMANDS = ("train", "eval", "sft", "grpo", "gap", "audit-lengths")
+COMMANDS = ("train", "eval", "sft", "grpo", "gap", "audit-lengths", "compare")
 
 
 @cli_errors  # bad input (opsd.validation.InputError): "error: ..." on stderr, exit code 2, no traceback

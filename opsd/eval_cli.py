@@ -180,7 +180,8 @@ def eval_request(run_config: Mapping | None = None, *, profile: str | None = Non
 
 
 def summary_table(results: Sequence[dict]):
-    """A ``pandas.DataFrame``, one row per (benchmark, step): n_problems, k, avg@k, maj@k, pass@1..k,
+    """A ``pandas.DataFrame``, one row per (benchmark, step): n_problems, k, avg@k, maj@k, the 95% intervals
+    of avg@k (Wilson over samples; percentile bootstrap over problems), pass@1..k,
     boxed_rate, mean_tokens, truncated_rate (rates are fractions, exactly as in the JSON)."""
     import pandas as pd
 
@@ -197,6 +198,9 @@ def summary_table(results: Sequence[dict]):
             "maj@k": s.get("maj_at_k"),  # None in files written before maj@k was recorded
             "avg@k 95% lo": (s.get("avg_at_k_interval") or [None, None])[0],  # absent in older files
             "avg@k 95% hi": (s.get("avg_at_k_interval") or [None, None])[1],
+            # the bootstrap over problems (files written before it was recorded: None)
+            "avg@k problems 95% lo": (s.get("avg_at_k_problem_interval") or [None, None])[0],
+            "avg@k problems 95% hi": (s.get("avg_at_k_problem_interval") or [None, None])[1],
         }
         for kk, v in sorted(s.get("pass_at_k", {}).items(), key=lambda kv: int(kv[0])):
             row[f"pass@{kk}"] = v

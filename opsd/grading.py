@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from opsd.stats import wilson_interval
+from opsd.stats import problem_bootstrap_interval, wilson_interval
 
 # ---------------------------------------------------------------------------------------------------
 # Extraction and grading
@@ -202,9 +202,11 @@ def maj_at_k(records: Sequence[dict], k: int | None = None) -> float:
 
 
 def summarize(records: Sequence[dict], k: int | None = None) -> dict:
-    """Summary of per-sample records: Avg@k with its 95% Wilson interval (``avg_at_k_interval``),
-    pass@1..k (mean over problems of the unbiased estimator), maj@k (majority vote of the first k
-    samples, ``maj_at_k``), boxed rate (samples with a box), mean completion tokens (generated tokens, eos
+    """Summary of per-sample records: Avg@k with its 95% Wilson interval over samples (``avg_at_k_interval``)
+    and its 95% percentile bootstrap interval over problems (``avg_at_k_problem_interval``, seed 0,
+    ``opsd.stats.problem_bootstrap_interval`` of each problem's fraction of correct samples), pass@1..k
+    (mean over problems of the unbiased estimator), maj@k (majority vote of the first k samples,
+    ``maj_at_k``), boxed rate (samples with a box), mean completion tokens (generated tokens, eos
     included), truncation rate (samples cut by max_new_tokens). All rates are fractions in [0, 1]."""
     groups = group_by_problem(records)
     n_min = min((len(g) for g in groups.values()), default=0)
@@ -215,6 +217,7 @@ def summarize(records: Sequence[dict], k: int | None = None) -> dict:
         pass_k[str(kk)] = sum(vals) / len(vals)
     n = len(records)
     correct = sum(bool(r["correct"]) for r in records)
+    fractions = [sum(bool(r["correct"]) for r in g) / len(g) for g in groups.values()]
     return {
         "n_problems": len(groups),
         "n_samples": n,
@@ -223,6 +226,8 @@ def summarize(records: Sequence[dict], k: int | None = None) -> dict:
         # 95% Wilson interval of the share of correct samples; with k > 1 samples per problem they are not
         # independent, so it understates the uncertainty (exact for greedy Avg@1).
         "avg_at_k_interval": list(wilson_interval(correct, n)) if n else [0.0, 1.0],
+        # problems are the unit sampled: the bootstrap over problems of the mean per-problem fraction
+        "avg_at_k_problem_interval": list(problem_bootstrap_interval(fractions)) if fractions else [0.0, 1.0],
         "pass_at_k": pass_k,
         "maj_at_k": maj_at_k(records, k),
         "boxed_rate": sum(r["extracted_answer"] is not None for r in records) / n if n else 0.0,
