@@ -16,17 +16,12 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from opsd.grading import group_by_problem
-from opsd.rundir import EVAL_DIR, eval_path, same_eval_settings
+from opsd.grading import problem_scores
+from opsd.rundir import EVAL_DIR, benchmark_slug, eval_path, same_eval_settings
 from opsd.stats import paired_difference, problem_bootstrap_interval
 from opsd.validation import InputError, MissingInputError, cli_errors
 
 _STEP_FILE = re.compile(r"step-(\d+)\.json")
-
-
-def _slugs(benchmark: str) -> set[str]:
-    """Folder names a benchmark may have (``opsd.rundir.benchmark_slug``, without importing opsd.data)."""
-    return {benchmark, *(re.sub(r"[^A-Za-z0-9_.-]+", "_", s) for s in (benchmark, Path(benchmark).stem))}
 
 
 def find_eval_file(run_dir: Path, benchmark: str | None = None, step: int | None = None) -> Path:
@@ -44,8 +39,8 @@ def find_eval_file(run_dir: Path, benchmark: str | None = None, step: int | None
                              "choose one with --benchmark")
         slug = next(iter(found))
     else:
-        slug = next((s for s in sorted(_slugs(benchmark)) if s in found), None)
-        if slug is None:
+        slug = benchmark_slug(benchmark)   # the folder name `python -m opsd eval` wrote it under
+        if slug not in found:
             raise InputError(f"{run_dir} holds no evaluation on benchmark {benchmark!r}; "
                              f"it has {sorted(found)}")
     steps = sorted(found[slug])
@@ -71,9 +66,7 @@ def load_evaluation(source: str | Path, benchmark: str | None = None, step: int 
                          "'records' list)")
     if not all(isinstance(r, dict) and "problem_id" in r and "correct" in r for r in records):
         raise InputError(f"{path}: every record needs 'problem_id' and 'correct'")
-    groups = group_by_problem(records)
-    scores = {pid: sum(bool(r["correct"]) for r in g) / len(g) for pid, g in groups.items()}
-    return {**data, "path": str(path), "scores": scores}
+    return {**data, "path": str(path), "scores": dict(problem_scores(records))}
 
 
 def _describe(label: str, ev: dict, n_resamples: int, seed: int) -> str:

@@ -146,12 +146,17 @@ def group_by_problem(records: Iterable[dict]) -> OrderedDict[Any, list[dict]]:
     return groups
 
 
+def problem_scores(records: Iterable[dict]) -> OrderedDict[Any, float]:
+    """Problem id -> the fraction of its samples that are correct, in first-seen order."""
+    return OrderedDict((pid, sum(bool(r["correct"]) for r in g) / len(g))
+                       for pid, g in group_by_problem(records).items())
+
+
 def avg_at_k(records: Sequence[dict]) -> float:
-    """Avg@k: per problem the mean of ``correct`` over its samples, then the mean over problems."""
-    groups = group_by_problem(records)
-    if not groups:
-        return 0.0
-    return sum(sum(bool(r["correct"]) for r in g) / len(g) for g in groups.values()) / len(groups)
+    """Avg@k: per problem the mean of ``correct`` over its samples (``problem_scores``), then the mean over
+    problems."""
+    scores = problem_scores(records)
+    return sum(scores.values()) / len(scores) if scores else 0.0
 
 
 def answers_equivalent(a: str | None, b: str | None) -> bool:
@@ -217,7 +222,7 @@ def summarize(records: Sequence[dict], k: int | None = None) -> dict:
         pass_k[str(kk)] = sum(vals) / len(vals)
     n = len(records)
     correct = sum(bool(r["correct"]) for r in records)
-    fractions = [sum(bool(r["correct"]) for r in g) / len(g) for g in groups.values()]
+    fractions = list(problem_scores(records).values())
     return {
         "n_problems": len(groups),
         "n_samples": n,
