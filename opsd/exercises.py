@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from opsd.divergence import token_divergence
+from opsd.toy import ClipCase, clip_case_values, negative_clip_threshold
 
 Z95 = 1.959963984540054
 LN2 = math.log(2.0)
@@ -255,27 +256,24 @@ def check_jsd_bound(student_logits, teacher_logits, values):
 
 
 # Notebook 04: clipping ---------------------------------------------------------------------------------
-def _forward_summands(p_teacher, p_student) -> list[float]:
+def _clip_case(p_teacher, p_student) -> ClipCase:
+    """The reader's position as an `opsd.toy.ClipCase` (probabilities normalised; words are the indices)."""
     pt, ps = [float(x) for x in p_teacher], [float(x) for x in p_student]
-    pt, ps = [x / sum(pt) for x in pt], [x / sum(ps) for x in ps]
-    return [t * (math.log(t) - math.log(s)) if t > 0 else 0.0 for t, s in zip(pt, ps, strict=True)]
+    return ClipCase(words=tuple(str(i) for i in range(len(pt))), p_teacher=tuple(x / sum(pt) for x in pt),
+                    p_student=tuple(x / sum(ps) for x in ps))
 
 
 @_checker
 def check_negative_clip(answer: float, p_teacher, p_student):
     """c*, the point-wise clip below which sum_v min(p_T(log p_T - log p_S), c) turns negative."""
-    summands = _forward_summands(p_teacher, p_student)
-    lo, hi = 0.0, max(max(summands), 0.0)  # D(0) <= 0 <= D(max) = KL, D non-decreasing in c: bisect
-    while hi - lo > 1e-10:
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if sum(min(x, mid) for x in summands) >= 0 else (mid, hi)
-    c_star, c = (lo + hi) / 2, float(answer)
+    case = _clip_case(p_teacher, p_student)
+    c_star, c = negative_clip_threshold(case, tol=1e-10), float(answer)
     if not math.isfinite(c):
         return False, f"answer a finite number, got {answer!r}"
     if abs(c - c_star) <= 1e-3 or abs(c - c_star) <= 0.01 * abs(c_star):
         return True, (f"c* = {c_star:.4f}: below it the clipped summands no longer outweigh the negative "
                       "ones (which pass the clip unchanged), so the divergence and the loss turn negative")
-    d = sum(min(x, c) for x in summands)
+    d = float(clip_case_values(case, c)["clipped_divergence"])
     side = "still positive: c* is lower" if d > 0 else "already negative: c* is higher"
     return False, (f"at c = {c:.4g} the clipped divergence is {d:+.4f}, {side} (summands below c pass, "
                    "the others become c: solve sum = 0)")
@@ -284,11 +282,9 @@ def check_negative_clip(answer: float, p_teacher, p_student):
 @_checker
 def check_clipped_gradient_sign(answer: str, p_teacher, p_student, clip: float, index: int = 0):
     """The sign of d D_clipped / d z_S[index] (z_S = log p_S, point-wise clip): positive, negative or zero."""
-    pt, ps = (torch.tensor([float(x) for x in p], dtype=torch.float64) for p in (p_teacher, p_student))
-    pt, ps = pt / pt.sum(), ps / ps.sum()
-    z = ps.log().requires_grad_(True)
-    token_divergence(z, pt.log(), clip=clip).backward()
-    grad = float(z.grad[index])
+    case = _clip_case(p_teacher, p_student)
+    values = clip_case_values(case, clip)
+    grad = float(values["clipped_grad"][index])
     sign = "zero" if abs(grad) < 1e-12 else ("positive" if grad > 0 else "negative")
     given = answer.strip().lower() if isinstance(answer, str) else answer
     if given not in ("positive", "negative", "zero"):
@@ -296,11 +292,12 @@ def check_clipped_gradient_sign(answer: str, p_teacher, p_student, clip: float, 
     if given != sign:
         return False, (f"the sign is not {given}: a summand above the clip is constant (no gradient); "
                        "differentiate the others, with d log p_S(v)/dz_i = [v = i] - p_S(i)")
-    clipped = [v for v, x in enumerate(_forward_summands(pt.tolist(), ps.tolist())) if x > clip]
-    free = sum(float(pt[v]) for v in range(len(pt)) if v not in clipped)
-    why = (f"dD/dz_S[{index}] = {grad:+.4f} = p_S({index}) × Σ_unclipped p_T = {float(ps[index]):.2f} × "
+    pt, ps = case.p_teacher, case.p_student
+    clipped = [v for v, x in enumerate(values["summands"].tolist()) if x > clip]
+    free = sum(pt[v] for v in range(len(pt)) if v not in clipped)
+    why = (f"dD/dz_S[{index}] = {grad:+.4f} = p_S({index}) × Σ_unclipped p_T = {ps[index]:.2f} × "
            f"{free:.2f}" + ("" if index in clipped else f" - p_T({index})") + f" (clipped: {clipped})")
-    target = "the teacher's favourite token" if int(pt.argmax()) == index else f"token {index}"
+    target = "the teacher's favourite token" if max(range(len(pt)), key=pt.__getitem__) == index else f"token {index}"
     move = {"positive": "LOWERS", "negative": "raises", "zero": "leaves"}[sign]
     pull = ": its own pull is clipped away, the other entries push it down" if index in clipped else ""
     return True, f"{why}, so gradient descent {move} the student's logit of {target}{pull}"
