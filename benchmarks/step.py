@@ -16,7 +16,7 @@ One step is ``OPSDTrainer.training_step`` on 8 training problems of ``cpu-tiny``
 teacher pass, student forward + backward, the trainer's per-step metrics), then AdamW; every repetition
 starts from the same weights and seed, so both paths sample the same tokens. The LoRA B matrices are
 drawn N(0, 0.02) first so that the adapters are not zero, as after training. Evaluation is
-``opsd.evaluate.evaluate`` on the first ``--eval-problems`` held-out problems, greedy, 64 new tokens,
+``opsd.eval.evaluate.evaluate`` on the first ``--eval-problems`` held-out problems, greedy, 64 new tokens,
 from the starting weights, and checks that both paths give the same answers. Speeds are medians over ``--reps`` repetitions with
 the two paths interleaved (the order alternates). The estimated limit: at batch 8 a decoding step
 reads every weight once, so tokens/s <= 8 x bandwidth / weight bytes, bandwidth measured here by summing
@@ -96,7 +96,7 @@ def timed_step(trainer, batch, start: dict, path: str, seed: int) -> dict:
 
 
 def timed_eval(model, tokenizer, dataset, path: str) -> tuple[float, list[str], float]:
-    from opsd.evaluate import evaluate
+    from opsd.eval.evaluate import evaluate
 
     start = time.perf_counter()
     records, summary = evaluate(model, tokenizer, dataset, k=1, temperature=0.0, max_new_tokens=64,

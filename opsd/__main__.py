@@ -8,13 +8,13 @@ import sys
 
 from opsd.validation import cli_errors
 
-#: command -> the module whose `main(argv)` runs it; `sft` and `grpo` run `opsd.baselines.main(command, argv)`.
+#: command -> the module whose `main(argv)` runs it; `sft` and `grpo` run `opsd.baselines.train.main(command, argv)`.
 COMMAND_MODULES = {
     "train": "opsd.trainer",
-    "eval": "opsd.evaluate",
-    "gap": "opsd.gap",  # student vs self-teacher before training
+    "eval": "opsd.eval.evaluate",
+    "gap": "opsd.eval.gap",  # student vs self-teacher before training
     "audit-lengths": "opsd.audit",  # prompt-length audit of a training profile's whole dataset
-    "compare": "opsd.compare",  # two evaluations' Avg@k: the paired difference with its interval
+    "compare": "opsd.eval.compare",  # two evaluations' Avg@k: the paired difference with its interval
 }
 COMMANDS = ("train", "eval", "sft", "grpo", "gap", "audit-lengths", "compare")
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command in COMMAND_MODULES:
         return importlib.import_module(COMMAND_MODULES[command]).main(rest)
-    from opsd.baselines import main as baseline_main
+    from opsd.baselines.train import main as baseline_main
 
     return baseline_main(command, rest)
 

@@ -220,7 +220,7 @@ def _plain(value):
 
 def save_config(config, path: str | Path, extra: Mapping | None = None) -> None:
     """Write the config (secrets removed, `extra` keys added) as YAML, atomically (temporary file, rename)."""
-    from opsd.atomic_io import write_text_atomic
+    from opsd.runs.atomic_io import write_text_atomic
 
     data = {**config_to_dict(config), **dict(extra or {})}
     write_text_atomic(path, yaml.safe_dump(data, sort_keys=True))

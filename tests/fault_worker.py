@@ -47,7 +47,7 @@ def install(phase: str, step: int) -> None:
     from transformers import TrainerCallback
     from transformers.trainer_callback import TrainerState
 
-    from opsd import runlog
+    from opsd.runs import runlog
     from opsd import trainer as opsd_trainer
 
     print(f"[fault_worker] will SIGKILL at {phase}:{step}", flush=True)

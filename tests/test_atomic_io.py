@@ -1,4 +1,4 @@
-"""Tests for opsd.atomic_io: JSON-lines logs that survive a line cut by a crash, atomic writes."""
+"""Tests for opsd.runs.atomic_io: JSON-lines logs that survive a line cut by a crash, atomic writes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from opsd.atomic_io import (
+from opsd.runs.atomic_io import (
     append_jsonl,
     json_safe,
     read_jsonl,

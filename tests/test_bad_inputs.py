@@ -3,8 +3,8 @@ code and the message it gets. No case loads a model (`no_model` makes loading on
 check runs before that.
 
 Entry points: the command line (`opsd.__main__.main`, exactly what `python -m opsd` runs, plus one real
-subprocess), `opsd.config.load_config`, `opsd.data.load_problems`, `opsd.evaluate.evaluate_run` and the
-train notebook's parameter check (`opsd.launch` + `load_config`, one case through papermill).
+subprocess), `opsd.config.load_config`, `opsd.data.load_problems`, `opsd.eval.evaluate.evaluate_run` and the
+train notebook's parameter check (`opsd.runs.launch` + `load_config`, one case through papermill).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from opsd import evaluate as ev
+from opsd.eval import evaluate as ev
 from opsd.__main__ import main as cli
-from opsd.baselines import SFTRunConfig, load_baseline_config
+from opsd.baselines.train import SFTRunConfig, load_baseline_config
 from opsd.config import load_config, parse_overrides
 from opsd.data import load_problems
-from opsd.launch import check_notebook_parameters, resolve_train_overrides
-from opsd.rundir import eval_path, write_eval_json
+from opsd.runs.launch import check_notebook_parameters, resolve_train_overrides
+from opsd.runs.layout import eval_path, write_eval_json
 from opsd.trainer import OPSDConfig
 from opsd.validation import InputError
 

@@ -7,7 +7,7 @@ import json
 import datasets
 import pytest
 
-from opsd.baselines import (
+from opsd.baselines.train import (
     CONFIG_CLASSES,
     GRPO_METRIC_NAMES,
     GRPOMetricNames,
@@ -24,7 +24,7 @@ from opsd.baselines import (
 )
 from opsd.config import check_keys, read_profile
 from opsd.contexts import apply_chat, build_student_messages
-from opsd.rundir import checkpoint_steps, finished_step, read_metrics
+from opsd.runs.layout import checkpoint_steps, finished_step, read_metrics
 
 BASELINE_PROFILES = [
     "sft-cpu-tiny", "grpo-cpu-tiny",

@@ -1,4 +1,4 @@
-"""Avg@k's uncertainty over problems (opsd.stats bootstrap), the summary's problem-level interval, and
+"""Avg@k's uncertainty over problems (opsd.eval.stats bootstrap), the summary's problem-level interval, and
 `python -m opsd compare` on hand-made evaluation files. No model."""
 
 from __future__ import annotations
@@ -8,15 +8,17 @@ import json
 import numpy as np
 import pytest
 
-from opsd import eval_cli, rundir
+from opsd.eval import cli as eval_cli
+
+from opsd.runs import layout as rundir
 from opsd.__main__ import main as cli
-from opsd.evaluate import eval_settings
-from opsd.grading import group_by_problem, summarize
-from opsd.stats import paired_difference, problem_bootstrap_interval, wilson_interval
+from opsd.eval.evaluate import eval_settings
+from opsd.eval.grading import group_by_problem, summarize
+from opsd.eval.stats import paired_difference, problem_bootstrap_interval, wilson_interval
 
 
 def _records(correct_by_problem: dict) -> list[dict]:
-    """Graded records as `opsd.grading.make_record` writes them: problem id -> list of booleans (k samples)."""
+    """Graded records as `opsd.eval.grading.make_record` writes them: problem id -> list of booleans (k samples)."""
     return [
         {"problem_id": pid, "sample_index": j, "completion": "\\boxed{1}", "extracted_answer": "1", "answer": "1",
          "correct": bool(c), "completion_tokens": 5, "truncated": False}

@@ -1,5 +1,5 @@
-"""Tests for opsd.evaluate and its parts: generation (opsd.eval_generation), result files and tables
-(opsd.rundir), the command line and profiles (opsd.eval_cli), run-directory evaluation."""
+"""Tests for opsd.eval.evaluate and its parts: generation (opsd.eval.generation), result files and tables
+(opsd.runs.layout), the command line and profiles (opsd.eval.cli), run-directory evaluation."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from opsd import eval_cli, eval_generation, rundir
-from opsd import evaluate as ev
-from opsd.grading import extract_boxed, is_correct, summarize
+from opsd.eval import cli as eval_cli
+
+from opsd.eval import generation as eval_generation
+
+from opsd.runs import layout as rundir
+from opsd.eval import evaluate as ev
+from opsd.eval.grading import extract_boxed, is_correct, summarize
 
 
 def _rec(pid, j, correct, extracted="1", tokens=10):
@@ -177,7 +181,7 @@ def test_evaluation_profiles_load_and_set_the_command_line_defaults():
 
 
 def test_eval_request_follows_the_run_then_the_profile_then_the_caller(tmp_path):
-    """opsd.eval_cli.eval_request: what reproduce/eval.ipynb and python -m opsd eval evaluate a run with."""
+    """opsd.eval.cli.eval_request: what reproduce/eval.ipynb and python -m opsd eval evaluate a run with."""
     import inspect
 
     import yaml
@@ -270,7 +274,7 @@ def test_cli_parser_options():
 
 
 def test_cli_rejects_an_unknown_benchmark():
-    assert ev.main(["--model", "x", "--benchmarks", "nope"]) == 2  # opsd.evaluate.main: python -m opsd eval
+    assert ev.main(["--model", "x", "--benchmarks", "nope"]) == 2  # opsd.eval.evaluate.main: python -m opsd eval
 
 
 # ------------------------------------------------------------------------------- end to end (embedded)

@@ -25,9 +25,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from opsd.atomic_io import append_jsonl, read_jsonl
-from opsd.rundir import checkpoint_problem, checkpoint_steps, read_metrics, read_rollouts
-from opsd.runlog import RunDirectoryCallback
+from opsd.runs.atomic_io import append_jsonl, read_jsonl
+from opsd.runs.layout import checkpoint_problem, checkpoint_steps, read_metrics, read_rollouts
+from opsd.runs.runlog import RunDirectoryCallback
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))

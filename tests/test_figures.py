@@ -1,4 +1,4 @@
-"""opsd/paper_figures.py, opsd/figure_runs.py and reproduce/figures.ipynb.
+"""opsd/paper/figures.py, opsd/paper/campaign.py and reproduce/figures.ipynb.
 
 Unit tests build run directories by hand (config.yaml, metrics.jsonl, eval JSON as runs write them);
 the notebook test trains real 2-step runs (OPSD, OPSD-clip, and the quick campaign's SFT, OPSD-terse and
@@ -26,9 +26,9 @@ from fake_runs import (
     write_run,
 )
 
-from opsd import figure_runs
-from opsd import paper_figures as pf
-from opsd.paper_data import RUN_NAMES, problems_per_step
+from opsd.paper import campaign as figure_runs
+from opsd.paper import figures as pf
+from opsd.paper.records import RUN_NAMES, problems_per_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -337,7 +337,7 @@ def test_notebook_draws_figures_from_real_tiny_runs(tmp_path):
     panels; the verbose pair is not trained here, to keep the test cheap) are drawn, the rest skipped."""
     papermill = pytest.importorskip("papermill")
     from opsd.config import load_config
-    from opsd.evaluate import evaluate_run
+    from opsd.eval.evaluate import evaluate_run
     from opsd.trainer import OPSDConfig, run_training
 
     runs = {}

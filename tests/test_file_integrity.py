@@ -1,4 +1,4 @@
-"""Tests for opsd.file_integrity: whether safetensors, torch and JSON files (and a folder's model weights)
+"""Tests for opsd.runs.file_integrity: whether safetensors, torch and JSON files (and a folder's model weights)
 are whole. Checkpoint completeness as a whole (trainer state, required files): tests/test_rundir.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from opsd.file_integrity import file_problem, weights_problem
+from opsd.runs.file_integrity import file_problem, weights_problem
 
 
 def keep_bytes(path: Path, n: int) -> None:

@@ -1,4 +1,4 @@
-"""The privilege gap (opsd.gap) on the embedded model: accuracies with intervals, KL against a float64 reference."""
+"""The privilege gap (opsd.eval.gap) on the embedded model: accuracies with intervals, KL against a float64 reference."""
 
 import json
 import subprocess
@@ -9,9 +9,9 @@ import torch
 
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.data import synthetic_math
-from opsd.gap import GapReport, privilege_gap
+from opsd.eval.gap import GapReport, privilege_gap
 from opsd.rollout import HFRollout, SamplingParams
-from opsd.stats import proportion
+from opsd.eval.stats import proportion
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Tests for opsd.grading: boxed-answer extraction, math-verify grading, pass@k / Avg@k / maj@k, summaries."""
+"""Tests for opsd.eval.grading: boxed-answer extraction, math-verify grading, pass@k / Avg@k / maj@k, summaries."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import threading
 
 import pytest
 
-from opsd import grading
-from opsd.grading import avg_at_k, extract_boxed, is_correct, make_record, pass_at_k, summarize
+from opsd.eval import grading
+from opsd.eval.grading import avg_at_k, extract_boxed, is_correct, make_record, pass_at_k, summarize
 
 
 def test_grading_imports_without_torch_or_transformers():
     """Grading is pure Python: it imports, and grades with math-verify, where torch cannot be imported."""
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-        "from opsd.grading import is_correct, summarize, make_record\n"
+        "from opsd.eval.grading import is_correct, summarize, make_record\n"
         "assert is_correct('1/2', '0.5')\n"
         "assert summarize([make_record('a', 0, 'so \\\\boxed{7}', '7', 3)])['avg_at_k'] == 1.0\n"
     )
@@ -247,7 +247,7 @@ def test_avg_at_k_weights_problems_equally():
 
 
 def test_summary_carries_the_wilson_interval_of_avg_at_k():
-    from opsd.stats import wilson_interval
+    from opsd.eval.stats import wilson_interval
 
     records = [make_record(i, 0, f"\\boxed{{{a}}}", "7", 5, False) for i, a in enumerate([7, 7, 7, 3])]
     summary = summarize(records, 1)

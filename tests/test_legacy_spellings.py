@@ -15,11 +15,11 @@ import pytest
 import yaml
 from fake_runs import OPSD_CONFIG, opsd_metrics, write_run
 
-from opsd import paper_data as pdata
-from opsd import viz
+from opsd.paper import records as pdata
+from opsd.viz import plots as viz
 from opsd.config import load_config, parse_overrides, save_config, upgrade_legacy_spellings
 from opsd.divergence import CLIP_MODES, LOSS_TYPES
-from opsd.rundir import read_metrics
+from opsd.runs.layout import read_metrics
 from opsd.teacher import TEACHER_MODES
 from opsd.trainer import OPSDConfig
 from opsd.validation import InputError
@@ -96,7 +96,7 @@ def test_old_run_config_yaml_loads(tmp_path):
 
 
 def test_upgrade_leaves_other_config_classes_alone():
-    from opsd.baselines import SFTRunConfig
+    from opsd.baselines.train import SFTRunConfig
 
     assert upgrade_legacy_spellings({"top_k_loss": 3}, SFTRunConfig) == {"top_k_loss": 3}  # then: unknown key
     with pytest.raises(InputError, match="unknown override key"):
@@ -140,7 +140,7 @@ def test_old_metrics_file_written_by_hand(tmp_path):
 
 
 def test_train_notebook_overrides_accept_the_old_spellings(tmp_path):
-    from opsd.launch import resolve_train_overrides
+    from opsd.runs.launch import resolve_train_overrides
 
     merged = resolve_train_overrides("cpu-tiny", {"top_k_loss": 3, "clip": 0.05, "clip_mode": "none"},
                                      output_dir=str(tmp_path))

@@ -7,13 +7,13 @@ import datasets
 import pytest
 import torch
 
-from opsd.atomic_io import read_jsonl
+from opsd.runs.atomic_io import read_jsonl
 from opsd.config import load_config
 from opsd.data import synthetic_math
 from opsd.loop import micro_batch_loss, train_plain
 from opsd.models import apply_lora, tiny_qwen3
 from opsd.rollout import Rollout
-from opsd.rundir import read_metrics
+from opsd.runs.layout import read_metrics
 from opsd.trainer import OPSDConfig, OPSDTrainer, resolve_chunk_size
 
 N = 5  # rollout tokens

@@ -178,7 +178,7 @@ def test_fast_rollout_samples_the_reference_tokens_with_the_same_log_probabiliti
 
 def test_greedy_evaluation_answers_are_identical_across_paths_and_batch_sizes(start_model):
     from opsd.data import load_benchmark
-    from opsd.evaluate import evaluate
+    from opsd.eval.evaluate import evaluate
 
     model, tok, _ = start_model
     data = load_benchmark("synthetic", n=8)

@@ -1,4 +1,4 @@
-"""opsd.paper_data: reading run directories, labels from their configs, checkpoint selection, and the
+"""opsd.paper.records: reading run directories, labels from their configs, checkpoint selection, and the
 paper's numbers."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fake_runs import (
     write_run,
 )
 
-from opsd import paper_data as pdata
+from opsd.paper import records as pdata
 
 # ------------------------------------------------------------------------------------------ readers
 
@@ -99,7 +99,7 @@ def test_best_and_last_checkpoint_selection_on_hand_made_evals(tmp_path):
 
 
 def test_eval_proportion_counts_correct_answers_with_the_wilson_interval():
-    from opsd.stats import wilson_interval
+    from opsd.eval.stats import wilson_interval
 
     e = eval_json(4, 41 / 200)
     e["summary"].update(n_problems=200, n_samples=200)

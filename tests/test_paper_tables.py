@@ -1,4 +1,4 @@
-"""opsd.paper_tables: Tables 2, 3 and 5 and the imitation table, ours beside the paper's, with intervals."""
+"""opsd.paper.tables: Tables 2, 3 and 5 and the imitation table, ours beside the paper's, with intervals."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from fake_runs import (
     write_run,
 )
 
-from opsd import paper_figures as pf
-from opsd import paper_tables as pt
-from opsd.paper_data import load_runs
+from opsd.paper import figures as pf
+from opsd.paper import tables as pt
+from opsd.paper.records import load_runs
 
 REPO = Path(__file__).resolve().parents[1]
 

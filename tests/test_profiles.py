@@ -39,7 +39,7 @@ def test_nonthinking_profiles_are_the_8gpu_runs_with_their_clip():
 
 @pytest.mark.parametrize("name", ["grpo-qwen3-1.7b-4xh100", "grpo-qwen3-8b-8xh100"])
 def test_grpo_profiles_follow_the_reference_script(name):
-    from opsd.baselines import load_baseline_config
+    from opsd.baselines.train import load_baseline_config
 
     config = load_baseline_config("grpo", name, CPU)
     assert config.chat_template_kwargs == {"enable_thinking": True}  # thinking policy
@@ -53,7 +53,7 @@ def test_grpo_profiles_follow_the_reference_script(name):
 
 @pytest.mark.parametrize("name", ["sft-qwen3-1.7b-4xh100", "sft-qwen3-8b-8xh100"])
 def test_sft_profiles_follow_the_reference_script(name):
-    from opsd.baselines import load_baseline_config
+    from opsd.baselines.train import load_baseline_config
     from opsd.contexts import build_student_messages
 
     config = load_baseline_config("sft", name, CPU)

@@ -104,7 +104,7 @@ def test_notebook_is_committed_clean(name):
 
 
 def test_figures_notebook_types_no_campaign_number():
-    """figures.ipynb's prose about the campaign is built from the runs (opsd.paper_tables.imitation_findings):
+    """figures.ipynb's prose about the campaign is built from the runs (opsd.paper.tables.imitation_findings):
     no accuracy is typed into its markdown."""
     import re
 

@@ -1,4 +1,4 @@
-"""Tests for opsd.rundir: file names, checkpoint completeness and discovery, resume point, the final model,
+"""Tests for opsd.runs.layout: file names, checkpoint completeness and discovery, resume point, the final model,
 evaluation files, metrics keys.
 
 The checkpoint folders are built by hand as a kill leaves them (a folder with only config.json, a cut
@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from opsd.rundir import (
+from opsd.runs.layout import (
     METRIC_ALIASES,
     benchmark_slug,
     canonical_metrics,

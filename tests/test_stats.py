@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from opsd.stats import Proportion, proportion, wilson_interval
+from opsd.eval.stats import Proportion, proportion, wilson_interval
 
 
 def _hand_wilson(k, n, z=1.959963984540054):
@@ -15,7 +15,7 @@ def _hand_wilson(k, n, z=1.959963984540054):
 
 
 @pytest.mark.parametrize("k,n,lo,hi", [
-    # values worked out by hand from the formula in opsd/stats.py (4 decimals)
+    # values worked out by hand from the formula in opsd/eval/stats.py (4 decimals)
     (41, 200, 0.1549, 0.2663),
     (50, 100, 0.4038, 0.5962),
     (0, 64, 0.0, 0.0566),
@@ -52,6 +52,6 @@ def test_proportion_text_and_overlap():
 
 
 def test_accuracy_text_of_a_heldout_result():
-    from opsd.stats import accuracy_text
+    from opsd.eval.stats import accuracy_text
 
     assert accuracy_text({"correct": 41, "n": 200, "accuracy": 0.205}) == "41/200 = 20.5% [15.5, 26.6]"

@@ -12,13 +12,13 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from opsd.atomic_io import read_jsonl
+from opsd.runs.atomic_io import read_jsonl
 from opsd.config import load_config, parse_overrides
 from opsd.contexts import PromptTooLongError
 from opsd.data import synthetic_math
 from opsd.divergence import distillation_loss
 from opsd.models import load_model_and_tokenizer
-from opsd.rundir import read_metrics
+from opsd.runs.layout import read_metrics
 from opsd.trainer import NonFiniteLossError, OPSDConfig, OPSDTrainer, combine_diagnostics
 
 pytestmark = pytest.mark.slow
@@ -247,7 +247,7 @@ def test_two_process_run(tmp_path):
 
 
 def test_train_command_for_cpu_and_gpu_configs():
-    from opsd.launch import train_command
+    from opsd.runs.launch import train_command
 
     cmd, env = train_command("cpu-tiny", {"max_steps": 2, "clip": None}, 2, "cpu-ddp")
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node"] and env["ACCELERATE_USE_CPU"] == "true"

@@ -1,4 +1,4 @@
-"""opsd.viz: the style, the accuracy plotter and the curve helpers, each on small hand-made inputs."""
+"""opsd.viz.plots: the style, the accuracy plotter and the curve helpers, each on small hand-made inputs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
-from opsd import viz
-from opsd.paper_data import CATEGORIES, PAPER_TABLE5
+from opsd.viz import plots as viz
+from opsd.paper.records import CATEGORIES, PAPER_TABLE5
 
 
 def _title(ax) -> str:
@@ -166,8 +166,8 @@ def test_live_metrics_prints_one_line_per_log(capsys):
 
 
 def test_plot_privilege_gap_bars_intervals_and_two_by_two():
-    from opsd.gap import GapReport
-    from opsd.stats import proportion
+    from opsd.eval.gap import GapReport
+    from opsd.eval.stats import proportion
 
     report = GapReport(n=4, student=proportion(1, 4), teacher=proportion(3, 4), mean_token_kl=0.2, rollout_tokens=40,
                        student_correct=[True, False, False, False], teacher_correct=[True, True, True, False])

@@ -1,4 +1,4 @@
-"""opsd.viz_method: each teaching picture draws what its data says (bars, lines, boxes, one colour scale)."""
+"""opsd.viz.method: each teaching picture draws what its data says (bars, lines, boxes, one colour scale)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from matplotlib.text import Annotation
 
 from opsd.contexts import DualContexts, RoleBatch, join_rollout, left_pad
 from opsd.toy import WORKED_CLIP_CASE, clip_case_values
-from opsd.viz_method import (
+from opsd.viz.method import (
     plot_clipping_case,
     plot_dual_contexts,
     plot_heatmaps_shared_scale,
@@ -24,7 +24,7 @@ from opsd.viz_method import (
     plot_position_distributions,
     shared_vmax,
 )
-from opsd.viz_rollout import plot_divergence_heatmap
+from opsd.viz.rollout import plot_divergence_heatmap
 
 
 class FakeTokenizer:

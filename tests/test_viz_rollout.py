@@ -1,4 +1,4 @@
-"""opsd.viz_rollout: every helper produces a figure / HTML / table with real content from small hand-made inputs."""
+"""opsd.viz.rollout: every helper produces a figure / HTML / table with real content from small hand-made inputs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import pytest
 import torch
 
-from opsd import viz_rollout
+from opsd.viz import rollout as viz_rollout
 
 
 def _luminance(hex_color: str) -> float:

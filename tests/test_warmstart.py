@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from opsd import warmstart
+from opsd.baselines import warmstart
 from opsd.data import synthetic_math
-from opsd.warmstart import WarmStartRecipe, build_start_model, sft_batch, start_model_dir
+from opsd.baselines.warmstart import WarmStartRecipe, build_start_model, sft_batch, start_model_dir
 
 TINY = WarmStartRecipe(n_problems=4, steps=2, batch_size=2)
 

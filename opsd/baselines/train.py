@@ -9,7 +9,7 @@
 
 Paper setting: SFT on the same data; GRPO with 8 generations x 16k tokens at
 temperature 1.2. Both write config.yaml, metrics.jsonl and checkpoint-N/ like an OPSD run, so
-`opsd.evaluate.evaluate_run` and the figures read them the same way.
+`opsd.eval.evaluate.evaluate_run` and the figures read them the same way.
 
     python -m opsd sft  --config sft-cpu-tiny  [key=value ...]
     python -m opsd grpo --config grpo-cpu-tiny [key=value ...]
@@ -35,10 +35,10 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-from opsd.atomic_io import write_json_atomic
+from opsd.runs.atomic_io import write_json_atomic
 from opsd.config import RunFields
 from opsd.contexts import build_student_messages
-from opsd.rundir import (
+from opsd.runs.layout import (
     check_run_kind,
     checkpoint_dir,
     export_final_model,
@@ -46,7 +46,7 @@ from opsd.rundir import (
     resume_point,
     write_run_info,
 )
-from opsd.runlog import RunDirectoryCallback
+from opsd.runs.runlog import RunDirectoryCallback
 from opsd.validation import InputError, check_config
 
 logger = logging.getLogger(__name__)
@@ -158,9 +158,9 @@ def boxed_answer_reward(completions: Sequence[Any], answer: Sequence[Any], **kwa
 
     `completions`: strings or conversational completions (lists of {"role", "content"} dicts), as TRL
     passes them; `answer`: the dataset column, one gold answer per completion. Grading is
-    `opsd.evaluate.is_correct(extract_boxed(text), answer)` (math-verify), the same as evaluation.
+    `opsd.eval.evaluate.is_correct(extract_boxed(text), answer)` (math-verify), the same as evaluation.
     """
-    from opsd.grading import extract_boxed, is_correct
+    from opsd.eval.grading import extract_boxed, is_correct
 
     if len(completions) != len(answer):
         raise ValueError(f"{len(completions)} completions but {len(answer)} answers")
@@ -249,7 +249,7 @@ def grpo_dataset(ds, tokenizer=None, profile: str = "paper", *, chat_kwargs: dic
     With a tokenizer and `max_prompt_length`, longer prompts raise or are dropped (`on_overflow`).
     """
     from opsd.data import require_columns
-    from opsd.grading import extract_boxed
+    from opsd.eval.grading import extract_boxed
 
     require_columns(ds, ["problem"], "GRPO data")
     if "answer" not in ds.column_names:

@@ -3,7 +3,7 @@
 - ``eval_prompts``: problems -> chat-formatted prompts (the evaluation prompt of ``opsd.contexts``).
 - ``generate_hf``: prompts -> per prompt k tuples ``(text, completion_tokens, truncated)``, with
   ``opsd.rollout.HFRollout`` (transformers, CPU or GPU).
-- ``generate_vllm``: a dataset -> graded records (``opsd.grading.make_record``), with a ``vllm.LLM``.
+- ``generate_vllm``: a dataset -> graded records (``opsd.eval.grading.make_record``), with a ``vllm.LLM``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from opsd.grading import make_record
+from opsd.eval.grading import make_record
 
 #: The evaluation prompts (``opsd.contexts.EVAL_PROMPT_PROFILES``, named here without importing torch).
 DEFAULT_EVAL_PROMPT = "reference"

@@ -1,7 +1,7 @@
 """`RunDirectoryCallback`: what every trainer (OPSD, SFT, GRPO) writes into its run directory while it trains.
 
 At the start config.yaml (with the run's `kind`); each log one line of metrics.jsonl; the Trainer's
-closing log train_summary.json. File names and readers: `opsd.rundir`.
+closing log train_summary.json. File names and readers: `opsd.runs.layout`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from opsd.atomic_io import append_jsonl, json_safe, truncate_jsonl, write_json_atomic
+from opsd.runs.atomic_io import append_jsonl, json_safe, truncate_jsonl, write_json_atomic
 from opsd.config import save_config
-from opsd.rundir import CONFIG_FILE, LOG_FILES, METRICS_FILE, RUN_KINDS, SUMMARY_FILE
+from opsd.runs.layout import CONFIG_FILE, LOG_FILES, METRICS_FILE, RUN_KINDS, SUMMARY_FILE
 
 #: Keys of the Trainer's closing log, which goes to train_summary.json instead of metrics.jsonl.
 SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos")

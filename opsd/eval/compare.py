@@ -4,7 +4,7 @@
 (``run_dir/eval/<benchmark>/step-<N>.json``, written by ``python -m opsd eval``) or run directories (then
 ``--benchmark``, needed when a run holds several, and ``--step``, default the last evaluated one, pick the
 file). Prints each Avg@k with its 95% percentile bootstrap interval over problems, and B - A with the paired
-bootstrap interval over the problems both evaluated (``opsd.stats.paired_difference``), and whether that
+bootstrap interval over the problems both evaluated (``opsd.eval.stats.paired_difference``), and whether that
 interval excludes 0. Bad input: ``error: ...`` and exit code 2.
 """
 
@@ -16,9 +16,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from opsd.grading import problem_scores
-from opsd.rundir import EVAL_DIR, benchmark_slug, eval_path, same_eval_settings
-from opsd.stats import paired_difference, problem_bootstrap_interval
+from opsd.eval.grading import problem_scores
+from opsd.runs.layout import EVAL_DIR, benchmark_slug, eval_path, same_eval_settings
+from opsd.eval.stats import paired_difference, problem_bootstrap_interval
 from opsd.validation import InputError, MissingInputError, cli_errors
 
 _STEP_FILE = re.compile(r"step-(\d+)\.json")

@@ -1,13 +1,13 @@
 """The CPU campaign behind ``make figures``: the runs every paper figure needs, trained and evaluated.
 
-    python -m opsd.figure_runs            # the CPU edition into runs/figures/<name>/ (< 60 min, 2 cores)
-    python -m opsd.figure_runs --steps 16 --save-every 8     # longer runs (a new campaign: add --fresh)
-    python -m opsd.figure_runs --quick    # 2 steps per run, 4 eval problems, into runs/figures-quick/
-    python -m opsd.figure_runs --plan     # print the runs, the equivalent commands and a time estimate
+    python -m opsd.paper.campaign            # the CPU edition into runs/figures/<name>/ (< 60 min, 2 cores)
+    python -m opsd.paper.campaign --steps 16 --save-every 8     # longer runs (a new campaign: add --fresh)
+    python -m opsd.paper.campaign --quick    # 2 steps per run, 4 eval problems, into runs/figures-quick/
+    python -m opsd.paper.campaign --plan     # print the runs, the equivalent commands and a time estimate
 
-The runs (``campaign``; ``opsd.paper_data`` lists their names, figures/README.md which figure uses which)
+The runs (``campaign``; ``opsd.paper.records`` lists their names, figures/README.md which figure uses which)
 start from the same model, ``START_MODEL`` (the embedded SmolLM2-135M-Instruct after a short SFT warm-up on
-problems none of the runs trains or is evaluated on, ``opsd.warmstart``: the analogue of the paper starting
+problems none of the runs trains or is evaluated on, ``opsd.baselines.warmstart``: the analogue of the paper starting
 from Qwen3), and train on synthetic additions, one after the other, each into ``<root>/<name>/``. The data
 variants hold the same problems with other references: ``synthetic-terse`` the sum and the boxed answer only;
 ``synthetic-verbose`` the worked steps inside a long-winded plan (~156 tokens, longer than the 64-token
@@ -17,7 +17,7 @@ Budget: the OPSD-type runs and GRPO take ``STEPS`` optimizer steps, a checkpoint
 SFT runs ``SFT_STEPS_PER_STEP`` times as many (each half as large and much cheaper), so that at each evaluated
 checkpoint SFT and OPSD have trained on the same problems (GRPO, 2 prompts x 4 samples a step, is compared
 per step, as in the paper's Fig 3). Every checkpoint and step 0 is evaluated with ``EVAL`` on the same 200
-held-out problems of ``synthetic`` (``opsd.evaluate.evaluate_run``, ``<run>/eval/synthetic/step-<N>.json``);
+held-out problems of ``synthetic`` (``opsd.eval.evaluate.evaluate_run``, ``<run>/eval/synthetic/step-<N>.json``);
 step 0 once, copied (marked ``copied_from``) into the other runs.
 
 Resume-safe: a finished run is not trained again, an interrupted one resumes from its last complete
@@ -47,7 +47,7 @@ CAMPAIGN_FILE = "campaign.json"
 TIMINGS_FILE = "timings.json"
 BENCHMARK = "synthetic"
 
-#: The model every run starts from (``opsd.warmstart``), pinned here so that all runs share it.
+#: The model every run starts from (``opsd.baselines.warmstart``), pinned here so that all runs share it.
 START_MODEL = "smollm2-135m-opsd-start"
 #: Optimizer steps and checkpoint interval of the OPSD-type runs and GRPO (tune these two; STEPS must be
 #: a multiple of SAVE_EVERY so the last step is evaluated). 12 / 6 keeps the estimate under 60 minutes on
@@ -58,7 +58,7 @@ STEPS, SAVE_EVERY = 12, 6
 SFT_STEPS_PER_STEP = 2
 #: Generation length of OPSD-long (cpu-tiny: 64).
 LONG_COMPLETION_LENGTH = 128
-#: Evaluation settings shared by every run (opsd.evaluate.evaluate_run keyword arguments): 200 held-out
+#: Evaluation settings shared by every run (opsd.eval.evaluate.evaluate_run keyword arguments): 200 held-out
 #: problems (95% intervals of about +-7 points), greedy, 64 new tokens (a worked two-digit addition of the
 #: synthetic references is well under that), batches of 64 (faster than 32 on the packed CPU path, same
 #: answers). The same for every run, OPSD-long included.
@@ -163,7 +163,7 @@ def load_run_config(run: CampaignRun, root: Path):
         from opsd.trainer import OPSDConfig
 
         return load_config(OPSDConfig, run.profile, overrides)
-    from opsd.baselines import load_baseline_config
+    from opsd.baselines.train import load_baseline_config
 
     return load_baseline_config(run.kind, run.profile, overrides)
 
@@ -192,7 +192,7 @@ def estimate_seconds(runs: Sequence[CampaignRun], quick: bool = False) -> dict[s
 
 def _finished(run_dir: Path, max_steps: int) -> bool:
     """The run's last checkpoint is there and complete (a save cut by a crash does not count)."""
-    from opsd.rundir import checkpoint_steps
+    from opsd.runs.layout import checkpoint_steps
 
     return max_steps in checkpoint_steps(run_dir, complete=True)
 
@@ -221,9 +221,9 @@ def _check_campaign_entry(run: CampaignRun, run_dir: Path, fresh: bool) -> None:
                 "--fresh to redo the campaign's runs"
             )
     elif not path.is_file() and run_dir.exists() and any(run_dir.iterdir()):
-        raise RuntimeError(f"{run_dir} exists but was not made by opsd.figure_runs; delete it or pass --fresh")
+        raise RuntimeError(f"{run_dir} exists but was not made by opsd.paper.campaign; delete it or pass --fresh")
     run_dir.mkdir(parents=True, exist_ok=True)
-    from opsd.atomic_io import write_json_atomic
+    from opsd.runs.atomic_io import write_json_atomic
 
     write_json_atomic(path, entry)
 
@@ -240,7 +240,7 @@ def train_run(run: CampaignRun, root: Path, *, fresh: bool = False) -> str:
 
         run_training(config, resume="auto")
     else:
-        from opsd.baselines import TRAIN_FUNCTIONS
+        from opsd.baselines.train import TRAIN_FUNCTIONS
 
         TRAIN_FUNCTIONS[run.kind](config, resume="auto")
     return "trained"
@@ -249,13 +249,13 @@ def train_run(run: CampaignRun, root: Path, *, fresh: bool = False) -> str:
 def share_base_eval(source: Path, target: Path, benchmark: str = BENCHMARK) -> bool:
     """Copy ``source``'s step-0 (base model) eval JSON into ``target`` unless it has one; the copy
     gets ``copied_from``. ``evaluate_run`` then keeps it when its settings match. Returns whether copied."""
-    from opsd.rundir import eval_path
+    from opsd.runs.layout import eval_path
 
     src, dst = eval_path(source, benchmark, 0), eval_path(target, benchmark, 0)
     if dst.is_file() or (data := _read_json(src)) is None:  # a cut one: evaluate_run moves it aside and redoes it
         return False
     data["copied_from"] = _rel(src)
-    from opsd.atomic_io import write_text_atomic
+    from opsd.runs.atomic_io import write_text_atomic
 
     write_text_atomic(dst, json.dumps(data, indent=1, ensure_ascii=False))
     return True
@@ -263,7 +263,7 @@ def share_base_eval(source: Path, target: Path, benchmark: str = BENCHMARK) -> b
 
 def evaluate_campaign_run(run: CampaignRun, root: Path, eval_settings: dict, base_source: Path | None) -> int:
     """Evaluate step 0 and every checkpoint of one run; returns the number of eval files it now has."""
-    from opsd.evaluate import evaluate_run
+    from opsd.eval.evaluate import evaluate_run
 
     run_dir = root / run.name
     if base_source is not None and base_source != run_dir:
@@ -274,7 +274,7 @@ def evaluate_campaign_run(run: CampaignRun, root: Path, eval_settings: dict, bas
 
 def _base_eval_source(root: Path, runs: Sequence[CampaignRun]) -> Path | None:
     """A campaign run directory under ``root`` that already holds the base model's (step-0) eval."""
-    from opsd.rundir import eval_path
+    from opsd.runs.layout import eval_path
 
     for run in runs:
         if eval_path(root / run.name, BENCHMARK, 0).is_file():
@@ -335,7 +335,7 @@ def run_campaign(root: str | Path = DEFAULT_ROOT, *, quick: bool = False, only: 
     timings["total_s"] = round(time.perf_counter() - start, 1)
     print(f"[figure_runs] total {_fmt_s(timings['total_s'])}", flush=True)
     root.mkdir(parents=True, exist_ok=True)
-    from opsd.atomic_io import write_json_atomic
+    from opsd.runs.atomic_io import write_json_atomic
 
     write_json_atomic(root / TIMINGS_FILE, {**(_read_json(root / TIMINGS_FILE) or {}), "last": timings})
     return timings
@@ -355,9 +355,9 @@ def print_plan(root: Path, quick: bool = False, *, steps: int = STEPS, save_ever
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m opsd.figure_runs [--quick] [--root DIR] [--only NAME ...] [--steps N --save-every M]
+    """``python -m opsd.paper.campaign [--quick] [--root DIR] [--only NAME ...] [--steps N --save-every M]
     [--threads T] [--skip-eval] [--fresh] [--plan]``."""
-    p = argparse.ArgumentParser(prog="python -m opsd.figure_runs", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m opsd.paper.campaign", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2 steps per run, 4 eval problems (smoke test)")
     p.add_argument("--root", default=None, help="runs go to ROOT/<name> (default runs/figures, or runs/figures-quick)")

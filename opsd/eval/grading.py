@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from opsd.stats import problem_bootstrap_interval, wilson_interval
+from opsd.eval.stats import problem_bootstrap_interval, wilson_interval
 
 # ---------------------------------------------------------------------------------------------------
 # Extraction and grading
@@ -209,7 +209,7 @@ def maj_at_k(records: Sequence[dict], k: int | None = None) -> float:
 def summarize(records: Sequence[dict], k: int | None = None) -> dict:
     """Summary of per-sample records: Avg@k with its 95% Wilson interval over samples (``avg_at_k_interval``)
     and its 95% percentile bootstrap interval over problems (``avg_at_k_problem_interval``, seed 0,
-    ``opsd.stats.problem_bootstrap_interval`` of each problem's fraction of correct samples), pass@1..k
+    ``opsd.eval.stats.problem_bootstrap_interval`` of each problem's fraction of correct samples), pass@1..k
     (mean over problems of the unbiased estimator), maj@k (majority vote of the first k samples,
     ``maj_at_k``), boxed rate (samples with a box), mean completion tokens (generated tokens, eos
     included), truncation rate (samples cut by max_new_tokens). All rates are fractions in [0, 1]."""

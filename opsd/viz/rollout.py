@@ -3,7 +3,7 @@ student's top alternatives, and the per-entry summands and per-position divergen
 
 Inputs are plain Python / torch values (token strings, per-token values, logits rows); outputs a
 ``matplotlib.figure.Figure``, an HTML string or a ``pandas.DataFrame``. Nothing here computes the
-objective (that is ``opsd.divergence``); the style is ``opsd.viz``'s.
+objective (that is ``opsd.divergence``); the style is ``opsd.viz.plots``'s.
 
     html  divergence_heatmap_html / show_divergence_heatmap   tokens coloured by D[n] (JupyterLab)
           special_tokens_html                                  chat text with control tokens made visible
@@ -24,7 +24,7 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 
-from opsd.viz import _new_axes, styled
+from opsd.viz.plots import _new_axes, styled
 
 # Colours of the heatmap's two ends (sequential for D >= 0, diverging when some D < 0).
 _SEQUENTIAL_CMAP = "Reds"

@@ -14,7 +14,7 @@ ordinary safetensors folder under ``$OPSD_CACHE`` (name ``smollm2-135m-opsd-star
 written under a temporary name and renamed, so it is built once per recipe and never half-written.
 Deterministic: same recipe, same machine and thread count -> the same weights.
 
-    python -m opsd.warmstart            # what `make setup` runs; prints the folder
+    python -m opsd.baselines.warmstart            # what `make setup` runs; prints the folder
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def build_start_model(recipe: WarmStartRecipe, out_dir: str | os.PathLike) -> li
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m opsd.warmstart", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m opsd.baselines.warmstart", description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="build again even if the folder exists")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from opsd.config import REPO_ROOT
-from opsd.rundir import is_run_dir, load_eval_results, read_metrics, read_run_config
+from opsd.runs.layout import is_run_dir, load_eval_results, read_metrics, read_run_config
 
 RUN_NAMES = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO", "OPSD-terse",
              "SFT-terse", "OPSD-verbose", "SFT-verbose", "base")
@@ -84,7 +84,7 @@ def need_evals(what: str, records: Mapping[str, RunRecord], names: Sequence[str]
     if not usable:
         lacking = [n for n in names if not any(records[n].curve(b)[0] for b in benchmarks)]
         _skip(what, f"no {list(benchmarks)} eval results in runs {lacking or list(names)} "
-                    "(evaluate them with opsd.evaluate.evaluate_run)")
+                    "(evaluate them with opsd.eval.evaluate.evaluate_run)")
         return []
     dropped = [b for b in benchmarks if b not in usable]
     if dropped:
@@ -160,7 +160,7 @@ class RunRecord:
     """What one run directory holds: its config, its metrics and its eval summaries.
 
     ``config``: ``config.yaml`` ({} when absent; old spellings mapped, ``opsd.config.upgrade_legacy_spellings``);
-    ``metrics``: ``metrics.jsonl`` records in step order (old keys mapped, ``opsd.rundir.read_metrics``);
+    ``metrics``: ``metrics.jsonl`` records in step order (old keys mapped, ``opsd.runs.layout.read_metrics``);
     ``evals``: the ``eval/<benchmark>/step-<N>.json`` dicts without their per-sample ``records``.
     """
 
@@ -188,7 +188,7 @@ class RunRecord:
         return eval_curves(self.evals, metric).get(benchmark, ([], []))
 
     def proportion_at(self, benchmark: str, step: int | None):
-        """The accuracy at ``step`` as an ``opsd.stats.Proportion`` (k correct of n, 95% Wilson interval),
+        """The accuracy at ``step`` as an ``opsd.eval.stats.Proportion`` (k correct of n, 95% Wilson interval),
         or None when that step was not evaluated (see ``eval_proportion``)."""
         e = None if step is None else self.eval_at(benchmark, step)
         return eval_proportion(e) if e else None
@@ -223,12 +223,12 @@ class RunRecord:
 
 
 def eval_proportion(evaluation: Mapping):
-    """An eval JSON's accuracy as ``opsd.stats.Proportion``: k correct answers of n = problems x samples
+    """An eval JSON's accuracy as ``opsd.eval.stats.Proportion``: k correct answers of n = problems x samples
     (``summary.n_samples``, else ``n_problems`` x ``k``), k = Avg@k x n, with its 95% Wilson interval.
     For Avg@1 (one sample per problem) that is exactly the binomial interval of the problem set; with
     several samples per problem, they are not independent and the interval is too narrow. None when the
     summary lacks the numbers."""
-    from opsd.stats import proportion
+    from opsd.eval.stats import proportion
 
     s = evaluation.get("summary") or {}
     avg = s.get("avg_at_k")
@@ -274,7 +274,7 @@ def campaign_runs(root: str | Path = DEFAULT_RUNS_ROOT) -> dict[str, Path]:
 def resolve_runs(runs: Mapping[str, Any] | str | Path | None = None) -> dict[str, Path | None]:
     """The notebook's ``runs`` parameter -> {name: directory}.
 
-    None: the CPU campaign's directories under ``runs/figures/`` (``python -m opsd.figure_runs``);
+    None: the CPU campaign's directories under ``runs/figures/`` (``python -m opsd.paper.campaign``);
     a mapping {name: directory}; a JSON / YAML string of such a mapping (``papermill -p runs '{...}'``);
     or a directory whose sub-folders are named runs. Relative paths: from the current directory if
     they exist there, else from the repository root.
@@ -283,7 +283,7 @@ def resolve_runs(runs: Mapping[str, Any] | str | Path | None = None) -> dict[str
         found = campaign_runs(DEFAULT_RUNS_ROOT)
         if not found:
             print(f"no runs given and {DEFAULT_RUNS_ROOT} holds none: run `make figures` (or "
-                  "`python -m opsd.figure_runs`), or pass runs={'OPSD': 'path/to/run', ...}")
+                  "`python -m opsd.paper.campaign`), or pass runs={'OPSD': 'path/to/run', ...}")
         return dict(found)
     if isinstance(runs, (str, Path)):
         text = str(runs).strip()

@@ -2,7 +2,7 @@
 
 Every function takes plain Python inputs (metric records from ``metrics.jsonl``, eval JSON dicts) and
 returns a ``matplotlib.figure.Figure`` or a ``pandas.DataFrame``; pictures of one rollout's tokens are in
-``opsd.viz_rollout``, the paper's figures in ``opsd.paper_figures``.
+``opsd.viz.rollout``, the paper's figures in ``opsd.paper.figures``.
 
     style     use_style (globally), styled (a context)       reproduce/opsd.mplstyle, the only style
     accuracy  plot_accuracy                                  accuracy curves on one axes: every accuracy figure
@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from opsd.config import REPO_ROOT
-from opsd.paper_data import CATEGORIES, PAPER_TABLE5, eval_curves, metric_series
+from opsd.paper.records import CATEGORIES, PAPER_TABLE5, eval_curves, metric_series
 
 #: The figure style of every figure of the kit (figures/, notebooks).
 STYLE_PATH = REPO_ROOT / "reproduce" / "opsd.mplstyle"
@@ -39,7 +39,7 @@ NEGATIVE_LOSS_NOTE = "loss < 0: clipping lets the optimizer push below zero"
 _NEGATIVE_NOTE_TEXT = NEGATIVE_LOSS_NOTE.replace(": ", ":\n").replace(" push", "\npush")
 _NOTE_STYLE = {"fontsize": 7.5, "color": "#b2182b", "fontweight": "bold", "ha": "left", "va": "bottom",
                "bbox": {"facecolor": "white", "alpha": 0.8, "lw": 0}}
-# the objective's keys (as `opsd.rundir.read_metrics` returns them): a zero line, and the note when negative
+# the objective's keys (as `opsd.runs.layout.read_metrics` returns them): a zero line, and the note when negative
 _OBJECTIVE_KEYS = ("loss", "divergence_mean")
 
 
@@ -185,7 +185,7 @@ def plot_kl_by_category(measured: Mapping[str, float], paper: Mapping[str, Mappi
 
 def _records(records_or_run_dir) -> list[dict]:
     if isinstance(records_or_run_dir, (str, Path)):
-        from opsd.rundir import read_metrics
+        from opsd.runs.layout import read_metrics
 
         return read_metrics(records_or_run_dir)
     return list(records_or_run_dir)
@@ -332,7 +332,7 @@ def plot_prompt_lengths(audit_rows: Sequence[Mapping], *, max_prompt_length: int
 
 
 def plot_privilege_gap(reports: Mapping[str, Any], *, title: str | None = None):
-    """``{label: GapReport}`` (``opsd.gap``) -> one Figure: student and self-teacher greedy accuracy per
+    """``{label: GapReport}`` (``opsd.eval.gap``) -> one Figure: student and self-teacher greedy accuracy per
     model with 95% Wilson intervals (left), and each model's per-problem 2x2 table (student right/wrong x
     teacher right/wrong) as a coloured grid (right, one grid per model)."""
     colors = {"student": "#4C72B0", "self-teacher": "#DD8452"}

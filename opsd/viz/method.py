@@ -4,7 +4,7 @@ several token heatmaps on one colour scale.
 
 Every function is handed data (logits, a `opsd.toy` case, a `opsd.contexts.JoinedBatch`, per-token values)
 and returns a ``matplotlib.figure.Figure``; nothing here loads a model or computes the objective other
-than through `opsd.divergence.token_divergence`. The style is ``opsd.viz``'s.
+than through `opsd.divergence.token_divergence`. The style is ``opsd.viz.plots``'s.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 from opsd.contexts import JoinedBatch
 from opsd.divergence import token_divergence
 from opsd.toy import ClipCase, OnePeakedFit, clip_case_values
-from opsd.viz import _new_axes, styled
-from opsd.viz_rollout import (
+from opsd.viz.plots import _new_axes, styled
+from opsd.viz.rollout import (
     _as_floats,
     _draw_token_boxes,
     _norm_and_cmap,
@@ -268,7 +268,7 @@ def plot_heatmaps_shared_scale(panels: Mapping[str, tuple[Sequence[str], object]
                                vmax: float | None = None, cmap: str | None = None, fontsize: float = 9.0):
     """Several token heatmaps {title: (tokens, values [N])} stacked in one figure with one colour bar:
     the same colour means the same D[n] in every panel (scale: ``vmax``, default `shared_vmax`; diverging
-    if any panel has D < 0). Layout as `opsd.viz_rollout.plot_divergence_heatmap`."""
+    if any panel has D < 0). Layout as `opsd.viz.rollout.plot_divergence_heatmap`."""
     items = []
     for name, (tokens, values) in panels.items():
         tokens, values = [str(t) for t in tokens], _as_floats(values)

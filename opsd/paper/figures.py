@@ -1,10 +1,10 @@
 """The paper's figures (arXiv 2601.18734 v3) rebuilt from run directories, and the command that writes
 every figure and table.
 
-Input: a mapping of run names to run directories, read by ``opsd.paper_data`` (which lists the names the
+Input: a mapping of run names to run directories, read by ``opsd.paper.records`` (which lists the names the
 figures use, and holds the paper's numbers: printed beside ours, never mixed into our curves); the tables
-are built in ``opsd.paper_tables``; every figure is drawn in ``opsd.viz``'s one style, every accuracy curve
-by ``opsd.viz.plot_accuracy``.
+are built in ``opsd.paper.tables``; every figure is drawn in ``opsd.viz.plots``'s one style, every accuracy curve
+by ``opsd.viz.plots.plot_accuracy``.
 
 Each builder takes the loaded runs (``load_runs``) and returns a ``matplotlib`` Figure; when the runs it
 needs are missing it prints ``skipped Fig 4: missing runs ['OPSD-clip']`` and returns None (nothing is
@@ -26,7 +26,7 @@ a figures directory.
                                                              OPSD-verbose, SFT-verbose: a third panel
                                                              when present
 
-``python -m opsd.paper_figures --runs runs/figures --figures-dir figures`` builds them all (the
+``python -m opsd.paper.figures --runs runs/figures --figures-dir figures`` builds them all (the
 notebook ``reproduce/figures.ipynb`` does the same, one cell per figure, through this module's names).
 """
 
@@ -42,7 +42,7 @@ from typing import Any
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 
-from opsd.paper_data import (
+from opsd.paper.records import (
     DEFAULT_SELECTION,
     OPSD_FAMILY,
     SELECTION_RULES,
@@ -66,7 +66,7 @@ from opsd.paper_data import (
     table5_by_model,
     train_label,
 )
-from opsd.paper_tables import (
+from opsd.paper.tables import (
     CI_HI,
     CI_LO,
     TABLE3_RUNS,
@@ -79,7 +79,7 @@ from opsd.paper_tables import (
     table3_benchmark,
     table5,
 )
-from opsd.viz import (
+from opsd.viz.plots import (
     MARKERS,
     accuracy_limits,
     integer_steps,
@@ -249,7 +249,7 @@ def table3_figure(records: Mapping[str, RunRecord], benchmarks: Sequence[str], p
 def imitation_vs_self_distillation(records: Mapping[str, RunRecord], benchmarks: Sequence[str]):
     """Held-out accuracy vs training for OPSD and SFT, one panel per kind of reference solutions: worked
     (left), terse (middle) and long-winded (right; only when OPSD-verbose and SFT-verbose are there, see
-    ``opsd.paper_tables.imitation_panels``): 95% Wilson interval bands, the starting model's accuracy
+    ``opsd.paper.tables.imitation_panels``): 95% Wilson interval bands, the starting model's accuracy
     (step 0) as a dotted line with its band. x: training problems seen (step x problems per step), so
     SFT's smaller, cheaper steps line up with OPSD's; the training step when a run does not record its
     batch size."""
@@ -318,7 +318,7 @@ def fig3_grpo_zero_std(records: Mapping[str, RunRecord]):
 
 
 def table5_figure(records: Mapping[str, RunRecord], paper: Mapping | None = None, run: str = "OPSD"):
-    """Table 5 as grouped bars (``opsd.viz.plot_kl_by_category``): ours (mean over training) and the paper's."""
+    """Table 5 as grouped bars (``opsd.viz.plots.plot_kl_by_category``): ours (mean over training) and the paper's."""
     df = table5(records, paper, run)
     if df is None:
         return None
@@ -335,7 +335,7 @@ def table5_figure(records: Mapping[str, RunRecord], paper: Mapping | None = None
 
 def diagnostics(records: Mapping[str, RunRecord], keys: Sequence[str] = DIAGNOSTIC_KEYS):
     """Training diagnostics of the OPSD-family runs overlaid: loss, clipped fraction, negative-token
-    fraction, rollout length vs step (``opsd.viz.plot_runs`` per panel)."""
+    fraction, rollout length vs step (``opsd.viz.plots.plot_runs`` per panel)."""
     what = "diagnostics"
     present = [n for n in OPSD_FAMILY if n in records and records[n].metrics]
     if not present:
@@ -424,8 +424,8 @@ def build_all(runs: Mapping[str, Any] | str | Path | None = None, figures_dir: s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m opsd.paper_figures [--runs DIR|JSON] [--figures-dir DIR] [--benchmark NAMES]``."""
-    p = argparse.ArgumentParser(prog="python -m opsd.paper_figures", description=main.__doc__)
+    """``python -m opsd.paper.figures [--runs DIR|JSON] [--figures-dir DIR] [--benchmark NAMES]``."""
+    p = argparse.ArgumentParser(prog="python -m opsd.paper.figures", description=main.__doc__)
     p.add_argument("--runs", default=None, help="a directory of named run folders or a JSON mapping (default runs/figures)")
     p.add_argument("--figures-dir", default="figures")
     p.add_argument("--benchmark", default="synthetic", help="comma-separated benchmark names")

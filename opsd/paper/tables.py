@@ -1,14 +1,14 @@
 """The paper's tables (arXiv 2601.18734 v3) rebuilt from run directories, the paper's numbers beside ours.
 
-Each builder takes the loaded runs (``opsd.paper_data.load_runs``) and returns a ``pandas.DataFrame``
+Each builder takes the loaded runs (``opsd.paper.records.load_runs``) and returns a ``pandas.DataFrame``
 whose ``attrs["note"]`` says what the columns are, or None with a printed note when the runs it needs
-(listed in ``opsd.paper_figures``) are missing.
+(listed in ``opsd.paper.figures``) are missing.
 
-Every accuracy comes with its 95% Wilson score interval (``opsd.stats``), printed as ``61.5 [54.6, 68.0]``:
+Every accuracy comes with its 95% Wilson score interval (``opsd.eval.stats``), printed as ``61.5 [54.6, 68.0]``:
 k correct answers out of n = problems x samples per problem (Avg@1, greedy: one sample per problem, so n
 is the number of problems). The DataFrames keep the bounds in columns ``<column> 95% lo`` /
 ``<column> 95% hi``; ``markdown_table`` folds them into the value's cell. Tables 2 and 3 report, per
-benchmark, the checkpoint ``select`` picks (``opsd.paper_data.SELECTION_RULES``); the chosen step is
+benchmark, the checkpoint ``select`` picks (``opsd.paper.records.SELECTION_RULES``); the chosen step is
 printed beside each value and the note names the rule.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from opsd.paper_data import (
+from opsd.paper.records import (
     CATEGORIES,
     DEFAULT_SELECTION,
     RunRecord,
@@ -82,7 +82,7 @@ def _frame(rows: Mapping[str, Mapping], index: str, note: str, columns: Sequence
 
 def _interval_note(evaluation: Mapping | None) -> str:
     k = ((evaluation or {}).get("settings") or {}).get("k", (evaluation or {}).get("k", 1))
-    note = ("[lo, hi] after each accuracy: its 95% Wilson score interval (opsd.stats), k correct of "
+    note = ("[lo, hi] after each accuracy: its 95% Wilson score interval (opsd.eval.stats), k correct of "
             "n = problems x samples")
     if k == 1:
         return note + " (Avg@1: one sample per problem, so n = problems)"
@@ -172,7 +172,7 @@ def imitation_findings(records: Mapping[str, RunRecord], table) -> str:
     compared at their last steps (a winner only where the intervals separate); then each method's gain over the
     starting model per kind of references. ``reproduce/figures.ipynb`` displays it, so that no number of the
     campaign is typed into the notebook."""
-    from opsd.stats import proportion
+    from opsd.eval.stats import proportion
 
     if table is None:
         return "**What these runs measured:** nothing; the runs this comparison needs are missing (note above)."

@@ -63,7 +63,7 @@ def proportion(k: int, n: int) -> Proportion:
 
 
 def accuracy_text(result: dict) -> str:
-    """A held-out result (``opsd.evaluate.heldout_accuracy``) as ``"123/200 = 61.5% [54.6, 68.0]"``."""
+    """A held-out result (``opsd.eval.evaluate.heldout_accuracy``) as ``"123/200 = 61.5% [54.6, 68.0]"``."""
     return str(proportion(result["correct"], result["n"]))
 
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from opsd.stats import Proportion, proportion
+from opsd.eval.stats import Proportion, proportion
 
 
 @dataclass
@@ -87,7 +87,7 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
     called after each batch."""
     from opsd.contexts import build_dual_contexts, join_rollout
     from opsd.divergence import token_divergence
-    from opsd.grading import extract_boxed, is_correct
+    from opsd.eval.grading import extract_boxed, is_correct
     from opsd.rollout import HFRollout, SamplingParams
     from opsd.teacher import teacher_context
 

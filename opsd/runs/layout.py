@@ -10,13 +10,13 @@
     eval/<benchmark>/step-<N>.json   one evaluation (step 0: the base model; `write_eval_json`)
 
 The final model (adapters or weights, tokenizer) is saved at the top level. While training,
-`opsd.runlog.RunDirectoryCallback` writes config.yaml, metrics.jsonl and train_summary.json.
+`opsd.runs.runlog.RunDirectoryCallback` writes config.yaml, metrics.jsonl and train_summary.json.
 
-Crash safety. Every reader accepts what a kill leaves behind (files: `opsd.atomic_io`):
+Crash safety. Every reader accepts what a kill leaves behind (files: `opsd.runs.atomic_io`):
 
 - a checkpoint counts only when complete (`checkpoint_problem`): its `trainer_state.json` (the Trainer
   writes it after the weights, optimizer and RNG state) parses and names the folder's step, its files
-  are whole (`opsd.file_integrity`), and the trainer's own state files (`required`) exist. A resume
+  are whole (`opsd.runs.file_integrity`), and the trainer's own state files (`required`) exist. A resume
   moves incomplete ones aside with a warning (`resume_checkpoint`) and continues from the last complete one;
 - an evaluation file cut by a crash, or written with other settings, is moved aside and redone (`reusable_eval`).
 """
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import yaml
 
-from opsd.atomic_io import read_jsonl, write_json_atomic, write_text_atomic
-from opsd.file_integrity import file_problem, weights_problem
+from opsd.runs.atomic_io import read_jsonl, write_json_atomic, write_text_atomic
+from opsd.runs.file_integrity import file_problem, weights_problem
 
 logger = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ def write_eval_json(run_dir: str | Path, benchmark: str, step: int, *, settings:
                     summary: dict, checkpoint: str | None = None) -> dict:
     """Write one evaluation to `eval_path` atomically and return it: ``{benchmark, step, k, checkpoint,
     settings, summary, records, created}``, ``records`` one graded sample each, ``summary`` from
-    ``opsd.grading.summarize``, ``checkpoint`` the folder name (None: the base model)."""
+    ``opsd.eval.grading.summarize``, ``checkpoint`` the folder name (None: the base model)."""
     payload = {
         "benchmark": benchmark, "step": step, "k": settings["k"], "checkpoint": checkpoint, "settings": settings,
         "summary": summary, "records": records, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -3,15 +3,15 @@
 The protocol of the paper: prompt with the reference evaluation prompt (the problem text, a blank
 line, the step-by-step / ``\\boxed{}`` instruction), sample k completions per problem (temperature
 1.0, top_p 0.95), grade the last ``\\boxed{}`` of each against the gold answer with math-verify
-(``opsd.grading``), and report Avg@k = mean over problems of (correct samples / k), next to pass@k and
+(``opsd.eval.grading``), and report Avg@k = mean over problems of (correct samples / k), next to pass@k and
 maj@k. The paper's settings are k=12, 38,912 new tokens, thinking on, vLLM; the CPU defaults are tiny.
 
 - ``evaluate``: a model and a dataset (``id``, ``problem``, ``answer``; ``opsd.data.load_benchmark``) ->
-  (records, summary); generation by ``opsd.eval_generation`` (backend ``hf`` or ``vllm``).
+  (records, summary); generation by ``opsd.eval.generation`` (backend ``hf`` or ``vllm``).
 - ``heldout_accuracy``: greedy accuracy on held-out synthetic problems, with its Wilson interval.
 - ``evaluate_run`` / ``evaluate_model``: a run's checkpoints (or one model as step 0) ->
-  ``<run>/eval/<benchmark>/step-<N>.json`` (``opsd.rundir``: the files, written and read back).
-- The command line ``python -m opsd eval`` is ``opsd.eval_cli``.
+  ``<run>/eval/<benchmark>/step-<N>.json`` (``opsd.runs.layout``: the files, written and read back).
+- The command line ``python -m opsd eval`` is ``opsd.eval.cli``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from opsd.eval_generation import DEFAULT_EVAL_PROMPT, EVAL_PROMPTS, eval_prompts, generate_hf, generate_vllm
-from opsd.grading import make_record, summarize
-from opsd.rundir import (
+from opsd.eval.generation import DEFAULT_EVAL_PROMPT, EVAL_PROMPTS, eval_prompts, generate_hf, generate_vllm
+from opsd.eval.grading import make_record, summarize
+from opsd.runs.layout import (
     check_eval_run_dir,
     eval_path,
     find_checkpoints,
@@ -168,7 +168,7 @@ def heldout_accuracy(
 ) -> dict:
     """Greedy accuracy of ``model`` on the first ``n`` held-out synthetic problems (one sample each):
     ``{"n", "correct", "accuracy", "interval", "boxed_rate", "mean_completion_tokens"}``, ``interval``
-    the 95% Wilson interval ``[lo, hi]`` of the accuracy (``opsd.stats``). ``benchmark``: ``synthetic``
+    the 95% Wilson interval ``[lo, hi]`` of the accuracy (``opsd.eval.stats``). ``benchmark``: ``synthetic``
     or ``synthetic-paraphrased`` (same problems, other wordings). ``progress``: a callable gets
     ``(done, total)`` after each batch; ``fast``: ``HFRollout``'s packed CPU path (False: the reference
     path, same answers; ``benchmarks/step.py``). The before/after check of
@@ -211,7 +211,7 @@ def eval_settings(
     prompt=DEFAULT_EVAL_PROMPT, context_length=None,
 ) -> dict:
     """The ``settings`` of a result file (``context_length`` only when set): what decides whether an
-    existing file is reused (``opsd.rundir.reusable_eval``; ``batch_size`` does not count)."""
+    existing file is reused (``opsd.runs.layout.reusable_eval``; ``batch_size`` does not count)."""
     extra = {} if context_length is None else {"context_length": int(context_length)}
     return extra | {
         "prompt": str(prompt), "k": int(k), "temperature": float(temperature), "top_p": float(top_p),
@@ -392,7 +392,7 @@ def evaluate_model(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m opsd eval`` (``opsd.eval_cli.main``)."""
-    from opsd.eval_cli import main as cli_main
+    """``python -m opsd eval`` (``opsd.eval.cli.main``)."""
+    from opsd.eval.cli import main as cli_main
 
     return cli_main(argv)

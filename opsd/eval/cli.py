@@ -1,8 +1,8 @@
 """``python -m opsd eval``: evaluation profiles (``reproduce/configs/eval-*.yaml``) and the command line.
 
 ``main`` evaluates a run directory (``--run``: the base model and every checkpoint) or one model
-(``--model``, as step 0) with ``opsd.evaluate``, then prints ``summary_table`` (also read by
-``reproduce/eval.ipynb`` from the files ``opsd.rundir.load_eval_results`` returns).
+(``--model``, as step 0) with ``opsd.eval.evaluate``, then prints ``summary_table`` (also read by
+``reproduce/eval.ipynb`` from the files ``opsd.runs.layout.load_eval_results`` returns).
 The defaults of the flags are ``eval_request``'s, the one resolution shared with the notebook: the CPU
 defaults, then the run's config.yaml (its token budget and chat setting; a run trained on synthetic data gets
 the demo's greedy held-out protocol), then a profile's values; flags given explicitly override them all.
@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from opsd.eval_generation import DEFAULT_EVAL_PROMPT, EVAL_PROMPTS
-from opsd.evaluate import evaluate_model, evaluate_run
+from opsd.eval.generation import DEFAULT_EVAL_PROMPT, EVAL_PROMPTS
+from opsd.eval.evaluate import evaluate_model, evaluate_run
 
 
 @dataclass
@@ -80,7 +80,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "context_length": None, "thinking": False, "prompt": DEFAULT_EVAL_PROMPT, "backend": "hf",
     "n_problems": None, "batch_size": 8, "seed": 0,
 }
-#: The held-out check of ``reproduce/train.ipynb`` (``opsd.evaluate.heldout_accuracy``, what ``make demo``
+#: The held-out check of ``reproduce/train.ipynb`` (``opsd.eval.evaluate.heldout_accuracy``, what ``make demo``
 #: reports): greedy, one answer per problem, the first 200 held-out problems in the training wording and
 #: paraphrased, batches of 64 as the notebook's. A run trained on synthetic data is evaluated with it.
 SYNTHETIC_PROTOCOL: dict[str, Any] = {
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m opsd eval",
         description="Sample k answers per problem, grade the last \\boxed{} with math-verify, report Avg@k, "
         "maj@k and pass@k. Writes <run or output>/eval/<benchmark>/step-<N>.json.",
-        epilog="With --run, the flags not given follow the run (opsd.eval_cli.eval_request): its "
+        epilog="With --run, the flags not given follow the run (opsd.eval.cli.eval_request): its "
         "max_completion_length and chat setting, and for a run trained on synthetic data the demo's greedy "
         "held-out protocol (k 1, temperature 0, 200 problems of synthetic and synthetic-paraphrased). "
         "Paper settings: --profile eval-paper (k 12, 38,912 new tokens, temperature 1.0, top_p 0.95, "
@@ -309,7 +309,7 @@ def _run_config_or_none(run: str | None) -> dict | None:
     """``--run``'s config.yaml, or None (no --run, no readable config: ``evaluate_run`` reports why)."""
     if run is None:
         return None
-    from opsd.rundir import read_run_config
+    from opsd.runs.layout import read_run_config
 
     try:
         return read_run_config(run, missing_ok=True)

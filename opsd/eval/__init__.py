@@ -1,0 +1,1 @@
+"""Evaluation: generation, grading, Avg@k / pass@k with intervals, the privilege gap, comparisons."""

@@ -1,0 +1,1 @@
+"""Paper reproduction: run records, the paper's tables and figures, the CPU figure campaign."""
