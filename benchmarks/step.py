@@ -51,7 +51,8 @@ def read_bandwidth_gbs(mib: int = 512) -> float:
 def build(profile: str):
     """The cpu-tiny trainer, its first batch and the starting trainable weights."""
     from opsd.config import load_config
-    from opsd.trainer import OPSDConfig, build_trainer
+    from opsd.config import OPSDConfig
+    from opsd.trainer import build_trainer
 
     config = load_config(OPSDConfig, profile, {"output_dir": "runs/benchmark-step", "report_to": "none"})
     trainer = build_trainer(config)

@@ -138,7 +138,7 @@ def audit_lengths(tokenizer, problems: Sequence[str], solutions: Sequence[str], 
 def _profile_values(profile: str, overrides: dict | None) -> dict:
     """The keys of ``AUDIT_KEYS`` from a training profile (``kind: train``), with defaults and overrides."""
     from opsd.config import read_profile
-    from opsd.trainer import OPSDConfig
+    from opsd.config import OPSDConfig
 
     values = read_profile(profile)
     kind = values.get("kind", "train")

@@ -22,7 +22,8 @@ from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.rollout import HFRollout
 from opsd.step import StepResult, opsd_loss
 from opsd.teacher import EMATeacher
-from opsd.trainer import OPSDConfig, resolve_chunk_size
+from opsd.config import OPSDConfig
+from opsd.trainer import resolve_chunk_size
 
 
 def shuffled_batches(num_rows: int, batch_size: int, seed: int) -> Iterator[list[int]]:

@@ -21,21 +21,20 @@ import math
 import time
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
-from opsd.runs.atomic_io import append_jsonl
-from opsd.config import RunFields
+from opsd.config import OPSDConfig
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.diagnostics import divergence_diagnostics
-from opsd.divergence import CLIP_MODES, DEFAULT_CLIP_MODE, LOSS_TYPES, resolve_clip, token_divergence
+from opsd.divergence import token_divergence
 from opsd.divergence_chunked import suggest_chunk_size
-from opsd.rollout import SamplingParams, make_rollout_backend
+from opsd.rollout import make_rollout_backend
+from opsd.runs.atomic_io import append_jsonl
 from opsd.runs.layout import (
     ROLLOUTS_FILE,
     check_run_kind,
@@ -47,7 +46,7 @@ from opsd.runs.layout import (
 )
 from opsd.runs.runlog import RunDirectoryCallback
 from opsd.step import NonFiniteScoresError, opsd_loss
-from opsd.teacher import TEACHER_MODES, EMATeacher, teacher_context
+from opsd.teacher import EMATeacher, teacher_context
 
 # transformers 5.23's own Trainer calls its deprecated `is_gradient_checkpointing`; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -56,106 +55,6 @@ logger = logging.get_logger(__name__)
 
 LARGE_VOCAB = 65_536
 OPSD_STATE_FILE = "opsd_state.pt"
-
-
-@dataclass
-class OPSDConfig(RunFields, TrainingArguments):
-    """Every knob of the OPSD method on top of `TrainingArguments`.
-
-    Defaults are the reference run's where it has one (beta 0, clip 0.05 point-wise, fixed teacher,
-    temperature 1.1, top_p 0.95, top_k 20, 1024 completion tokens); profiles override them.
-    """
-
-    # objective
-    beta: float = field(default=0.0, metadata={"help": "Generalized JSD weight: 0 forward KL(T||S), 1 reverse KL."})
-    loss_temperature: float | None = field(default=None, metadata={"help": "Temperature on both logits (None: sampling temperature)."})
-    teacher_top_k: int | None = field(default=None, metadata={"help": "Restrict the divergence to the teacher's top-k entries (None: the whole vocabulary; `top_k` is the sampling one). Old key: top_k_loss."})
-    clip: float | None = field(default=0.05, metadata={"help": "Clip threshold c (None: no clipping, the only way to turn it off)."})
-    clip_mode: str = field(default=DEFAULT_CLIP_MODE, metadata={"help": "How to clip when clip is set: pointwise | token (the old 'none' is read as clip=None)."})
-    loss_type: str = field(default="full", metadata={"help": "full (vocabulary divergence) | sampled_token."})
-    divergence_chunk_size: int | None = field(default=None, metadata={"help": "Positions per chunk (None: automatic when vocab > 65,536, else unchunked; 0: never chunk)."})
-    fused_hidden_loss: bool = field(default=False, metadata={"help": "Compute student logits chunk by chunk from hidden states."})
-    # teacher
-    teacher_mode: str = field(default="fixed", metadata={"help": "fixed (adapters off) | ema | dynamic."})
-    ema_decay: float = 0.999
-    legacy_mismatch: bool = field(default=False, metadata={"help": "Student prompt without chat template (earlier reference code)."})
-    teacher_think_opener: bool = field(default=False, metadata={"help": "Append '<think>\\n' to the teacher prompt (thinking teacher, non-thinking student)."})
-    # rollout
-    rollout_backend: str = field(default="hf", metadata={"help": "hf | vllm."})
-    temperature: float = 1.1
-    top_p: float = 0.95
-    top_k: int = field(default=20, metadata={"help": "Sampling top-k (0: off); the divergence's teacher support is teacher_top_k."})
-    max_completion_length: int = 1024
-    num_generations: int = field(default=1, metadata={"help": "Rollouts per problem."})
-    vllm_gpu_memory_utilization: float = 0.6
-    vllm_sleep: bool = False
-    fast_inference: bool = field(default=True, metadata={"help": "CPU: rollouts, teacher and student passes on packed oneDNN weights, top-p without a full sort (opsd.packed_linear; same results up to float rounding). False: the reference path."})
-    # logging
-    log_rollouts_every: int = field(default=10, metadata={"help": "Write sample rollouts every N steps (0: never)."})
-    num_logged_rollouts: int = 2
-
-    def __post_init__(self):
-        from opsd.validation import InputError, check_config
-
-        self.clip, self.clip_mode = resolve_clip(self.clip, self.clip_mode)  # legacy clip_mode "none" -> clip None
-        check_config(self)  # types and ranges, before TrainingArguments sees the values
-        self.remove_unused_columns = False
-        self.dataloader_pin_memory = False  # batches are problem texts, tokenized in the step: nothing to pin
-        super().__post_init__()
-        if self.teacher_mode not in TEACHER_MODES:
-            raise InputError(f"teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}")
-        if self.loss_type not in LOSS_TYPES:
-            raise InputError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if self.clip_mode not in CLIP_MODES:
-            raise InputError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise InputError(f"beta must be in [0, 1], got {self.beta}")
-        if self.teacher_mode == "fixed" and not self.use_lora:
-            raise InputError(
-                "teacher_mode='fixed' is the base model with LoRA adapters disabled, so it needs use_lora=True; "
-                "use teacher_mode='dynamic' or 'ema' for full fine-tuning"
-            )
-        if self.max_completion_length >= self.max_length:
-            raise InputError(
-                f"max_completion_length ({self.max_completion_length}) must be below max_length ({self.max_length}) "
-                "to leave room for the prompt"
-            )
-
-    @property
-    def effective_loss_temperature(self) -> float:
-        return self.loss_temperature if self.loss_temperature is not None else self.temperature
-
-    @property
-    def max_prompt_length(self) -> int:
-        return self.max_length - self.max_completion_length
-
-    def sampling_params(self) -> SamplingParams:
-        return SamplingParams(
-            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-            max_new_tokens=self.max_completion_length, n=self.num_generations,
-        )
-
-    def divergence_kwargs(self) -> dict[str, Any]:
-        return {
-            "beta": self.beta, "temperature": self.effective_loss_temperature, "teacher_top_k": self.teacher_top_k,
-            "clip": self.clip, "clip_mode": self.clip_mode,
-        }
-
-    def loss_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of `opsd.step.opsd_loss` this config sets (not ema, chunk_size, unwrapped)."""
-        return {
-            "teacher_mode": self.teacher_mode, "loss_type": self.loss_type, "fused_hidden": self.fused_hidden_loss,
-            "fast": self.fast_inference, **self.divergence_kwargs(),
-        }
-
-    def context_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of `opsd.contexts.build_dual_contexts` this config sets."""
-        return {
-            "profile": self.prompt_profile, "student_chat_kwargs": self.student_chat_kwargs,
-            "teacher_chat_kwargs": self.teacher_chat_kwargs, "max_prompt_length": self.max_prompt_length,
-            "legacy_mismatch": self.legacy_mismatch, "on_overflow": self.on_overflow,
-            "teacher_think_opener": self.teacher_think_opener,
-        }
 
 
 class NonFiniteLossError(FloatingPointError):

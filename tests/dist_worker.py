@@ -9,7 +9,8 @@ import torch.distributed as dist
 from opsd.config import load_config
 from opsd.data import synthetic_math
 from opsd.models import load_model_and_tokenizer, tiny_qwen3
-from opsd.trainer import OPSDConfig, OPSDTrainer
+from opsd.config import OPSDConfig
+from opsd.trainer import OPSDTrainer
 
 
 def main(out_dir: str) -> None:

@@ -28,7 +28,7 @@ from opsd.config import load_config, parse_overrides
 from opsd.data import load_problems
 from opsd.runs.launch import check_notebook_parameters, resolve_train_overrides
 from opsd.runs.layout import eval_path, write_eval_json
-from opsd.trainer import OPSDConfig
+from opsd.config import OPSDConfig
 from opsd.validation import InputError
 
 REPO = Path(__file__).resolve().parents[1]

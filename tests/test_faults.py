@@ -39,7 +39,7 @@ from fault_worker import PHASES, SAVE_PHASES
 def test_resume_cuts_metrics_and_rollouts_back_to_the_checkpoint(tmp_path):
     from types import SimpleNamespace
 
-    from opsd.trainer import OPSDConfig
+    from opsd.config import OPSDConfig
 
     for name in ("metrics.jsonl", "rollouts.jsonl"):
         for step in (1, 2, 3):

@@ -338,7 +338,8 @@ def test_notebook_draws_figures_from_real_tiny_runs(tmp_path):
     papermill = pytest.importorskip("papermill")
     from opsd.config import load_config
     from opsd.eval.evaluate import evaluate_run
-    from opsd.trainer import OPSDConfig, run_training
+    from opsd.config import OPSDConfig
+    from opsd.trainer import run_training
 
     runs = {}
     for name, extra in (("OPSD", {}), ("OPSD-clip", {"clip": 0.05, "clip_mode": "pointwise"})):

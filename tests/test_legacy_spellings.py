@@ -15,26 +15,13 @@ import pytest
 import yaml
 from fake_runs import OPSD_CONFIG, opsd_metrics, write_run
 
+from opsd.config import OPSDConfig, load_config, parse_overrides, save_config, upgrade_legacy_spellings
 from opsd.paper import records as pdata
-from opsd.viz import plots as viz
-from opsd.config import load_config, parse_overrides, save_config, upgrade_legacy_spellings
-from opsd.divergence import CLIP_MODES, LOSS_TYPES
 from opsd.runs.layout import read_metrics
-from opsd.teacher import TEACHER_MODES
-from opsd.trainer import OPSDConfig
 from opsd.validation import InputError
+from opsd.viz import plots as viz
 
 # ------------------------------------------------------------------------------------------ option sets
-
-
-def test_one_definition_of_each_option_set():
-    import opsd.step
-    import opsd.trainer
-
-    assert CLIP_MODES == ("pointwise", "token") and LOSS_TYPES == ("full", "sampled_token")
-    assert TEACHER_MODES == ("fixed", "ema", "dynamic")
-    assert opsd.trainer.CLIP_MODES is CLIP_MODES and opsd.trainer.LOSS_TYPES is LOSS_TYPES
-    assert opsd.trainer.TEACHER_MODES is TEACHER_MODES and opsd.step.LOSS_TYPES is LOSS_TYPES
 
 
 # ------------------------------------------------------------------------------------------ configs

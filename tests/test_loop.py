@@ -14,7 +14,8 @@ from opsd.loop import micro_batch_loss, train_plain
 from opsd.models import apply_lora, tiny_qwen3
 from opsd.rollout import Rollout
 from opsd.runs.layout import read_metrics
-from opsd.trainer import OPSDConfig, OPSDTrainer, resolve_chunk_size
+from opsd.config import OPSDConfig
+from opsd.trainer import OPSDTrainer, resolve_chunk_size
 
 N = 5  # rollout tokens
 SETTINGS = {"max_completion_length": N, "max_length": 256, "lora_r": 4, "lora_alpha": 8,

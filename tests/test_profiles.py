@@ -14,7 +14,7 @@ CPU = {"bf16": False}
 
 @pytest.mark.parametrize("name", OPSD_PROFILES)
 def test_opsd_profiles_load(name, tmp_path):
-    from opsd.trainer import OPSDConfig
+    from opsd.config import OPSDConfig
 
     assert read_profile(name)["kind"] == "train"
     config = load_config(OPSDConfig, name, {**CPU, "output_dir": str(tmp_path)})

@@ -19,7 +19,8 @@ from opsd.data import synthetic_math
 from opsd.divergence import distillation_loss
 from opsd.models import load_model_and_tokenizer
 from opsd.runs.layout import read_metrics
-from opsd.trainer import NonFiniteLossError, OPSDConfig, OPSDTrainer, combine_diagnostics
+from opsd.config import OPSDConfig
+from opsd.trainer import NonFiniteLossError, OPSDTrainer, combine_diagnostics
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
 
     from opsd.config import DEFAULT_PROFILE, load_config, parse_overrides
-    from opsd.trainer import OPSDConfig
+    from opsd.config import OPSDConfig
 
     parser = argparse.ArgumentParser(prog="python -m opsd gap", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=DEFAULT_PROFILE, help="training profile name or YAML path")

@@ -160,7 +160,7 @@ def load_run_config(run: CampaignRun, root: Path):
     overrides = {**run.overrides, "output_dir": str(root / run.name)}
     if run.kind == "train":
         from opsd.config import load_config
-        from opsd.trainer import OPSDConfig
+        from opsd.config import OPSDConfig
 
         return load_config(OPSDConfig, run.profile, overrides)
     from opsd.baselines.train import load_baseline_config

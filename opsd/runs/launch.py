@@ -75,7 +75,7 @@ def stream_command(cmd: list[str], env: Mapping[str, str] | None = None, cwd: st
 def resolve_train_overrides(profile: str, overrides: Mapping[str, Any] | None, *, output_dir=None, max_steps=None,
                             seed=None) -> dict[str, Any]:
     """Merge the notebook's convenience parameters into `overrides` and validate every key."""
-    from opsd.trainer import OPSDConfig
+    from opsd.config import OPSDConfig
 
     profile_path(profile)  # an unknown profile: an error listing the valid ones
     merged = dict(overrides or {})
