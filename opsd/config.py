@@ -20,6 +20,7 @@ import yaml
 from transformers import TrainingArguments
 
 from opsd.divergence import CLIP_MODES, DEFAULT_CLIP_MODE, LOSS_TYPES, resolve_clip
+from opsd.models import LORA_TARGETS, LoRASettings
 from opsd.rollout import SamplingParams
 from opsd.teacher import TEACHER_MODES
 from opsd.validation import InputError, MissingInputError, check_config_values, coerce_config_values
@@ -27,7 +28,6 @@ from opsd.validation import InputError, MissingInputError, check_config_values, 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "reproduce" / "configs"
 DEFAULT_PROFILE = "cpu-tiny"
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # every projection
 # Keys whose values must never reach a run directory, a log or a notebook output.
 SECRET_KEYS = ("hub_token", "push_to_hub_token", "token", "wandb_api_key", "api_key")
 
@@ -58,9 +58,7 @@ class RunFields:
     lora_target_modules: list = field(default_factory=lambda: list(LORA_TARGETS))
     accelerate_config: str = field(default="ddp", metadata={"help": "reproduce/accelerate/<name>.yaml for multi-process runs."})
 
-    def lora_settings(self):
-        from opsd.models import LoRASettings
-
+    def lora_settings(self) -> LoRASettings | None:
         if not self.use_lora:
             return None
         return LoRASettings(
@@ -226,39 +224,6 @@ def check_keys(config_class, keys, where: str) -> None:
         )
 
 
-#: Old spellings still read from profiles, overrides and old runs' config.yaml, so that each idea has one
-#: spelling today: renamed keys (old -> new; `top_k` stays the sampling top-k) ...
-RENAMED_KEYS = {"top_k_loss": "teacher_top_k"}
-#: ... and `clip_mode: none`, the old second spelling of "no clipping": read as `clip: null` with the default
-#: clip_mode (`opsd.divergence.resolve_clip`), whatever `clip` the same source set.
-
-
-def upgrade_legacy_spellings(values: Mapping[str, Any], config_class=None, where: str = "config") -> dict[str, Any]:
-    """`values` (one source: a profile, the overrides, an old run's config.yaml) with old spellings mapped.
-
-    `top_k_loss` becomes `teacher_top_k` (both keys with different values: an InputError); `clip_mode: none`
-    becomes `clip: null` and `clip_mode: pointwise`. With a `config_class`, only the keys it has are mapped
-    (an SFT or GRPO config keeps its own `top_k`, `loss_type`, ...).
-    """
-    names = set(field_names(config_class)) if config_class is not None else None
-    out = dict(values)
-    for old, new in RENAMED_KEYS.items():
-        if old not in out or (names is not None and (old in names or new not in names)):
-            continue
-        value = out.pop(old)
-        if new in out and out[new] != value:
-            raise InputError(f"{where} sets both {old}={value!r} (the old name of {new}) and {new}={out[new]!r}; "
-                             f"keep {new} only")
-        out[new] = value
-    if "clip_mode" in out and (names is None or "clip_mode" in names):
-        from opsd.divergence import resolve_clip
-
-        clip, mode = resolve_clip(out.get("clip"), out["clip_mode"])
-        if mode != out["clip_mode"]:  # the legacy clip_mode "none"
-            out["clip"], out["clip_mode"] = clip, mode
-    return out
-
-
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """['lr=1e-4', 'clip=null'] -> {'lr': '1e-4', 'clip': None}; values are parsed as YAML (flow) values,
     then `load_config` parses each to its field's type ('1e-4' -> 0.0001 for a float field)."""
@@ -278,8 +243,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def load_config(config_class, profile: str | Path | None = DEFAULT_PROFILE, overrides: Mapping | None = None, **extra):
     """Build `config_class` from a profile, then `overrides` and `extra` (later wins).
 
-    Per source, old spellings are mapped (`upgrade_legacy_spellings`), keys checked (unknown: an error
-    listing the valid ones) and values parsed to their fields' types; then ranges are checked. A profile
+    Per source, keys are checked (unknown: an error listing the valid ones) and values parsed to their
+    fields' types; then ranges are checked. A profile
     of another kind (`kind: sft` for an OPSDConfig) is an error. All before any model is loaded.
     """
     values: dict[str, Any] = {}
@@ -289,12 +254,10 @@ def load_config(config_class, profile: str | Path | None = DEFAULT_PROFILE, over
     if declared is not None and expected is not None and declared != expected:
         raise InputError(f"profile {str(profile)!r} is a {declared!r} profile, not {expected!r}: use "
                          f"`python -m opsd {declared} --config {profile}`, or a {expected!r} profile")
-    values = upgrade_legacy_spellings(values, config_class, f"profile {str(profile)!r}")
     check_keys(config_class, values, "profile")
     values = coerce_config_values(config_class, values, f"profile {Path(str(profile)).name}:")
     overrides = dict(overrides or {})
     overrides.update(extra)
-    overrides = upgrade_legacy_spellings(overrides, config_class, "the overrides")
     check_keys(config_class, overrides, "override")
     values.update(coerce_config_values(config_class, overrides, "override"))
     check_config_values(config_class, values)

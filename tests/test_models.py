@@ -123,6 +123,34 @@ def test_prepare_tokenizer_sets_missing_pad(embedded):
     assert copy.pad_token == copy.eos_token and copy.padding_side == "left"
 
 
+# ------------------------------------------------------------------ model names
+
+
+def test_model_names_that_cannot_load_say_what_would(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.MissingInputError, match=r"'nobody/no-such-model' is not in the local Hugging Face "
+                       r"cache and the Hub is off .*hf download nobody/no-such-model.*'smollm2-135m-instruct'"):
+        models.model_path("nobody/no-such-model")
+    with pytest.raises(models.MissingInputError, match=r"'\./no-folder' is neither a kit model nor an existing folder"):
+        models.model_path("./no-folder")
+    assert models.model_path(tmp_path) == tmp_path  # an existing folder is read as it is
+    monkeypatch.setenv("OPSD_CACHE", str(tmp_path))
+    with pytest.raises(models.MissingInputError, match=r"starting model is not built yet .*python -m opsd.baselines.warmstart"):
+        models.model_path(models.START_MODEL)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert models.model_path("Qwen/Qwen3-1.7B") == "Qwen/Qwen3-1.7B"  # online: the Hub decides
+
+
+def test_cli_with_an_unloadable_model_exits_2_before_loading(monkeypatch, capsys, tmp_path):
+    from opsd.__main__ import main as cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = cli(["train", "model_name=nobody/no-such-model", f"output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error: model_name 'nobody/no-such-model' is not in the local Hugging Face cache")
+
+
 # ------------------------------------------------------------------ LoRA
 
 

@@ -61,3 +61,12 @@ def test_sft_profiles_follow_the_reference_script(name):
     assert config.learning_rate == 5e-6 and config.num_train_epochs == 4
     assert config.per_device_train_batch_size * config.gradient_accumulation_steps * gpus == 64
     assert not build_student_messages("P?", config.prompt_profile)[0]["content"].startswith("Problem:")
+
+
+def test_cpu_tiny_says_no_clip_once(tmp_path):
+    from opsd.config import CONFIG_DIR, OPSDConfig
+
+    profile = read_profile(CONFIG_DIR / "cpu-tiny.yaml")
+    assert profile["clip"] is None and "clip_mode" not in profile
+    config = load_config(OPSDConfig, "cpu-tiny", {"output_dir": str(tmp_path)})
+    assert (config.clip, config.clip_mode, config.teacher_top_k, config.top_k) == (None, "pointwise", None, 0)

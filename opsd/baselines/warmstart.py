@@ -21,53 +21,35 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from opsd.models import START_MODEL  # the alias load_model_and_tokenizer resolves to start_model_dir()
+from opsd.contexts import apply_chat, build_student_messages
+from opsd.data import synthetic_math
+from opsd.models import (
+    DEFAULT_RECIPE,
+    START_MODEL_MARKER,
+    LoRASettings,
+    WarmStartRecipe,
+    build_folder,
+    load_model_and_tokenizer,
+    start_model_folder,
+)
 
 logger = logging.getLogger(__name__)
-_MARKER = "opsd_warmstart.json"
-
-
-@dataclass(frozen=True)
-class WarmStartRecipe:
-    """The SFT warm-up that makes the CPU starting model (values chosen by measurement, README)."""
-
-    base_model: str = "smollm2-135m-instruct"
-    split: str = "warmup"          # synthetic problems disjoint from "train" and "heldout"
-    n_problems: int = 24
-    steps: int = 6
-    batch_size: int = 4
-    learning_rate: float = 1e-3
-    lora_r: int = 16
-    lora_alpha: int = 32
-    prompt_profile: str = "paper"
-    seed: int = 0
-
-    def key(self) -> str:
-        """A short hash of the recipe: the cache folder's suffix."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-DEFAULT_RECIPE = WarmStartRecipe()
 
 
 def start_model_dir(recipe: WarmStartRecipe = DEFAULT_RECIPE, *, force: bool = False) -> Path:
-    """The cached starting model of ``recipe`` (built on first use: ~30 s on 2 CPU cores)."""
-    from opsd.models import build_folder, cache_root
-
-    target = cache_root() / f"{START_MODEL}-{recipe.key()}"
-    if (target / _MARKER).is_file() and not force:
+    """The cached starting model of ``recipe`` (``opsd.models.start_model_folder``), built if it is not there
+    yet or ``force`` (~30 s on 2 CPU cores)."""
+    target = start_model_folder(recipe)
+    if (target / START_MODEL_MARKER).is_file() and not force:
         return target
-    build_folder(target, lambda tmp: build_start_model(recipe, tmp), _MARKER, replace=True)
+    build_folder(target, lambda tmp: build_start_model(recipe, tmp), START_MODEL_MARKER, replace=True)
     logger.info("built the starting model %s", target)
     return target
 
@@ -75,8 +57,6 @@ def start_model_dir(recipe: WarmStartRecipe = DEFAULT_RECIPE, *, force: bool = F
 def sft_batch(tokenizer, problems, solutions, profile: str = "paper") -> dict[str, torch.Tensor]:
     """Chat-formatted [student prompt][solution<eos>] rows, right-padded: input_ids, attention_mask,
     labels [B, T] (labels -100 on the prompt and the padding: the loss is on the solution only)."""
-    from opsd.contexts import apply_chat, build_student_messages
-
     rows = []
     for problem, solution in zip(problems, solutions, strict=True):
         prompt = apply_chat(tokenizer, build_student_messages(problem, profile))
@@ -97,9 +77,6 @@ def sft_batch(tokenizer, problems, solutions, profile: str = "paper") -> dict[st
 def build_start_model(recipe: WarmStartRecipe, out_dir: str | os.PathLike) -> list[float]:
     """Run the warm-up of ``recipe`` and save the merged model + tokenizer into ``out_dir``.
     Returns the per-step training losses."""
-    from opsd.data import synthetic_math
-    from opsd.models import LoRASettings, load_model_and_tokenizer
-
     out_dir = Path(out_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
@@ -124,7 +101,7 @@ def build_start_model(recipe: WarmStartRecipe, out_dir: str | os.PathLike) -> li
     merged = model.merge_and_unload()
     merged.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / _MARKER).write_text(json.dumps({"recipe": dataclasses.asdict(recipe), "losses": losses}, indent=2))
+    (out_dir / START_MODEL_MARKER).write_text(json.dumps({"recipe": dataclasses.asdict(recipe), "losses": losses}, indent=2))
     return losses
 
 

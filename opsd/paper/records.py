@@ -159,7 +159,7 @@ def metric_series(records: Iterable[dict], key: str) -> tuple[list[float], list[
 class RunRecord:
     """What one run directory holds: its config, its metrics and its eval summaries.
 
-    ``config``: ``config.yaml`` ({} when absent; old spellings mapped, ``opsd.config.upgrade_legacy_spellings``);
+    ``config``: ``config.yaml`` ({} when absent);
     ``metrics``: ``metrics.jsonl`` records in step order (old keys mapped, ``opsd.runs.layout.read_metrics``);
     ``evals``: the ``eval/<benchmark>/step-<N>.json`` dicts without their per-sample ``records``.
     """

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from opsd.config import REPO_ROOT, check_keys, profile_path, read_profile, upgrade_legacy_spellings
+from opsd.config import REPO_ROOT, OPSDConfig, check_keys, profile_path, read_profile
 
 ACCELERATE_DIR = REPO_ROOT / "reproduce" / "accelerate"
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -75,13 +75,10 @@ def stream_command(cmd: list[str], env: Mapping[str, str] | None = None, cwd: st
 def resolve_train_overrides(profile: str, overrides: Mapping[str, Any] | None, *, output_dir=None, max_steps=None,
                             seed=None) -> dict[str, Any]:
     """Merge the notebook's convenience parameters into `overrides` and validate every key."""
-    from opsd.config import OPSDConfig
-
     profile_path(profile)  # an unknown profile: an error listing the valid ones
     merged = dict(overrides or {})
     for key, value in (("output_dir", output_dir), ("max_steps", max_steps), ("seed", seed)):
         if value is not None:
             merged[key] = value
-    merged = upgrade_legacy_spellings(merged, OPSDConfig, "the overrides")  # top_k_loss, clip_mode: none
     check_keys(OPSDConfig, merged, "override")
     return merged

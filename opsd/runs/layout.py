@@ -82,9 +82,7 @@ def _unused_path(folder: Path, name: str, suffix: str = "") -> Path:
 
 
 def read_run_config(run_dir: str | Path, *, missing_ok: bool = False) -> dict:
-    """``config.yaml`` as a dict, older runs' spellings read as today's (``opsd.config.upgrade_legacy_spellings``:
-    ``top_k_loss``, ``clip_mode: none``). No file: {} when `missing_ok`, else FileNotFoundError."""
-    from opsd.config import upgrade_legacy_spellings
+    """``config.yaml`` as a dict. No file: {} when `missing_ok`, else FileNotFoundError."""
     from opsd.validation import InputError
 
     path = Path(run_dir) / CONFIG_FILE
@@ -95,7 +93,7 @@ def read_run_config(run_dir: str | Path, *, missing_ok: bool = False) -> dict:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise InputError(f"{path} holds a YAML {type(data).__name__}, not a mapping of config keys")
-    return upgrade_legacy_spellings(data, where=str(path))
+    return data
 
 
 def run_kind(run_dir: str | Path) -> str | None:
