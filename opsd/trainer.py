@@ -35,15 +35,8 @@ from opsd.divergence import token_divergence
 from opsd.divergence_chunked import suggest_chunk_size
 from opsd.rollout import make_rollout_backend
 from opsd.runs.atomic_io import append_jsonl
-from opsd.runs.layout import (
-    ROLLOUTS_FILE,
-    check_run_kind,
-    checkpoint_dir,
-    finished_step,
-    last_checkpoint,
-    resume_point,
-    write_run_info,
-)
+from opsd.runs.checkpoints import checkpoint_dir, finished_step, last_checkpoint, resume_point
+from opsd.runs.layout import ROLLOUTS_FILE, check_run_kind, write_run_info
 from opsd.runs.runlog import RunDirectoryCallback
 from opsd.step import NonFiniteScoresError, opsd_loss
 from opsd.teacher import EMATeacher, teacher_context
@@ -302,7 +295,7 @@ class OPSDTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         # The OPSD state goes in first (written to a temporary name, then renamed): the Trainer writes
-        # trainer_state.json last, so a checkpoint that has one is complete (opsd.runs.layout.checkpoint_problem).
+        # trainer_state.json last, so a checkpoint that has one is complete (opsd.runs.checkpoints).
         if self.accelerator.is_main_process:
             folder = checkpoint_dir(self.args.output_dir, self.state.global_step)
             folder.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,8 @@ from opsd.baselines.train import (
 )
 from opsd.config import check_keys, read_profile
 from opsd.contexts import apply_chat, build_student_messages
-from opsd.runs.layout import checkpoint_steps, finished_step, read_metrics
+from opsd.runs.checkpoints import checkpoint_steps, finished_step
+from opsd.runs.layout import read_metrics
 
 BASELINE_PROFILES = [
     "sft-cpu-tiny", "grpo-cpu-tiny",

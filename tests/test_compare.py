@@ -10,7 +10,7 @@ import pytest
 
 from opsd.eval import cli as eval_cli
 
-from opsd.runs import layout as rundir
+from opsd.runs import eval_results
 from opsd.__main__ import main as cli
 from opsd.eval.evaluate import eval_settings
 from opsd.eval.grading import group_by_problem, summarize
@@ -142,9 +142,9 @@ def _write_eval(run_dir, step, correct_by_problem, k=12):
     records = _records(correct_by_problem)
     settings = eval_settings(k=k, temperature=1.0, top_p=0.95, max_new_tokens=8, thinking=False, backend="hf",
                              seed=0, n_problems=len(correct_by_problem), model="m", batch_size=4)
-    rundir.write_eval_json(run_dir, "synthetic", step, settings=settings, records=records,
+    eval_results.write_eval_json(run_dir, "synthetic", step, settings=settings, records=records,
                            summary=summarize(records, k))
-    return rundir.eval_path(run_dir, "synthetic", step)
+    return eval_results.eval_path(run_dir, "synthetic", step)
 
 
 def test_compare_cli_on_two_eval_files(tmp_path, capsys):
@@ -161,7 +161,7 @@ def test_compare_cli_on_two_eval_files(tmp_path, capsys):
     assert "step 5" in capsys.readouterr().out
     assert cli(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--step", "2"]) == 2  # a has no step 2
     assert "no evaluation of synthetic at step 2" in capsys.readouterr().err
-    assert cli(["compare", str(a), str(rundir.eval_path(tmp_path / "b", "synthetic", 2))]) == 0
+    assert cli(["compare", str(a), str(eval_results.eval_path(tmp_path / "b", "synthetic", 2))]) == 0
     out = capsys.readouterr().out
     assert "B - A = +3.3 points" in out and "the interval includes 0" in out
 

@@ -1,5 +1,5 @@
 """Tests for opsd.eval.evaluate and its parts: generation (opsd.eval.generation), result files and tables
-(opsd.runs.layout), the command line and profiles (opsd.eval.cli), run-directory evaluation."""
+(opsd.runs.eval_results), the command line and profiles (opsd.eval.cli), run-directory evaluation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from opsd.eval import cli as eval_cli
 
 from opsd.eval import generation as eval_generation
 
-from opsd.runs import layout as rundir
+from opsd.runs import eval_results
 from opsd.eval import evaluate as ev
 from opsd.eval.grading import extract_boxed, is_correct, summarize
 
@@ -98,7 +98,7 @@ def _result(step, avg, benchmark="synthetic", k=2):
 def test_eval_json_round_trip_and_summary_table(tmp_path):
     for step in (0, 10, 5):
         records, summary, settings = _result(step, None)
-        rundir.write_eval_json(
+        eval_results.write_eval_json(
             tmp_path,
             "synthetic",
             step,
@@ -106,7 +106,7 @@ def test_eval_json_round_trip_and_summary_table(tmp_path):
             records=records,
             summary=summary,
         )
-    results = rundir.load_eval_results(tmp_path)
+    results = eval_results.load_eval_results(tmp_path)
     assert [r["step"] for r in results] == [0, 5, 10]
     assert set(results[0]) >= {"benchmark", "step", "k", "settings", "summary", "records"}
     assert set(results[0]["settings"]) >= {
@@ -151,7 +151,7 @@ def test_eval_prompts_use_the_evaluation_profile():
     common = {"k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8, "thinking": False, "backend": "hf",
               "seed": 0, "n_problems": 1, "model": "m", "batch_size": 1}
     assert ev.eval_settings(**common)["prompt"] == "reference"
-    assert not rundir.same_eval_settings(ev.eval_settings(**common), ev.eval_settings(**common, prompt="student"))
+    assert not eval_results.same_eval_settings(ev.eval_settings(**common), ev.eval_settings(**common, prompt="student"))
     assert eval_cli.build_parser().parse_args(["--model", "m"]).prompt == "reference"
     assert eval_cli.build_parser().parse_args(["--model", "m", "--prompt", "student"]).prompt == "student"
 
@@ -377,7 +377,7 @@ def test_evaluate_run_with_a_lora_checkpoint(tmp_path, embedded):
     stamp = (run / "eval" / "synthetic" / "step-5.json").stat().st_mtime_ns
     ev.evaluate_run(run, ["synthetic"], **kwargs)
     assert (run / "eval" / "synthetic" / "step-5.json").stat().st_mtime_ns == stamp
-    table = eval_cli.summary_table(rundir.load_eval_results(run))
+    table = eval_cli.summary_table(eval_results.load_eval_results(run))
     assert list(table["step"]) == [0, 5] and list(table["checkpoint"]) == ["base", "checkpoint-5"]
     with pytest.raises(ValueError, match="no checkpoint"):
         ev.evaluate_run(run, "synthetic", steps=[7], **kwargs)

@@ -1,8 +1,9 @@
 """Crash safety: what a kill leaves behind is read, resumed and evaluated correctly.
 
 Leftovers built by hand (a checkpoint folder a kill cut, a JSON line cut in half) are tested with their
-readers in tests/test_rundir.py, tests/test_atomic_io.py and tests/test_file_integrity.py; the fast
-test here has a resume (`RunDirectoryCallback`) cut the logs back to its checkpoint.
+readers in tests/test_checkpoints.py, tests/test_eval_results.py, tests/test_atomic_io.py and
+tests/test_file_integrity.py; the fast test here has a resume (`RunDirectoryCallback`) cut the logs back to
+its checkpoint.
 
 `test_sigkill_during_training_and_saves_resumes_to_the_same_run` starts a real CPU training run in a
 subprocess (a tiny random Qwen3: ~1.5 minutes on 2 cores in all), SIGKILLs it at several seeded
@@ -26,7 +27,8 @@ import torch
 from safetensors.torch import load_file
 
 from opsd.runs.atomic_io import append_jsonl, read_jsonl
-from opsd.runs.layout import checkpoint_problem, checkpoint_steps, read_metrics, read_rollouts
+from opsd.runs.checkpoints import checkpoint_problem, checkpoint_steps
+from opsd.runs.layout import read_metrics, read_rollouts
 from opsd.runs.runlog import RunDirectoryCallback
 
 REPO = Path(__file__).resolve().parents[1]

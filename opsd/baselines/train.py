@@ -38,14 +38,8 @@ from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 from opsd.runs.atomic_io import write_json_atomic
 from opsd.config import RunFields
 from opsd.contexts import build_student_messages
-from opsd.runs.layout import (
-    check_run_kind,
-    checkpoint_dir,
-    export_final_model,
-    finished_step,
-    resume_point,
-    write_run_info,
-)
+from opsd.runs.checkpoints import checkpoint_dir, export_final_model, finished_step, resume_point
+from opsd.runs.layout import check_run_kind, write_run_info
 from opsd.runs.runlog import RunDirectoryCallback
 from opsd.validation import InputError, check_config
 

@@ -2,7 +2,8 @@
 
 ``main`` evaluates a run directory (``--run``: the base model and every checkpoint) or one model
 (``--model``, as step 0) with ``opsd.eval.evaluate``, then prints ``summary_table`` (also read by
-``reproduce/eval.ipynb`` from the files ``opsd.runs.layout.load_eval_results`` returns).
+``reproduce/eval.ipynb`` from the files ``opsd.runs.eval_results.load_eval_results`` returns). What is
+evaluated and where the results go is ``opsd.runs.eval_results.eval_target``'s, shared with the notebook too.
 The defaults of the flags are ``eval_request``'s, the one resolution shared with the notebook: the CPU
 defaults, then the run's config.yaml (its token budget and chat setting; a run trained on synthetic data gets
 the demo's greedy held-out protocol), then a profile's values; flags given explicitly override them all.
@@ -11,14 +12,14 @@ the demo's greedy held-out protocol), then a profile's values; flags given expli
 from __future__ import annotations
 
 import argparse
-import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from opsd.eval.generation import DEFAULT_EVAL_PROMPT, EVAL_PROMPTS
 from opsd.eval.evaluate import evaluate_model, evaluate_run
+from opsd.runs.eval_results import eval_target
+from opsd.runs.layout import read_run_config
 
 
 @dataclass
@@ -296,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output",
         default=None,
-        help="output directory (default: the run directory; with --model runs/eval-<model>)",
+        help="with --model: the output directory (default runs/eval-<model>); a run's results go into it",
     )
     p.add_argument("--overwrite", action="store_true", help="re-evaluate steps whose JSON already exists")
     return p
@@ -309,8 +310,6 @@ def _run_config_or_none(run: str | None) -> dict | None:
     """``--run``'s config.yaml, or None (no --run, no readable config: ``evaluate_run`` reports why)."""
     if run is None:
         return None
-    from opsd.runs.layout import read_run_config
-
     try:
         return read_run_config(run, missing_ok=True)
     except (OSError, UnicodeDecodeError, ValueError):
@@ -363,13 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               "thinking": args.thinking, "prompt": args.prompt, "backend": args.backend,
               "batch_size": args.batch_size, "seed": args.seed, "n_problems": args.limit, "device": args.device,
               "overwrite": args.overwrite, "vllm_kwargs": vllm_kwargs}
-    if args.run:
-        if args.output:
-            print("note: --output is ignored with --run (results go to the run directory)")
-        results = evaluate_run(args.run, benchmarks, steps=steps, include_base=not args.no_base, **common)
+    target = eval_target(run_dir=args.run, model=args.model, output_dir=args.output)
+    if target.model is None:
+        results = evaluate_run(target.run_dir, benchmarks, steps=steps, include_base=not args.no_base, **common)
     else:
-        output = args.output or os.path.join("runs", "eval-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", args.model))
-        results = evaluate_model(args.model, benchmarks, output, **common)
+        results = evaluate_model(target.model, benchmarks, target.out_dir, **common)
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 50):

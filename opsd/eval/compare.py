@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from opsd.eval.grading import problem_scores
-from opsd.runs.layout import EVAL_DIR, benchmark_slug, eval_path, same_eval_settings
+from opsd.runs.eval_results import benchmark_slug, eval_path, same_eval_settings
+from opsd.runs.layout import EVAL_DIR
 from opsd.eval.stats import paired_difference, problem_bootstrap_interval
 from opsd.validation import InputError, MissingInputError, cli_errors
 

@@ -10,7 +10,7 @@ maj@k. The paper's settings are k=12, 38,912 new tokens, thinking on, vLLM; the 
   (records, summary); generation by ``opsd.eval.generation`` (backend ``hf`` or ``vllm``).
 - ``heldout_accuracy``: greedy accuracy on held-out synthetic problems, with its Wilson interval.
 - ``evaluate_run`` / ``evaluate_model``: a run's checkpoints (or one model as step 0) ->
-  ``<run>/eval/<benchmark>/step-<N>.json`` (``opsd.runs.layout``: the files, written and read back).
+  ``<run>/eval/<benchmark>/step-<N>.json`` (``opsd.runs.eval_results``: the files, written and read back).
 - The command line ``python -m opsd eval`` is ``opsd.eval.cli``.
 """
 
@@ -24,16 +24,9 @@ from pathlib import Path
 
 from opsd.eval.generation import DEFAULT_EVAL_PROMPT, EVAL_PROMPTS, eval_prompts, generate_hf, generate_vllm
 from opsd.eval.grading import make_record, summarize
-from opsd.runs.layout import (
-    check_eval_run_dir,
-    eval_path,
-    find_checkpoints,
-    is_lora_checkpoint,
-    read_run_config,
-    reusable_eval,
-    usable_checkpoints,
-    write_eval_json,
-)
+from opsd.runs.checkpoints import find_checkpoints, is_lora_checkpoint, usable_checkpoints
+from opsd.runs.eval_results import check_eval_run_dir, eval_path, reusable_eval, write_eval_json
+from opsd.runs.layout import read_run_config
 
 # ---------------------------------------------------------------------------------------------------
 # One model on one dataset
@@ -211,7 +204,7 @@ def eval_settings(
     prompt=DEFAULT_EVAL_PROMPT, context_length=None,
 ) -> dict:
     """The ``settings`` of a result file (``context_length`` only when set): what decides whether an
-    existing file is reused (``opsd.runs.layout.reusable_eval``; ``batch_size`` does not count)."""
+    existing file is reused (``opsd.runs.eval_results.reusable_eval``; ``batch_size`` does not count)."""
     extra = {} if context_length is None else {"context_length": int(context_length)}
     return extra | {
         "prompt": str(prompt), "k": int(k), "temperature": float(temperature), "top_p": float(top_p),

@@ -192,7 +192,7 @@ def estimate_seconds(runs: Sequence[CampaignRun], quick: bool = False) -> dict[s
 
 def _finished(run_dir: Path, max_steps: int) -> bool:
     """The run's last checkpoint is there and complete (a save cut by a crash does not count)."""
-    from opsd.runs.layout import checkpoint_steps
+    from opsd.runs.checkpoints import checkpoint_steps
 
     return max_steps in checkpoint_steps(run_dir, complete=True)
 
@@ -249,7 +249,7 @@ def train_run(run: CampaignRun, root: Path, *, fresh: bool = False) -> str:
 def share_base_eval(source: Path, target: Path, benchmark: str = BENCHMARK) -> bool:
     """Copy ``source``'s step-0 (base model) eval JSON into ``target`` unless it has one; the copy
     gets ``copied_from``. ``evaluate_run`` then keeps it when its settings match. Returns whether copied."""
-    from opsd.runs.layout import eval_path
+    from opsd.runs.eval_results import eval_path
 
     src, dst = eval_path(source, benchmark, 0), eval_path(target, benchmark, 0)
     if dst.is_file() or (data := _read_json(src)) is None:  # a cut one: evaluate_run moves it aside and redoes it
@@ -274,7 +274,7 @@ def evaluate_campaign_run(run: CampaignRun, root: Path, eval_settings: dict, bas
 
 def _base_eval_source(root: Path, runs: Sequence[CampaignRun]) -> Path | None:
     """A campaign run directory under ``root`` that already holds the base model's (step-0) eval."""
-    from opsd.runs.layout import eval_path
+    from opsd.runs.eval_results import eval_path
 
     for run in runs:
         if eval_path(root / run.name, BENCHMARK, 0).is_file():

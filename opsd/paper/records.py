@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 
 from opsd.config import REPO_ROOT
-from opsd.runs.layout import is_run_dir, load_eval_results, read_metrics, read_run_config
+from opsd.runs.eval_results import load_eval_results
+from opsd.runs.layout import is_run_dir, read_metrics, read_run_config
 
 RUN_NAMES = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO", "OPSD-terse",
              "SFT-terse", "OPSD-verbose", "SFT-verbose", "base")

@@ -3,7 +3,7 @@
 Each check returns None for a whole file or folder, else a short reason ("adapter_model.safetensors is
 cut off (...)"). A safetensors file must have a readable header and exactly the size that header
 promises; a torch.save file must be a whole zip archive (its central directory is written last); a
-JSON file must parse. `opsd.runs.layout.checkpoint_problem` adds what a complete checkpoint needs besides.
+JSON file must parse. `opsd.runs.checkpoints.checkpoint_problem` adds what a complete checkpoint needs besides.
 """
 
 from __future__ import annotations

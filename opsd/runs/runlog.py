@@ -10,8 +10,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from opsd.runs.atomic_io import append_jsonl, json_safe, truncate_jsonl, write_json_atomic
 from opsd.config import save_config
+from opsd.runs.atomic_io import append_jsonl, json_safe, truncate_jsonl, write_json_atomic
 from opsd.runs.layout import CONFIG_FILE, LOG_FILES, METRICS_FILE, RUN_KINDS, SUMMARY_FILE
 
 #: Keys of the Trainer's closing log, which goes to train_summary.json instead of metrics.jsonl.

@@ -1,5 +1,5 @@
-"""Tests for opsd.runs.layout: file names, checkpoint completeness and discovery, resume point, the final model,
-evaluation files, metrics keys.
+"""Tests for opsd.runs.checkpoints: completeness and discovery, resume point, the final model, the checkpoints
+an evaluation can load.
 
 The checkpoint folders are built by hand as a kill leaves them (a folder with only config.json, a cut
 trainer_state.json or weights file). Whole training runs killed and resumed: tests/test_faults.py.
@@ -9,53 +9,28 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from opsd.runs.layout import (
-    METRIC_ALIASES,
-    benchmark_slug,
-    canonical_metrics,
+from opsd.runs.checkpoints import (
     check_resume_path,
     checkpoint_dir,
     checkpoint_problem,
     checkpoint_steps,
-    eval_path,
     export_final_model,
-    find_latest_run,
-    is_run_dir,
     last_checkpoint,
     resume_checkpoint,
     resume_point,
-    reusable_eval,
     usable_checkpoints,
 )
 from opsd.validation import InputError
 
-# ------------------------------------------------------------------------------------------ file names
 
-
-def test_file_names_of_a_run_directory(tmp_path):
+def test_checkpoint_folder_name(tmp_path):
     assert checkpoint_dir(tmp_path, 4) == tmp_path / "checkpoint-4"
-    assert benchmark_slug("aime24") == "aime24"  # a known benchmark: its name
-    local = tmp_path / "my bench.jsonl"
-    local.write_text("")
-    assert benchmark_slug(str(local)) == "my_bench"  # a local file: its stem, other characters as _
-    assert benchmark_slug("org/some set") == "org_some_set"
-    assert eval_path(tmp_path, str(local), 0) == tmp_path / "eval" / "my_bench" / "step-0.json"
-    assert not is_run_dir(tmp_path)
-    (tmp_path / "eval").mkdir()
-    assert is_run_dir(tmp_path)  # evaluations alone make a run directory
-    (tmp_path / "eval").rmdir()
-    (tmp_path / "metrics.jsonl").write_text("")
-    assert is_run_dir(tmp_path)
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
 
 
 def make_checkpoint(folder: Path, step: int, *, extra: tuple[str, ...] = ("opsd_state.pt",)) -> Path:
@@ -136,19 +111,6 @@ def test_evaluation_skips_a_checkpoint_with_cut_weights_but_keeps_weight_only_on
         usable_checkpoints({2: whole, 4: broken}, requested=[4])
 
 
-def test_cut_eval_file_and_other_settings_are_moved_aside(tmp_path, caplog):
-    path = tmp_path / "eval" / "synthetic" / "step-0.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"settings": {"k": 2, "batch_size": 8}, "records": []}))
-    assert reusable_eval(path, {"k": 2, "batch_size": 1})  # the batch size does not change the results
-    with caplog.at_level(logging.WARNING):
-        assert not reusable_eval(path, {"k": 4, "batch_size": 8})
-    assert "other settings (k: 2 -> 4)" in caplog.text and not path.exists()
-    path.write_text('{"settings": {"k": 4}, "reco')
-    assert not reusable_eval(path, {"k": 4}) and not path.exists()
-    assert len(list((path.parent / "replaced").iterdir())) == 2
-
-
 # ------------------------------------------------------------------------------------------ resume point
 
 
@@ -175,7 +137,7 @@ def test_resume_point(tmp_path):
     assert [p.name.split("-2")[0] for p in (tmp_path / "incomplete").iterdir()] == ["checkpoint-15"]
 
 
-# ------------------------------------------------------------------------------------------ final model, latest run
+# ------------------------------------------------------------------------------------------ final model
 
 
 def test_export_final_model_leaves_the_training_state_behind(tmp_path):
@@ -186,33 +148,3 @@ def test_export_final_model_leaves_the_training_state_behind(tmp_path):
     exported = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
     assert exported == ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json"]
     assert (tmp_path / "adapter_model.safetensors").read_bytes() == (ckpt / "adapter_model.safetensors").read_bytes()
-
-
-def test_find_latest_run_with_a_checkpoint_and_the_profile(tmp_path):
-    assert find_latest_run(tmp_path) is None
-    for age, (name, profile, step) in enumerate([("new-gpu", "gpu", 2), ("old", "cpu-tiny", 2),
-                                                 ("newer", "cpu-tiny", 2), ("newest-no-ckpt", "cpu-tiny", None)]):
-        run = tmp_path / name
-        run.mkdir()
-        (run / "config.yaml").write_text(f"kind: train\nprofile: {profile}\n")
-        if step:
-            (run / f"checkpoint-{step}").mkdir()
-        os.utime(run / "config.yaml", (1000 + age, 1000 + age))
-    os.utime(tmp_path / "new-gpu" / "config.yaml", (2000, 2000))
-    assert find_latest_run(tmp_path) == tmp_path / "newer"  # cpu-tiny, with a checkpoint, the latest
-    assert find_latest_run(tmp_path, profile=None) == tmp_path / "new-gpu"
-    assert find_latest_run(tmp_path, profile="sft-cpu-tiny") is None
-
-
-# ------------------------------------------------------------------------------------------ metrics
-
-
-def test_metric_aliases_map_old_keys_to_the_kept_ones():
-    assert METRIC_ALIASES == {"objective": "loss", "divergence": "divergence_mean"}
-    new = {"step": 1, "loss": 0.5, "divergence_mean": 0.4}
-    assert canonical_metrics(new) is new
-    assert canonical_metrics({"step": 1, "loss": 0.5, "objective": 0.5, "divergence_mean": 0.4, "divergence": 0.4}) == new
-    # a record holding only the old keys (e.g. a log line without the Trainer's loss) keeps its values
-    assert canonical_metrics({"step": 2, "objective": 0.25, "divergence": 0.125}) == {
-        "step": 2, "loss": 0.25, "divergence_mean": 0.125}
-    assert canonical_metrics({"step": 3, "loss": None, "objective": 0.1}) == {"step": 3, "loss": 0.1}
