@@ -1,11 +1,15 @@
 """Dual contexts: the student sees the problem, the teacher also sees the reference solution.
 
 Both roles are chat-formatted with the model's own chat template (separate template kwargs per role,
-e.g. a non-thinking student and a thinking teacher on Qwen3). Prompts are left-padded per role, so the
-rollout starts at the same column for every row of a role:
+e.g. a non-thinking student and a thinking teacher on Qwen3). Prompts are padded to the role's widest
+prompt P_role, so the rollout starts at column P_role in every row of a role. Two position layouts
+(`POSITION_LAYOUTS`, key `position_layout`):
 
-    student row:  [pad ... pad][student prompt][rollout ŷ_1 .. ŷ_N][pad]
-    teacher row:  [pad ... pad][teacher prompt][rollout ŷ_1 .. ŷ_N][pad]
+    kit        [pad ... pad][prompt][ŷ_1 .. ŷ_N][pad]   positions count attended tokens only: ŷ_1 sits at
+                                                        position len(prompt), as when the rollout was sampled
+    reference  [prompt][pad ... pad][ŷ_1 .. ŷ_N][pad]   no position ids (the model numbers columns 0, 1, ...):
+                                                        ŷ_1 sits at position P_role, a gap of P_role - len(prompt)
+                                                        positions, and ŷ_1 is predicted from a pad column
 
 `join_rollout` appends one rollout to both prompts and builds the loss mask over rollout tokens only.
 Nothing is ever truncated silently: an over-long prompt raises `PromptTooLongError` naming the row,
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -32,13 +37,13 @@ PAPER_TRANSITION = (
     "of reasoning stops working, do not hesitate to backtrack and try another route."
 )
 
+# The `paper` teacher's layout; {transition} and {instruction} are settings (`teacher_transition`,
+# `teacher_instruction`), by default PAPER_TRANSITION and BOXED_INSTRUCTION.
 _PAPER_TEACHER = (
     "Problem: {problem}\n\n"
     "Here is a reference solution to this problem:\n"
     "=== Reference Solution Begin ===\n{solution}\n=== Reference Solution End ===\n\n\n"
-    + PAPER_TRANSITION
-    + "\n\n"
-    + _BOXED
+    "{transition}\n\n{instruction}"
 )
 
 PROMPT_PROFILES: dict[str, dict[str, str]] = {
@@ -81,10 +86,51 @@ def build_student_messages(problem: str, profile: str = "paper") -> list[dict[st
     return [{"role": "user", "content": template.format(problem=problem)}]
 
 
-def build_teacher_messages(problem: str, solution: str, profile: str = "paper") -> list[dict[str, str]]:
-    """The teacher's chat: the student's problem plus the privileged reference solution."""
+def build_teacher_messages(problem: str, solution: str, profile: str = "paper", *, transition: str | None = None,
+                           instruction: str | None = None) -> list[dict[str, str]]:
+    """The teacher's chat: the student's problem plus the privileged reference solution.
+
+    `transition`, `instruction`: the paragraph after the reference block and the closing instruction of
+    the profiles with the reference layout (`paper`, `plain`); None: `PAPER_TRANSITION`, `BOXED_INSTRUCTION`.
+    """
     template = _check_profile(profile)["teacher"]
-    return [{"role": "user", "content": template.format(problem=problem, solution=solution)}]
+    check_teacher_wording(profile, transition, instruction)
+    return [{"role": "user", "content": template.format(
+        problem=problem, solution=solution, transition=PAPER_TRANSITION if transition is None else transition,
+        instruction=BOXED_INSTRUCTION if instruction is None else instruction,
+    )}]
+
+
+def check_teacher_wording(profile: str, transition: str | None, instruction: str | None) -> None:
+    """ValueError unless the profile's teacher has the slots that a set `transition` / `instruction` fill."""
+    template = _check_profile(profile)["teacher"]
+    for name, value in (("teacher_transition", transition), ("teacher_instruction", instruction)):
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} must be a non-empty text or file:PATH, got {value!r}")
+        if "{" + name.split("_", 1)[1] + "}" not in template:
+            with_slots = sorted(p for p, t in PROMPT_PROFILES.items() if "{transition}" in t["teacher"])
+            raise ValueError(f"{name} is set but the {profile!r} teacher prompt has no such part; "
+                             f"profiles with it: {with_slots}")
+
+
+#: A wording setting that names a file instead of holding the text: ``file:PATH``.
+WORDING_FILE_PREFIX = "file:"
+
+
+def read_wording(value: str | None, base: str | Path = ".") -> str | None:
+    """A wording setting's text: the value itself, or for ``file:PATH`` the UTF-8 text of the file (PATH
+    relative to `base`) without one trailing newline. None stays None (the kit's wording)."""
+    if value is None or not value.startswith(WORDING_FILE_PREFIX):
+        return value
+    path = Path(value[len(WORDING_FILE_PREFIX):]).expanduser()
+    path = path if path.is_absolute() else Path(base) / path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{value!r}: cannot read {str(path)!r} as UTF-8 text ({err})") from None
+    return text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
 
 
 #: Evaluation prompt profiles: the single user turn an evaluated model reads (format fields: problem).
@@ -158,14 +204,30 @@ class RoleBatch:
         return int(self.input_ids.shape[1])
 
 
+#: How `join_rollout` lays out [prompt][rollout] for scoring (module docstring): ``kit`` left-pads and
+#: numbers attended tokens only; ``reference`` right-pads each prompt and passes no position ids.
+POSITION_LAYOUTS = ("kit", "reference")
+
+
+def check_position_layout(layout: str) -> str:
+    if layout not in POSITION_LAYOUTS:
+        raise ValueError(f"position_layout={layout!r}: must be one of {list(POSITION_LAYOUTS)}")
+    return layout
+
+
 @dataclass
 class DualContexts:
-    """Student and teacher prompts for the same problems; row i of each role is problem kept_rows[i]."""
+    """Student and teacher prompts for the same problems; row i of each role is problem kept_rows[i].
+
+    The prompts are left-padded (what rollouts are sampled from); `position_layout` is how `join_rollout`
+    lays them out for scoring.
+    """
 
     student: RoleBatch
     teacher: RoleBatch
     kept_rows: list[int]
     dropped_rows: list[int] = field(default_factory=list)
+    position_layout: str = "kit"
 
     def __len__(self) -> int:
         return len(self.kept_rows)
@@ -183,9 +245,8 @@ class DualContexts:
                 [t for t in role.texts for _ in range(n)],
             )
 
-        return DualContexts(
-            rep(self.student), rep(self.teacher), [r for r in self.kept_rows for _ in range(n)], self.dropped_rows
-        )
+        return DualContexts(rep(self.student), rep(self.teacher), [r for r in self.kept_rows for _ in range(n)],
+                            self.dropped_rows, self.position_layout)
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,10 +278,13 @@ def role_texts(
     teacher_chat_kwargs: Mapping | None = None,
     legacy_mismatch: bool = False,
     teacher_think_opener: bool = False,
+    teacher_transition: str | None = None,
+    teacher_instruction: str | None = None,
 ) -> tuple[list[str], list[str]]:
     """The chat-formatted prompt strings of both roles (what the model reads, special tokens included).
 
-    ``teacher_think_opener`` appends ``THINK_OPENER`` to each teacher prompt (``with_think_opener``).
+    ``teacher_think_opener`` appends ``THINK_OPENER`` to each teacher prompt (``with_think_opener``);
+    ``teacher_transition`` / ``teacher_instruction``: the teacher's wording (``build_teacher_messages``).
     """
     if len(problems) != len(solutions):
         raise ValueError(f"got {len(problems)} problems but {len(solutions)} solutions")
@@ -228,7 +292,9 @@ def role_texts(
     students, teachers = [], []
     for problem, solution in zip(problems, solutions):
         students.append(student_text(tokenizer, build_student_messages(problem, profile), student_chat_kwargs))
-        teacher = apply_chat(tokenizer, build_teacher_messages(problem, solution, profile), teacher_chat_kwargs)
+        messages = build_teacher_messages(problem, solution, profile, transition=teacher_transition,
+                                          instruction=teacher_instruction)
+        teacher = apply_chat(tokenizer, messages, teacher_chat_kwargs)
         teachers.append(with_think_opener(teacher) if teacher_think_opener else teacher)
     return students, teachers
 
@@ -259,10 +325,12 @@ def build_dual_contexts(
     max_prompt_length: int | None = None,
     on_overflow: str = "error",
     row_ids: Sequence | None = None,
+    position_layout: str = "kit",
     **prompt_kwargs,
 ) -> DualContexts:
     """Tokenize both roles' prompts (`role_texts`; prompt_kwargs: profile, student_chat_kwargs,
-    teacher_chat_kwargs, legacy_mismatch, teacher_think_opener), left-padded per role.
+    teacher_chat_kwargs, legacy_mismatch, teacher_think_opener, teacher_transition, teacher_instruction),
+    left-padded per role; `position_layout` (`POSITION_LAYOUTS`) is kept for `join_rollout`.
 
     A row whose student or teacher prompt is longer than `max_prompt_length` raises
     `PromptTooLongError` naming it (`on_overflow="error"`), or is dropped from both roles and listed in
@@ -270,6 +338,7 @@ def build_dual_contexts(
     """
     if on_overflow not in ("error", "drop"):
         raise ValueError(f"on_overflow must be 'error' or 'drop', got {on_overflow!r}")
+    check_position_layout(position_layout)
     students, teachers = role_texts(tokenizer, problems, solutions, **prompt_kwargs)
     s_ids = tokenizer(students, add_special_tokens=False)["input_ids"]
     t_ids = tokenizer(teachers, add_special_tokens=False)["input_ids"]
@@ -296,45 +365,46 @@ def build_dual_contexts(
         lengths = torch.tensor([len(ids_list[i]) for i in kept], dtype=torch.long)
         return RoleBatch(ids, mask, lengths, [texts[i] for i in kept])
 
-    return DualContexts(role(s_ids, students), role(t_ids, teachers), kept, dropped)
+    return DualContexts(role(s_ids, students), role(t_ids, teachers), kept, dropped, position_layout)
 
 
 @dataclass
 class JoinedBatch:
-    """Both roles' full sequences [prompt][rollout] aligned on the rollout.
+    """Both roles' full sequences [prompt][rollout] aligned on the rollout, in one position layout.
 
-    *_input_ids, *_attention_mask, *_position_ids: [B, P_role + N]; completion_ids, loss_mask: [B, N].
-    The logits at column P_role - 1 + n predict rollout token n in either role.
+    *_input_ids, *_attention_mask: [B, P_role + N]; *_position_ids: [B, P_role + N] (layout ``kit``) or
+    None (``reference``: the model numbers the columns); completion_ids, loss_mask: [B, N].
+    The logits at column P_role - 1 + n predict rollout token n in either role and either layout.
     """
 
     student_input_ids: torch.Tensor
     student_attention_mask: torch.Tensor
-    student_position_ids: torch.Tensor
+    student_position_ids: torch.Tensor | None
     teacher_input_ids: torch.Tensor
     teacher_attention_mask: torch.Tensor
-    teacher_position_ids: torch.Tensor
+    teacher_position_ids: torch.Tensor | None
     completion_ids: torch.Tensor
     loss_mask: torch.Tensor
     student_prompt_width: int
     teacher_prompt_width: int
+    position_layout: str = "kit"
 
     @property
     def completion_length(self) -> int:
         return int(self.completion_ids.shape[1])
 
+    @staticmethod
+    def _inputs(ids, mask, positions) -> dict[str, torch.Tensor]:
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        return inputs if positions is None else inputs | {"position_ids": positions}
+
     def student_inputs(self) -> dict[str, torch.Tensor]:
-        return {
-            "input_ids": self.student_input_ids,
-            "attention_mask": self.student_attention_mask,
-            "position_ids": self.student_position_ids,
-        }
+        """The student pass's model inputs (no ``position_ids`` key in the reference layout)."""
+        return self._inputs(self.student_input_ids, self.student_attention_mask, self.student_position_ids)
 
     def teacher_inputs(self) -> dict[str, torch.Tensor]:
-        return {
-            "input_ids": self.teacher_input_ids,
-            "attention_mask": self.teacher_attention_mask,
-            "position_ids": self.teacher_position_ids,
-        }
+        """The teacher pass's model inputs (no ``position_ids`` key in the reference layout)."""
+        return self._inputs(self.teacher_input_ids, self.teacher_attention_mask, self.teacher_position_ids)
 
     def rollout_slice(self, logits: torch.Tensor, role: str) -> torch.Tensor:
         """[B, P_role + N, V] (or the last N+1 positions only) -> [B, N, V] predicting the rollout tokens."""
@@ -354,11 +424,24 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def right_padded(batch: RoleBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """A left-padded role's (ids, attention_mask) [B, P] with each row's prompt moved to the left:
+    row b becomes [prompt_b][pad x (P - len_b)] (the same pad ids, rotated)."""
+    width = batch.width
+    shift = width - batch.attention_mask.sum(-1, keepdim=True)  # [B, 1]: the row's left pads
+    index = (torch.arange(width, device=shift.device) + shift) % width
+    return batch.input_ids.gather(1, index), batch.attention_mask.gather(1, index)
+
+
 def join_rollout(contexts: DualContexts, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> JoinedBatch:
-    """Append rollouts [B, N] (mask: eos kept, everything after it False) to both roles' prompts.
+    """Append rollouts [B, N] (mask: eos kept, everything after it False) to both roles' prompts, in the
+    contexts' `position_layout`.
 
     Masked completion positions are excluded from attention and from the loss, so padding (even when
-    pad == eos, as in SmolLM2) never enters the objective; prompts never do either.
+    pad == eos, as in SmolLM2) never enters the objective; prompts never do either. Layout ``reference``:
+    each role's prompts right-padded to P_role, then the rollouts, attention mask 0 on every pad, no
+    position ids (the reference trainer's layout; its mask is ``ids != pad``, the same wherever the pad
+    id is not a rollout token before eos).
     """
     if completion_ids.shape != completion_mask.shape:
         raise ValueError(f"completion ids {tuple(completion_ids.shape)} and mask {tuple(completion_mask.shape)} differ")
@@ -368,15 +451,18 @@ def join_rollout(contexts: DualContexts, completion_ids: torch.Tensor, completio
     cm = completion_mask.long().to(contexts.student.attention_mask.device)
     completion_ids = completion_ids.to(contexts.student.input_ids.device)
 
+    layout = check_position_layout(contexts.position_layout)
+
     def role(batch: RoleBatch):
-        ids = torch.cat([batch.input_ids, completion_ids], dim=1)
-        mask = torch.cat([batch.attention_mask, cm], dim=1)
-        return ids, mask, position_ids_from_mask(mask)
+        prompt_ids, prompt_mask = (batch.input_ids, batch.attention_mask) if layout == "kit" else right_padded(batch)
+        ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        mask = torch.cat([prompt_mask, cm], dim=1)
+        return ids, mask, position_ids_from_mask(mask) if layout == "kit" else None
 
     s_ids, s_mask, s_pos = role(contexts.student)
     t_ids, t_mask, t_pos = role(contexts.teacher)
     return JoinedBatch(
         s_ids, s_mask, s_pos, t_ids, t_mask, t_pos,
         completion_ids, completion_mask.to(completion_ids.device),
-        contexts.student.width, contexts.teacher.width,
+        contexts.student.width, contexts.teacher.width, layout,
     )

@@ -20,7 +20,8 @@ from transformers import get_scheduler, set_seed
 
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.rollout import HFRollout
-from opsd.step import StepResult, opsd_loss
+from opsd.packed_linear import packed_forwards
+from opsd.step import LossPath, StepResult, opsd_loss
 from opsd.teacher import EMATeacher
 from opsd.config import OPSDConfig
 from opsd.trainer import resolve_chunk_size
@@ -35,15 +36,18 @@ def shuffled_batches(num_rows: int, batch_size: int, seed: int) -> Iterator[list
             yield order[start : start + batch_size]
 
 
-def micro_batch_loss(model, tokenizer, rows: dict, config: OPSDConfig, sampler, objective: dict) -> StepResult:
+def micro_batch_loss(model, tokenizer, rows: dict, config: OPSDConfig, sampler, teacher, path: LossPath) -> StepResult:
     """One micro-batch: rows {"problem", "solution", "row_id": lists} -> both roles' prompts -> rollouts
-    sampled from the student's prompts (no grad) -> [prompt][rollout] -> `opsd_loss(model, batch, **objective)`."""
+    sampled from the student's prompts (no grad) -> [prompt][rollout] -> `opsd_loss` with the config's
+    objective, `teacher` ("fixed" | "dynamic" | an EMATeacher) and `path` (on packed CPU weights when
+    config.fast_inference)."""
     contexts = build_dual_contexts(tokenizer, rows["problem"], rows["solution"], row_ids=rows["row_id"],
                                    **config.context_kwargs())
     rollout = sampler.generate(contexts.student.input_ids, contexts.student.attention_mask, config.sampling_params())
     contexts = contexts.repeat_interleave(config.num_generations)  # rollout i * n + j belongs to problem i
     batch = join_rollout(contexts, rollout.completion_ids, rollout.completion_mask)
-    return opsd_loss(model, batch.to(next(model.parameters()).device), **objective)
+    with packed_forwards(model, enabled=config.fast_inference):
+        return opsd_loss(model, batch.to(next(model.parameters()).device), config.objective, teacher, path=path)
 
 
 def train_plain(config: OPSDConfig, *, model=None, tokenizer=None, dataset=None, rollout_backend=None, log=print):
@@ -74,16 +78,16 @@ def train_plain(config: OPSDConfig, *, model=None, tokenizer=None, dataset=None,
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   eps=config.adam_epsilon, fused=config.optim == "adamw_torch_fused")
-    schedule = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.get_warmup_steps(steps),
-                             num_training_steps=steps, scheduler_specific_kwargs=config.lr_scheduler_kwargs)
+    horizon = config.lr_schedule_steps  # the schedule's length: lr_schedule_horizon, else max_steps
+    schedule = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.get_warmup_steps(horizon),
+                             num_training_steps=horizon, scheduler_specific_kwargs=config.lr_scheduler_kwargs)
 
     # 3. teacher, sampler, objective ----------------------------------------------------------------------
     ema = EMATeacher(model, decay=config.ema_decay) if config.teacher_mode == "ema" else None
     sampler = rollout_backend if rollout_backend is not None else HFRollout(model, tokenizer, fast=config.fast_inference)
     head = model.get_output_embeddings().weight
-    # + teacher_mode, loss_type, fused_hidden, beta, temperature, teacher_top_k, clip, clip_mode, fast
-    objective = {"ema": ema, "chunk_size": resolve_chunk_size(config, head.shape[0], head.device),
-                 **config.loss_kwargs()}
+    teacher = ema if ema is not None else config.teacher_mode  # the objective itself: config.objective
+    path = LossPath(resolve_chunk_size(config, head.shape[0], head.device), config.fused_hidden_loss)
 
     # 4. the loop: per optimizer step, `accumulate` micro-batches of problems -------------------------------
     batches = shuffled_batches(len(dataset), config.per_device_train_batch_size, config.seed)
@@ -95,7 +99,7 @@ def train_plain(config: OPSDConfig, *, model=None, tokenizer=None, dataset=None,
             indices = next(batches)
             rows = {**dataset[indices], "row_id": indices}
             # rollout, teacher pass (no grad), student pass, divergence; gradients add up over micro-batches
-            result = micro_batch_loss(model, tokenizer, rows, config, sampler, objective)
+            result = micro_batch_loss(model, tokenizer, rows, config, sampler, teacher, path)
             (result.loss / accumulate).backward()
             step_loss += result.loss.item() / accumulate
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm > 0 else None

@@ -5,13 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from opsd.config import OPSDConfig, load_config
 from opsd.contexts import (
+    BOXED_INSTRUCTION,
     DEFAULT_EVAL_PROMPT,
     EVAL_PROMPT_PROFILES,
     PAPER_TRANSITION,
+    POSITION_LAYOUTS,
     PROMPT_PROFILES,
     THINK_OPENER,
+    DualContexts,
     PromptTooLongError,
+    RoleBatch,
     apply_chat,
     audit_prompt_lengths,
     build_dual_contexts,
@@ -20,9 +25,11 @@ from opsd.contexts import (
     build_teacher_messages,
     join_rollout,
     legacy_student_text,
+    read_wording,
     with_think_opener,
 )
 from opsd.rollout import completion_mask_from_eos
+from opsd.validation import InputError
 
 PROBLEMS = ["What is 2 + 3?", "Compute 12 + 30, then add {x}."]
 SOLUTIONS = ["2 + 3 = 5. The answer is \\boxed{5}.", "12 + 30 = 42. \\boxed{42}"]
@@ -168,3 +175,129 @@ def test_join_rollout_with_repeated_contexts(embedded_tokenizer):
     assert len(ctx) == 6 and ctx.kept_rows == [0, 0, 0, 1, 1, 1]
     with pytest.raises(ValueError, match="rollouts for"):
         join_rollout(build_dual_contexts(embedded_tokenizer, PROBLEMS, SOLUTIONS), torch.zeros(6, 2, dtype=torch.long), torch.ones(6, 2, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------------------------------ position layouts
+
+PAD = 0
+
+
+def hand_contexts(layout: str) -> DualContexts:
+    """Two rows by hand, left-padded with pad id 0: student prompts [11 12 13] and [21]; teacher prompts
+    [31 32] and [41 42 43 44]."""
+    student = RoleBatch(torch.tensor([[11, 12, 13], [PAD, PAD, 21]]), torch.tensor([[1, 1, 1], [0, 0, 1]]),
+                        torch.tensor([3, 1]), ["s0", "s1"])
+    teacher = RoleBatch(torch.tensor([[PAD, PAD, 31, 32], [41, 42, 43, 44]]), torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]),
+                        torch.tensor([2, 4]), ["t0", "t1"])
+    return DualContexts(student, teacher, [0, 1], position_layout=layout)
+
+
+COMPLETION = torch.tensor([[7, 8, PAD], [9, 10, 11]])
+COMPLETION_MASK = torch.tensor([[True, True, False], [True, True, True]])
+
+
+def test_reference_layout_right_pads_each_prompt_and_passes_no_positions():
+    assert POSITION_LAYOUTS == ("kit", "reference")
+    ref = join_rollout(hand_contexts("reference"), COMPLETION, COMPLETION_MASK)
+    assert ref.position_layout == "reference"
+    assert ref.student_input_ids.tolist() == [[11, 12, 13, 7, 8, PAD], [21, PAD, PAD, 9, 10, 11]]
+    assert ref.student_attention_mask.tolist() == [[1, 1, 1, 1, 1, 0], [1, 0, 0, 1, 1, 1]]
+    assert ref.teacher_input_ids.tolist() == [[31, 32, PAD, PAD, 7, 8, PAD], [41, 42, 43, 44, 9, 10, 11]]
+    assert ref.teacher_attention_mask.tolist() == [[1, 1, 0, 0, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]]
+    assert ref.student_position_ids is None and ref.teacher_position_ids is None
+    assert set(ref.student_inputs()) == set(ref.teacher_inputs()) == {"input_ids", "attention_mask"}
+    assert torch.equal(ref.loss_mask, COMPLETION_MASK)
+    # the kit's layout of the same rows: left padding, positions over attended tokens only
+    kit = join_rollout(hand_contexts("kit"), COMPLETION, COMPLETION_MASK)
+    assert kit.student_input_ids.tolist() == [[11, 12, 13, 7, 8, PAD], [PAD, PAD, 21, 9, 10, 11]]
+    assert kit.student_inputs()["position_ids"].tolist() == [[0, 1, 2, 3, 4, 4], [0, 0, 0, 1, 2, 3]]
+    assert kit.teacher_inputs()["position_ids"][0].tolist() == [0, 0, 0, 1, 2, 3, 3]
+    # the rollout slice: in both layouts the logits at column P_role - 1 + n predict rollout token n
+    for batch in (ref, kit):
+        for role, width in (("student", 3), ("teacher", 4)):
+            ids = batch.student_input_ids if role == "student" else batch.teacher_input_ids
+            logits = torch.arange(ids.shape[1]).view(1, -1, 1).float().expand(2, -1, 5)  # logit = its column
+            sliced = batch.rollout_slice(logits, role)
+            assert sliced[..., 0].tolist() == [[width - 1, width, width + 1]] * 2
+            assert torch.equal(batch.rollout_slice(logits[:, -4:], role), sliced)  # logits_to_keep = N + 1
+            assert torch.equal(ids[:, width:], COMPLETION)  # ... and column P_role + n holds token n
+    # reference layout: a row shorter than the role's widest prompt predicts its first rollout token from a pad
+    assert ref.student_attention_mask[1, 2] == 0 and ref.teacher_attention_mask[0, 3] == 0
+    moved = ref.to("cpu")
+    assert moved.student_position_ids is None and moved.position_layout == "reference"
+
+
+def test_position_layout_is_kept_from_contexts_to_batch(embedded_tokenizer):
+    ctx = build_dual_contexts(embedded_tokenizer, PROBLEMS, SOLUTIONS, position_layout="reference")
+    assert ctx.position_layout == "reference" and ctx.repeat_interleave(2).position_layout == "reference"
+    assert (ctx.student.attention_mask[:, -1] == 1).all()  # rollouts are still sampled from left-padded prompts
+    with pytest.raises(ValueError, match=r"position_layout='right': must be one of \['kit', 'reference'\]"):
+        build_dual_contexts(embedded_tokenizer, PROBLEMS, SOLUTIONS, position_layout="right")
+
+
+def test_reference_layout_changes_only_the_rows_shorter_than_the_widest(embedded_model):
+    """On the embedded model: the row with the widest teacher prompt is scored alike in both layouts (no pad
+    before its rollout); the other row's teacher distributions move (its rollout starts after a gap)."""
+    model, tok = embedded_model
+    model.eval()
+    ctx = build_dual_contexts(tok, PROBLEMS, [SOLUTIONS[0], SOLUTIONS[1] + " Check: 42 - 30 = 12." * 4])
+    widest = int(ctx.teacher.prompt_lengths.argmax())
+    assert ctx.teacher.prompt_lengths[1 - widest] < ctx.teacher.width
+    rollout = tok(" The answer is \\boxed{5}.", add_special_tokens=False)["input_ids"]
+    completion = torch.tensor([rollout, rollout])
+    mask = torch.ones_like(completion, dtype=torch.bool)
+    scores = {}
+    for layout in POSITION_LAYOUTS:
+        ctx.position_layout = layout
+        batch = join_rollout(ctx, completion, mask)
+        with torch.no_grad():
+            scores[layout] = batch.rollout_slice(model(**batch.teacher_inputs()).logits, "teacher").log_softmax(-1)
+    assert torch.allclose(scores["kit"][widest], scores["reference"][widest], atol=1e-4)
+    kl = (scores["kit"].exp() * (scores["kit"] - scores["reference"])).sum(-1)  # KL(kit || reference) [B, N]
+    print(f"KL(kit || reference) per token: shorter row {kl[1 - widest].tolist()}, widest {kl[widest].tolist()}")
+    assert kl[1 - widest].mean() > 1e-3 > kl[widest].abs().max()
+
+
+# ------------------------------------------------------------------------------------------ teacher wording
+
+def test_teacher_wording_is_a_setting(tmp_path):
+    base = build_teacher_messages("P?", "SOL")[0]["content"]
+    worded = build_teacher_messages("P?", "SOL", transition="Read it {carefully}.", instruction="Box it.")[0]["content"]
+    assert worded == base.replace(PAPER_TRANSITION, "Read it {carefully}.").replace(BOXED_INSTRUCTION, "Box it.")
+    assert build_teacher_messages("P?", "SOL", "plain", instruction="Box it.")[0]["content"].endswith("\n\nBox it.")
+    with pytest.raises(ValueError, match=r"teacher_transition is set but the 'simple' teacher prompt has no such "
+                                         r"part; profiles with it: \['paper', 'plain'\]"):
+        build_teacher_messages("P?", "SOL", "simple", transition="Read it.")
+    # file:PATH reads the file (relative to the base folder), one trailing newline dropped
+    (tmp_path / "transition.txt").write_text("Line one: {x}.\n", encoding="utf-8")
+    assert read_wording("file:transition.txt", tmp_path) == "Line one: {x}."
+    assert read_wording("Plain text.", tmp_path) == "Plain text." and read_wording(None) is None
+    with pytest.raises(ValueError, match=r"'file:missing.txt': cannot read"):
+        read_wording("file:missing.txt", tmp_path)
+
+
+def test_teacher_wording_and_layout_from_a_profile(tmp_path, embedded_tokenizer):
+    path = tmp_path / "transition.txt"
+    path.write_text("Understand the reference, then solve it yourself.\n", encoding="utf-8")
+    config = load_config(OPSDConfig, "cpu-tiny", {"output_dir": str(tmp_path), "prompt_profile": "paper",
+                                                  "teacher_transition": f"file:{path}", "position_layout": "reference"})
+    kwargs = config.context_kwargs()
+    assert kwargs["teacher_transition"] == "Understand the reference, then solve it yourself."
+    assert kwargs["teacher_instruction"] is None and kwargs["position_layout"] == "reference"
+    ctx = build_dual_contexts(embedded_tokenizer, PROBLEMS, SOLUTIONS, **kwargs)
+    assert ctx.position_layout == "reference"
+    assert "=== Reference Solution End ===\n\n\nUnderstand the reference, then solve it yourself.\n\n" + BOXED_INSTRUCTION \
+        in ctx.teacher.texts[0]
+    audit = audit_prompt_lengths(embedded_tokenizer, PROBLEMS, SOLUTIONS, teacher_transition=kwargs["teacher_transition"])
+    assert [a["teacher_tokens"] for a in audit] == ctx.teacher.prompt_lengths.tolist()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"position_layout": "right"}, r"position_layout='right': must be one of \['kit', 'reference'\]"),
+    ({"teacher_transition": "file:no/such/file.txt", "prompt_profile": "paper"}, r"'file:no/such/file.txt': cannot read"),
+    ({"teacher_instruction": "Box it."}, r"teacher_instruction is set but the 'simple' teacher prompt has no such part"),
+    ({"teacher_transition": " ", "prompt_profile": "paper"}, r"teacher_transition must be a non-empty text"),
+])
+def test_bad_layout_or_wording_is_refused_before_any_model(tmp_path, overrides, message):
+    with pytest.raises(InputError, match=message):
+        load_config(OPSDConfig, "cpu-tiny", {"output_dir": str(tmp_path), **overrides})
