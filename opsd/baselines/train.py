@@ -38,8 +38,14 @@ from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 from opsd.runs.atomic_io import write_json_atomic
 from opsd.config import RunFields
 from opsd.contexts import build_student_messages
-from opsd.runs.checkpoints import checkpoint_dir, export_final_model, finished_step, resume_point
-from opsd.runs.layout import check_run_kind, write_run_info
+from opsd.runs.layout import (
+    check_run_kind,
+    checkpoint_dir,
+    export_final_model,
+    finished_step,
+    resume_point,
+    write_run_info,
+)
 from opsd.runs.runlog import RunDirectoryCallback
 from opsd.validation import InputError, check_config
 
@@ -97,7 +103,7 @@ class GRPORunConfig(RunFields, GRPOConfig):
     student's (`student_chat_kwargs`), unset `vllm_max_model_length` takes `max_length`.
     """
 
-    reward_functions: list = field(
+    reward_functions: list[str] = field(
         default_factory=lambda: ["boxed_answer"],
         metadata={"help": "Reward function names (see REWARD_FUNCTIONS); weights via reward_weights."},
     )
@@ -425,16 +431,12 @@ def load_baseline_config(kind: str, profile: str | Path | None = None, overrides
 
 def main(kind: str, argv: Sequence[str] | None = None) -> int:
     """`python -m opsd sft|grpo --config NAME [--no-resume] [key=value ...]`."""
-    import argparse
-
-    from opsd.config import parse_overrides
+    from opsd.config import command_parser, parse_overrides
 
     if kind not in KINDS:
         raise InputError(f"unknown baseline {kind!r}; valid: {list(KINDS)}")
-    parser = argparse.ArgumentParser(prog=f"python -m opsd {kind}", description=f"{kind.upper()} baseline.")
-    parser.add_argument("--config", default=DEFAULT_PROFILES[kind], help="profile name or YAML path")
-    parser.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of config fields")
+    parser = command_parser(f"python -m opsd {kind}", CONFIG_CLASSES[kind], DEFAULT_PROFILES[kind],
+                            f"{kind.upper()} baseline.")
     ns = parser.parse_args(list(argv or []))
     config = load_baseline_config(kind, ns.config, parse_overrides(ns.overrides))
     out = TRAIN_FUNCTIONS[kind](config, resume=not ns.no_resume and "auto")
