@@ -44,6 +44,7 @@ from opsd.runs.layout import (
     resume_point,
     write_run_info,
 )
+from opsd.runs.preflight import launched_processes, require_ready
 from opsd.runs.runlog import RunDirectoryCallback
 from opsd.step import NonFiniteScoresError, opsd_loss
 from opsd.teacher import EMATeacher, teacher_context
@@ -386,7 +387,9 @@ def main(argv: list[str]) -> int:
     from opsd.config import DEFAULT_PROFILE, command_parser, load_config, parse_overrides
 
     ns = command_parser("python -m opsd train", OPSDConfig, DEFAULT_PROFILE, main.__doc__).parse_args(argv)
-    config = load_config(OPSDConfig, ns.config, parse_overrides(ns.overrides))
+    overrides = parse_overrides(ns.overrides)
+    require_ready(ns.config, overrides, num_processes=launched_processes(), kind="train")  # before any model loads
+    config = load_config(OPSDConfig, ns.config, overrides)
     run_training(config, resume=not ns.no_resume and "auto")
     print(f"run directory: {config.output_dir}")
     return 0

@@ -47,6 +47,7 @@ from opsd.runs.layout import (
     write_run_info,
 )
 from opsd.runs.runlog import RunDirectoryCallback
+from opsd.runs.preflight import launched_processes, require_ready
 from opsd.validation import InputError, check_config
 
 logger = logging.getLogger(__name__)
@@ -438,6 +439,8 @@ def main(kind: str, argv: Sequence[str] | None = None) -> int:
     parser = command_parser(f"python -m opsd {kind}", CONFIG_CLASSES[kind], DEFAULT_PROFILES[kind],
                             f"{kind.upper()} baseline.")
     ns = parser.parse_args(list(argv or []))
+    require_ready(ns.config, parse_overrides(ns.overrides), num_processes=launched_processes(), kind=kind,
+                  config_class=CONFIG_CLASSES[kind])  # every missing piece of this machine, before any model loads
     config = load_baseline_config(kind, ns.config, parse_overrides(ns.overrides))
     out = TRAIN_FUNCTIONS[kind](config, resume=not ns.no_resume and "auto")
     print(f"run directory: {out}")

@@ -20,6 +20,7 @@ from opsd.eval.generation import DEFAULT_EVAL_PROMPT, EVAL_PROMPTS
 from opsd.eval.evaluate import evaluate_model, evaluate_run
 from opsd.runs.eval_results import eval_target
 from opsd.runs.layout import read_run_config
+from opsd.runs.preflight import require_eval_ready
 
 
 @dataclass
@@ -363,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "batch_size": args.batch_size, "seed": args.seed, "n_problems": args.limit, "device": args.device,
               "overwrite": args.overwrite, "vllm_kwargs": vllm_kwargs}
     target = eval_target(run_dir=args.run, model=args.model, output_dir=args.output)
+    require_eval_ready(args.backend, benchmarks, target.model or (target.run_config or {}).get("model_name"))
     if target.model is None:
         results = evaluate_run(target.run_dir, benchmarks, steps=steps, include_base=not args.no_base, **common)
     else:
