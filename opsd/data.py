@@ -214,10 +214,11 @@ def require_columns(dataset: datasets.Dataset, columns: Sequence[str], source: s
     return dataset
 
 
-def normalize_columns(dataset: datasets.Dataset) -> datasets.Dataset:
+def normalize_columns(dataset: datasets.Dataset, source: str = "dataset") -> datasets.Dataset:
     """Rename known spellings to ``problem`` / ``solution`` / ``answer``; answers become strings.
 
-    Integer answers (AIME, HMMT sometimes store ints) become ``"70"``, integral floats ``27.0`` -> ``"27"``.
+    Integer answers (AIME, HMMT sometimes store ints) become ``"70"``, integral floats ``27.0`` -> ``"27"``;
+    an answer that is neither text nor a number (``true``, a list) is an InputError naming its row.
     """
     names = set(dataset.column_names)
     renames = {}
@@ -230,6 +231,12 @@ def normalize_columns(dataset: datasets.Dataset) -> datasets.Dataset:
     if renames:
         dataset = dataset.rename_columns(renames)
     if "answer" in dataset.column_names and dataset.features["answer"] != datasets.Value("string"):
+        answers = dataset["answer"]
+        bad = next((i for i, a in enumerate(answers) if a is not None and
+                    (isinstance(a, bool) or not isinstance(a, (str, int, float)))), None)
+        if bad is not None:
+            raise InputError(f"{source}: row {bad}, column 'answer' is a {type(answers[bad]).__name__} "
+                             f"({str(answers[bad])[:40]}), not a string or a number; write the answer as text")
         dataset = as_string_columns(dataset, ["answer"])
     return dataset
 
@@ -293,7 +300,7 @@ def load_problems(source: str | os.PathLike, split: str | None = None, *, n: int
         raise MissingInputError(f"no such data file or folder: {source}")
     else:
         dataset = datasets.load_dataset(str(source), split=split or "train")
-    dataset = require_columns(normalize_columns(dataset), require, str(source))
+    dataset = require_columns(normalize_columns(dataset, str(source)), require, str(source))
     dataset = validate_rows(dataset, require, str(source), on_invalid=on_invalid)
     if n is not None:
         dataset = dataset.shuffle(seed=seed).select(range(min(n, len(dataset))))

@@ -27,7 +27,7 @@ from opsd.baselines.train import SFTRunConfig, load_baseline_config
 from opsd.config import load_config, parse_overrides
 from opsd.data import load_problems
 from opsd.runs.launch import check_notebook_parameters, resolve_train_overrides
-from opsd.runs.eval_results import eval_path, write_eval_json
+from opsd.runs.layout import eval_path, write_eval_json
 from opsd.config import OPSDConfig
 from opsd.validation import InputError
 
@@ -77,6 +77,8 @@ FILE_CASES = [
      r"row 0, column 'problem' is a list \(\['a', 'b'\]\), not a string"),
     ("solution-is-a-bool", "rows.jsonl", [{**GOOD, "solution": True}], ("problem", "solution"),
      r"row 0, column 'solution' is a bool"),
+    ("answer-is-a-bool", "rows.jsonl", [{**GOOD, "answer": True}, {**GOOD, "answer": False}], ("problem",),
+     r"rows.jsonl: row 0, column 'answer' is a bool \(True\), not a string or a number; write the answer as text"),
     ("missing-column", "rows.jsonl", [{"problem": "What is 1 + 1?"}], ("problem", "solution"),
      r"missing columns \['solution'\] \(need \['problem', 'solution'\]\); found \['problem'\]"),
     ("unsupported-extension", "rows.csv", b"problem,solution\n1,2\n", ("problem",), r"unsupported file type '.csv'"),
