@@ -9,12 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from opsd.eval import cli as eval_cli
-
-from opsd.eval import generation as eval_generation
-
-from opsd.runs import eval_results
 from opsd.eval import evaluate as ev
+from opsd.eval import generation as eval_generation
 from opsd.eval.grading import extract_boxed, is_correct, summarize
+from opsd.runs import eval_results
 
 
 def _rec(pid, j, correct, extracted="1", tokens=10):
@@ -195,8 +193,8 @@ def test_eval_request_follows_the_run_then_the_profile_then_the_caller(tmp_path)
     assert tiny.prompt == inspect.signature(ev.heldout_accuracy).parameters["prompt"].default == "reference"
     assert not tiny.thinking and tiny.sources["max_new_tokens"] == "run config.yaml"
     assert tiny.settings() == {"k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64,
-                               "context_length": None, "thinking": False, "prompt": "reference", "backend": "hf",
-                               "n_problems": 200, "batch_size": 64, "seed": 0}
+                               "context_length": None, "thinking": False, "prompt": "reference", "grading": "kit",
+                               "backend": "hf", "n_problems": 200, "batch_size": 64, "seed": 0}
     assert eval_cli.eval_request({"dataset": "synthetic", "student_chat_kwargs": {"enable_thinking": True}}).thinking
     # the caller wins; None is "not given"; a k above 1 asks for sampling; "all" problems
     given = eval_cli.eval_request(read_profile("cpu-tiny"), k=4, n_problems="all", max_new_tokens=None)
@@ -274,7 +272,46 @@ def test_cli_parser_options():
 
 
 def test_cli_rejects_an_unknown_benchmark():
-    assert ev.main(["--model", "x", "--benchmarks", "nope"]) == 2  # opsd.eval.evaluate.main: python -m opsd eval
+    assert eval_cli.main(["--model", "x", "--benchmarks", "nope"]) == 2  # python -m opsd eval
+
+
+def test_grading_rules_the_paper_profiles_use_reference_the_rest_the_kit():
+    """grading (kit | reference) travels in the request the CLI and reproduce/eval.ipynb share, into the
+    result files' settings (only when it is not the kit's, so kit files keep theirs)."""
+    from opsd.config import read_profile
+
+    assert eval_cli.eval_request().grading == "kit"
+    assert eval_cli.eval_request(read_profile("cpu-tiny")).grading == "kit"  # the synthetic / cpu-tiny path
+    for name in eval_cli.EVAL_PROFILES:
+        request = eval_cli.eval_request(read_profile("qwen3-1.7b-4xh100"), profile=name)
+        assert request.grading == "reference" and request.sources["grading"] == f"profile {name}"
+        assert request.settings()["grading"] == "reference"
+    assert eval_cli.eval_request(None, profile="eval-paper", grading="kit").grading == "kit"  # the caller wins
+    with pytest.raises(ValueError, match="unknown grading rules 'exact'"):
+        eval_cli.eval_request(None, grading="exact")
+    with pytest.raises(ValueError, match="unknown grading rules"):
+        eval_cli.EvalProfile(grading="exact")
+    assert eval_cli.parse_args(["--model", "m"]).grading == "kit"
+    assert eval_cli.parse_args(["--model", "m", "--profile", "eval-paper"]).grading == "reference"
+    assert eval_cli.parse_args(["--model", "m", "--profile", "eval-paper", "--grading", "kit"]).grading == "kit"
+    common = {"k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8, "thinking": False, "backend": "hf",
+              "seed": 0, "n_problems": 1, "model": "m", "batch_size": 1}
+    assert "grading" not in ev.eval_settings(**common) and ev.eval_settings(**common, grading="kit") == \
+        ev.eval_settings(**common)
+    assert ev.eval_settings(**common, grading="reference")["grading"] == "reference"
+    assert not eval_results.same_eval_settings(ev.eval_settings(**common), ev.eval_settings(**common, grading="reference"))
+    with pytest.raises(ValueError, match="unknown grading rules"):
+        ev.evaluate_run("runs/does-not-matter", "synthetic", grading="exact")  # before anything loads
+
+
+def test_records_from_vllm_grade_with_the_chosen_rules():
+    """The vLLM path grades with the request's rules: an unterminated last box after a complete one."""
+    outputs = [SimpleNamespace(outputs=[SimpleNamespace(text="\\boxed{7} then \\boxed{8", token_ids=[1] * 5,
+                                                         finish_reason="length")])]
+    kit = eval_generation.records_from_vllm(outputs, ["a"], ["7"], 5)
+    reference = eval_generation.records_from_vllm(outputs, ["a"], ["7"], 5, grading="reference")
+    assert (kit[0]["extracted_answer"], kit[0]["correct"]) == ("7", True)
+    assert (reference[0]["extracted_answer"], reference[0]["correct"]) == (None, False)
 
 
 # ------------------------------------------------------------------------------- end to end (embedded)

@@ -254,3 +254,109 @@ def test_summary_carries_the_wilson_interval_of_avg_at_k():
     assert summary["avg_at_k"] == 0.75
     assert summary["avg_at_k_interval"] == list(wilson_interval(3, 4))
     assert summary["avg_at_k_interval"][0] == pytest.approx(0.3006, abs=1e-4)
+
+
+# ------------------------------------------------- the reference evaluation's rules (grading="reference")
+# eval/evaluate_math.py of github.com/louieworth/OPSD at 7448751: extract_boxed_answer, grade_answer and the
+# Counter majority vote, as opsd.eval.grading's extract_boxed_reference, is_correct_reference, majority_vote.
+
+
+@pytest.mark.parametrize(
+    "text, reference, kit",
+    [
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}", r"\frac{1}{2}"),  # nested braces: both
+        (r"\boxed{\sqrt{\frac{a}{b^{2}}}}", r"\sqrt{\frac{a}{b^{2}}}", r"\sqrt{\frac{a}{b^{2}}}"),
+        (r"first \boxed{1}, then \boxed{2}", "2", "2"),  # two boxes: the last wins in both
+        (r"\boxed{3} but then \boxed{4", None, "3"),  # unterminated last box: the reference none, the kit the 3
+        (r"\boxed{12", None, None),  # only an unterminated box: none in both
+        # a box inside the thinking, then one after </think>: the last (after) wins; alone, the thinking's counts
+        ("<think>maybe \\boxed{3}</think>\nSo the answer is \\boxed{4}.", "4", "4"),
+        ("<think>it is \\boxed{3}</think>\nthe answer is 3", "3", "3"),
+        ("<think>\\boxed{3}</think> and \\boxed{", None, "3"),
+        (r"\boxed 42", None, "42"),  # no brace right after \boxed: the reference none
+        (r"\boxed {7}", None, "7"),
+        (r"\fbox{3}", None, "3"),  # \fbox is not the reference's box
+        (r"\boxed{2} and \fbox{3}", "2", "3"),
+        (r"\boxed{}", "", ""),  # an empty box: "" in both
+        (r"\boxed{ 12 }", "12", "12"),
+        ("no box at all", None, None),
+        ("", None, None),
+    ],
+)
+def test_extract_boxed_reference_against_the_kit(text, reference, kit):
+    assert grading.extract_boxed_reference(text) == reference
+    assert extract_boxed(text) == kit
+
+
+@pytest.mark.parametrize(
+    "prediction, answer",
+    [("1/2", "0.5"), (r"\frac{1}{2}", "0.5"), ("007", "7"), (r"\dfrac{3}{4}", "0.75"), ("x=5", "5"), ("(A)", "A")],
+)
+def test_is_correct_reference_accepts_math_verify_equal_answers_written_differently(prediction, answer):
+    assert grading.is_correct_reference(prediction, answer) and is_correct(prediction, answer)
+
+
+def test_is_correct_reference_has_no_textual_fallback():
+    # identical text math-verify cannot parse: the kit's textual fallback accepts it, the reference does not
+    assert is_correct("---", "---") and not grading.is_correct_reference("---", "---")
+    assert is_correct("?", "?") and not grading.is_correct_reference("?", "?")
+    # a prediction holding a "$" is parsed as written (not wrapped in $...$): "\$5" has no math in it
+    assert is_correct(r"\$5", "5") and not grading.is_correct_reference(r"\$5", "5")
+    assert not grading.is_correct_reference(None, "5") and not grading.is_correct_reference("", "5")
+    assert not grading.is_correct_reference("3", "4")
+
+
+def test_is_correct_reference_falls_back_to_strings_only_when_math_verify_raises(monkeypatch):
+    import math_verify
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("parser crashed")
+
+    monkeypatch.setattr(math_verify, "parse", broken)
+    assert grading.is_correct_reference("$ X $", "x")  # the reference's strings: no $, no spaces, lower case
+    assert not grading.is_correct_reference("1/2", "0.5")
+
+
+def test_majority_vote_reference_groups_exact_strings():
+    # math-equal but differently written answers are different groups for the reference: the two 3s win
+    answers = ["3", "1/2", "\\frac{1}{2}", "3", "0.5"]
+    assert grading.majority_vote(answers) == 1  # kit: 1/2 = \frac{1}{2} = 0.5, three votes
+    assert grading.majority_vote(answers, "reference") == 0
+    # a tie goes to the answer seen first (the reference's Counter.most_common), as in the kit
+    assert grading.majority_vote(["4", "3", "3", "4"], "reference") == 0
+    # no box does not vote; an empty box does (one wrong answer), where the kit skips it
+    assert grading.majority_vote([None, "", "", "7"], "reference") == 1
+    assert grading.majority_vote([None, "", "", "7"]) == 3
+    assert grading.majority_vote([None, None], "reference") is None
+    with pytest.raises(ValueError, match="unknown grading rules"):
+        grading.majority_vote(["1"], "exact")
+
+
+def test_maj_at_k_reference_on_hand_made_records():
+    def graded(pid, answers, gold, rules):
+        return [make_record(pid, j, "no box here" if a is None else f"so \\boxed{{{a}}}", gold, 5, grading=rules)
+                for j, a in enumerate(answers)]
+
+    for rules in ("kit", "reference"):
+        records = (
+            graded("a", ["5", "\\frac{10}{2}", "6", "6"], "5", rules)  # kit: 5 (2 votes, first); reference: 6 wins
+            + graded("b", ["1/2", "0.5", "7", None], "0.5", rules)  # kit: 1/2 = 0.5 wins; reference: 1/2 first
+            + graded("c", [None, None, None, None], "5", rules)  # nothing boxed: wrong
+        )
+        assert [r["correct"] for r in records[:2]] == [True, True]  # math-verify-equal: right under both rules
+        maj = grading.maj_at_k(records, grading=rules)
+        assert maj == pytest.approx(2 / 3 if rules == "kit" else 1 / 3)
+        assert summarize(records, 4, grading=rules)["maj_at_k"] == maj
+    # the first record of b under the reference: 1/2 wins the 1/1/1 tie and is right, so b counts
+    assert grading.maj_at_k(graded("b", ["1/2", "0.5", "7", None], "0.5", "reference"), grading="reference") == 1.0
+
+
+def test_make_record_reference_rules():
+    kit = make_record("p", 0, "\\boxed{7} and then \\boxed{8", "7", 9, True)
+    ref = make_record("p", 0, "\\boxed{7} and then \\boxed{8", "7", 9, True, grading="reference")
+    assert (kit["extracted_answer"], kit["correct"]) == ("7", True)
+    assert (ref["extracted_answer"], ref["correct"]) == (None, False)
+    assert make_record("p", 0, "\\boxed{---}", "---", 3)["correct"]
+    assert not make_record("p", 0, "\\boxed{---}", "---", 3, grading="reference")["correct"]
+    with pytest.raises(ValueError, match="unknown grading rules 'exact'"):
+        make_record("p", 0, "\\boxed{1}", "1", 3, grading="exact")

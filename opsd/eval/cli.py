@@ -16,8 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from opsd.eval.generation import DEFAULT_EVAL_PROMPT, EVAL_PROMPTS
+import pandas as pd
+
+from opsd.config import check_keys, read_profile
+from opsd.data import BENCHMARKS, benchmark_names
 from opsd.eval.evaluate import evaluate_model, evaluate_run
+from opsd.eval.generation import DEFAULT_EVAL_PROMPT, EVAL_PROMPTS
+from opsd.eval.grading import GRADING_RULES
 from opsd.runs.eval_results import eval_target
 from opsd.runs.layout import read_run_config
 from opsd.runs.preflight import require_eval_ready
@@ -29,7 +34,9 @@ class EvalProfile:
 
     ``eval-paper`` is the paper's thinking evaluation; ``eval-nonthinking`` the reference's
     non-thinking one. ``context_length``, when set, caps prompt + completion tokens per sample
-    (each sample may generate ``min(max_new_tokens, context_length - prompt tokens)``).
+    (each sample may generate ``min(max_new_tokens, context_length - prompt tokens)``). ``grading``:
+    ``kit`` or ``reference`` (the reference evaluation's extraction, grading and maj@k grouping;
+    ``opsd.eval.grading.GRADING_RULES``), ``reference`` in both paper profiles.
     """
 
     profile: str = "custom"
@@ -42,12 +49,10 @@ class EvalProfile:
     thinking: bool = True
     prompt: str = "reference"
     backend: str = "vllm"
+    grading: str = "kit"
 
     def __post_init__(self):
-        if self.prompt not in EVAL_PROMPTS:
-            raise ValueError(f"unknown evaluation prompt {self.prompt!r}: use one of {list(EVAL_PROMPTS)}")
-        if self.backend not in ("hf", "vllm"):
-            raise ValueError(f"backend must be 'hf' or 'vllm', got {self.backend!r}")
+        _check_choices(self.prompt, self.backend, self.grading)
 
     def settings(self) -> dict:
         """The keyword arguments of ``evaluate_run`` / ``evaluate_model`` (benchmarks and name left out)."""
@@ -64,8 +69,6 @@ EVAL_PROFILES: tuple[str, ...] = ("eval-paper", "eval-nonthinking")
 def load_eval_profile(name: str, overrides: dict | None = None) -> EvalProfile:
     """An ``EvalProfile`` from a profile name (``eval-nonthinking``) or a YAML path, then
     ``overrides``. The file must say ``kind: eval``; unknown keys are an error listing the valid ones."""
-    from opsd.config import check_keys, read_profile
-
     values = read_profile(name)
     kind = values.pop("kind", None)
     if kind != "eval":
@@ -79,7 +82,7 @@ def load_eval_profile(name: str, overrides: dict | None = None) -> EvalProfile:
 #: (the command line's CPU defaults; ``n_problems`` None: every problem of each benchmark).
 EVAL_DEFAULTS: dict[str, Any] = {
     "benchmarks": "synthetic", "k": 4, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 1024,
-    "context_length": None, "thinking": False, "prompt": DEFAULT_EVAL_PROMPT, "backend": "hf",
+    "context_length": None, "thinking": False, "prompt": DEFAULT_EVAL_PROMPT, "grading": "kit", "backend": "hf",
     "n_problems": None, "batch_size": 8, "seed": 0,
 }
 #: The held-out check of ``reproduce/train.ipynb`` (``opsd.eval.evaluate.heldout_accuracy``, what ``make demo``
@@ -108,6 +111,7 @@ class EvalRequest:
     context_length: int | None
     thinking: bool
     prompt: str
+    grading: str
     backend: str
     n_problems: int | None
     batch_size: int
@@ -174,19 +178,24 @@ def eval_request(run_config: Mapping | None = None, *, profile: str | None = Non
         values["n_problems"] = None
     if values["n_problems"] is not None:
         values["n_problems"] = int(values["n_problems"])
-    if values["prompt"] not in EVAL_PROMPTS:
-        raise ValueError(f"unknown evaluation prompt {values['prompt']!r}: use one of {list(EVAL_PROMPTS)}")
-    if values["backend"] not in ("hf", "vllm"):
-        raise ValueError(f"backend must be 'hf' or 'vllm', got {values['backend']!r}")
+    _check_choices(values["prompt"], values["backend"], values["grading"])
     return EvalRequest(**values, sources=sources)
+
+
+def _check_choices(prompt: str, backend: str, grading: str) -> None:
+    """``ValueError`` naming the setting, unless prompt, backend and grading rules are known names."""
+    if prompt not in EVAL_PROMPTS:
+        raise ValueError(f"unknown evaluation prompt {prompt!r}: use one of {list(EVAL_PROMPTS)}")
+    if backend not in ("hf", "vllm"):
+        raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
+    if grading not in GRADING_RULES:
+        raise ValueError(f"unknown grading rules {grading!r}: use one of {list(GRADING_RULES)}")
 
 
 def summary_table(results: Sequence[dict]):
     """A ``pandas.DataFrame``, one row per (benchmark, step): n_problems, k, avg@k, maj@k, the 95% intervals
     of avg@k (Wilson over samples; percentile bootstrap over problems), pass@1..k,
     boxed_rate, mean_tokens, truncated_rate (rates are fractions, exactly as in the JSON)."""
-    import pandas as pd
-
     rows = []
     for r in results:
         s = r["summary"]
@@ -230,8 +239,6 @@ def _limit(text: str) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m opsd eval`` flags, with the CPU defaults."""
-    from opsd.data import BENCHMARKS
-
     p = argparse.ArgumentParser(
         prog="python -m opsd eval",
         description="Sample k answers per problem, grade the last \\boxed{} with math-verify, report Avg@k, "
@@ -283,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=EVAL_DEFAULTS["prompt"],
         help="evaluation prompt: reference = the problem, a blank line, the instruction (the reference "
         "evaluation; default); student = the training student prompt with its 'Problem: ' prefix",
+    )
+    p.add_argument(
+        "--grading",
+        choices=GRADING_RULES,
+        default=EVAL_DEFAULTS["grading"],
+        help="kit = the kit's rules (last complete \\boxed{}, math-verify with a textual fallback, maj@k over "
+        "math-verify-equal answers; default); reference = the reference evaluation's (last \\boxed, none if "
+        "unterminated, math-verify alone, maj@k over exact strings; the eval-paper / eval-nonthinking profiles)",
     )
     p.add_argument("--backend", choices=("hf", "vllm"), default=EVAL_DEFAULTS["backend"])
     p.add_argument("--batch-size", type=int, default=EVAL_DEFAULTS["batch_size"],
@@ -340,8 +355,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m opsd eval``: evaluate a run directory or a model and print the summary table."""
     args = parse_args(argv)
-    from opsd.data import benchmark_names
-
     try:
         benchmarks = benchmark_names(args.benchmarks)
     except ValueError as err:
@@ -360,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         vllm_kwargs = {"gpu_memory_utilization": args.gpu_memory_utilization}
     common = {"k": args.k, "temperature": args.temperature, "top_p": args.top_p,
               "max_new_tokens": args.max_new_tokens, "context_length": args.context_length,
-              "thinking": args.thinking, "prompt": args.prompt, "backend": args.backend,
+              "thinking": args.thinking, "prompt": args.prompt, "grading": args.grading, "backend": args.backend,
               "batch_size": args.batch_size, "seed": args.seed, "n_problems": args.limit, "device": args.device,
               "overwrite": args.overwrite, "vllm_kwargs": vllm_kwargs}
     target = eval_target(run_dir=args.run, model=args.model, output_dir=args.output)
@@ -369,8 +382,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = evaluate_run(target.run_dir, benchmarks, steps=steps, include_base=not args.no_base, **common)
     else:
         results = evaluate_model(target.model, benchmarks, target.out_dir, **common)
-    import pandas as pd
-
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(summary_table(results).to_string(index=False))
     return 0

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from opsd.eval.grading import problem_scores
+from opsd.eval.stats import paired_difference, problem_bootstrap_interval
 from opsd.runs.eval_results import benchmark_slug, eval_path, same_eval_settings
 from opsd.runs.layout import EVAL_DIR
-from opsd.eval.stats import paired_difference, problem_bootstrap_interval
 from opsd.validation import InputError, MissingInputError, cli_errors
 
 _STEP_FILE = re.compile(r"step-(\d+)\.json")

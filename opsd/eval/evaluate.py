@@ -22,11 +22,19 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+import transformers
+from peft import PeftModel
+from tqdm import tqdm
+
+from opsd.data import benchmark_names, load_benchmark
 from opsd.eval.generation import DEFAULT_EVAL_PROMPT, EVAL_PROMPTS, eval_prompts, generate_hf, generate_vllm
-from opsd.eval.grading import make_record, summarize
+from opsd.eval.grading import check_grading, make_record, summarize
+from opsd.models import load_model_and_tokenizer
 from opsd.runs.checkpoints import find_checkpoints, is_lora_checkpoint, usable_checkpoints
 from opsd.runs.eval_results import check_eval_run_dir, eval_path, reusable_eval, write_eval_json
 from opsd.runs.layout import read_run_config
+from opsd.validation import InputError, validate_rows
 
 # ---------------------------------------------------------------------------------------------------
 # One model on one dataset
@@ -53,6 +61,7 @@ def evaluate(
     prompt: str = DEFAULT_EVAL_PROMPT,
     context_length: int | None = None,
     fast: bool = True,
+    grading: str = "kit",
 ) -> tuple[list[dict], dict]:
     """Sample k completions per problem, grade them, and summarise.
 
@@ -66,6 +75,8 @@ def evaluate(
     instruction, as the reference evaluation; ``student``: the training student prompt).
     ``context_length`` (e.g. 32,768 in the non-thinking setting) caps prompt + completion tokens.
     ``fast`` (hf backend): ``HFRollout``'s packed CPU path; False: the reference path (same answers).
+    ``grading`` (``opsd.eval.grading.GRADING_RULES``): ``kit`` or ``reference``, the extraction, grading and
+    maj@k grouping of the records and the summary.
 
     Returns (records, summary): one record per (problem, sample) with ``problem_id``,
     ``sample_index``, ``completion``, ``extracted_answer``, ``answer``, ``correct``,
@@ -77,6 +88,7 @@ def evaluate(
         raise ValueError(f"unknown evaluation prompt {prompt!r}: use one of {list(EVAL_PROMPTS)}")
     if backend not in ("hf", "vllm"):
         raise ValueError(f"unknown backend {backend!r}: use 'hf' or 'vllm'")
+    check_grading(grading)
     if "problem" not in dataset.column_names or "answer" not in dataset.column_names:
         raise ValueError(f"dataset needs columns 'problem' and 'answer' (found {dataset.column_names})")
     ids = list(dataset["id"]) if "id" in dataset.column_names else [str(i) for i in range(len(dataset))]
@@ -101,11 +113,9 @@ def evaluate(
             chat_kwargs=chat_kwargs,
             prompt=prompt,
             context_length=context_length,
+            grading=grading,
         )
-        return records, summarize(records, k)
-
-    import torch
-    from tqdm import tqdm
+        return records, summarize(records, k, grading)
 
     if lora_adapter is not None:
         raise ValueError("lora_adapter is for the vllm backend; with hf pass a PeftModel as model")
@@ -134,7 +144,7 @@ def evaluate(
             for offset, per_prompt in enumerate(samples):
                 i = start + offset
                 for j, (text, n_tok, truncated) in enumerate(per_prompt):
-                    records.append(make_record(ids[i], j, text, answers[i], n_tok, truncated))
+                    records.append(make_record(ids[i], j, text, answers[i], n_tok, truncated, grading))
             bar.update(len(chunk))
             if report is not None:
                 report(min(start + batch_size, len(problems)), len(problems))
@@ -142,7 +152,7 @@ def evaluate(
         bar.close()
         if was_training:
             model.train()
-    return records, summarize(records, k)
+    return records, summarize(records, k, grading)
 
 
 def heldout_accuracy(
@@ -166,8 +176,6 @@ def heldout_accuracy(
     ``(done, total)`` after each batch; ``fast``: ``HFRollout``'s packed CPU path (False: the reference
     path, same answers; ``benchmarks/step.py``). The before/after check of
     ``reproduce/train.ipynb``; ``evaluate`` / ``evaluate_run`` give the full protocol."""
-    from opsd.data import load_benchmark
-
     dataset = load_benchmark(benchmark, n=n, seed=seed)
     records, summary = evaluate(
         model,
@@ -201,11 +209,14 @@ def heldout_accuracy(
 
 def eval_settings(
     *, k, temperature, top_p, max_new_tokens, thinking, backend, seed, n_problems, model, batch_size,
-    prompt=DEFAULT_EVAL_PROMPT, context_length=None,
+    prompt=DEFAULT_EVAL_PROMPT, context_length=None, grading="kit",
 ) -> dict:
-    """The ``settings`` of a result file (``context_length`` only when set): what decides whether an
+    """The ``settings`` of a result file (``context_length`` only when set, ``grading`` only when not the kit's,
+    so that files graded by the kit's rules keep their settings): what decides whether an
     existing file is reused (``opsd.runs.eval_results.reusable_eval``; ``batch_size`` does not count)."""
     extra = {} if context_length is None else {"context_length": int(context_length)}
+    if check_grading(grading) != "kit":
+        extra["grading"] = grading
     return extra | {
         "prompt": str(prompt), "k": int(k), "temperature": float(temperature), "top_p": float(top_p),
         "max_new_tokens": int(max_new_tokens), "thinking": bool(thinking), "backend": backend, "seed": int(seed),
@@ -235,6 +246,7 @@ def evaluate_run(
     model_name: str | None = None,
     prompt: str = DEFAULT_EVAL_PROMPT,
     context_length: int | None = None,
+    grading: str = "kit",
 ) -> list[dict]:
     """Evaluate every checkpoint of a training run on each benchmark.
 
@@ -244,11 +256,10 @@ def evaluate_run(
     ``peft.PeftModel.from_pretrained`` and unloaded after; a full checkpoint (``config.json``) is
     loaded on its own. Writes ``run_dir/eval/<benchmark>/step-<N>.json`` and skips a file that
     already holds the same settings unless ``overwrite``. ``n_problems`` keeps the first N problems.
+    ``grading``: ``evaluate``'s (``kit`` or ``reference``), checked before any model loads.
     Returns the result dicts (as written / read back), ordered by step then benchmark.
     """
-    from opsd.data import benchmark_names, load_benchmark
-    from opsd.validation import InputError, validate_rows
-
+    check_grading(grading)
     run_dir = Path(run_dir)
     benchmarks = benchmark_names(benchmarks)
     torch_dtype = None
@@ -272,7 +283,7 @@ def evaluate_run(
         datasets_[b] = validate_rows(ds, ("problem", "answer"), b)
     gen = {"k": k, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
            "thinking": thinking, "backend": backend, "seed": seed, "prompt": prompt,
-           "context_length": context_length}
+           "context_length": context_length, "grading": grading}
     settings = {
         b: eval_settings(**gen, n_problems=len(ds), model=model_name, batch_size=batch_size)
         for b, ds in datasets_.items()
@@ -299,10 +310,6 @@ def evaluate_run(
 def _hf_models(model_name, checkpoints, plan, *, device, torch_dtype=None):
     """(step, checkpoint or None, model, tokenizer, None) for each step of `plan`: the base model loaded once;
     a LoRA checkpoint put onto it and unloaded after, a full checkpoint loaded on its own."""
-    import torch
-
-    from opsd.models import load_model_and_tokenizer
-
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(torch_dtype, str):
@@ -316,12 +323,8 @@ def _hf_models(model_name, checkpoints, plan, *, device, torch_dtype=None):
             base, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device)
         lora = ckpt is not None and is_lora_checkpoint(ckpt)
         if lora:
-            from peft import PeftModel
-
             model = PeftModel.from_pretrained(base, str(ckpt))
         elif ckpt is not None:
-            import transformers
-
             model = transformers.AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=dtype).to(device)
         else:
             model = base
@@ -338,7 +341,7 @@ def _hf_models(model_name, checkpoints, plan, *, device, torch_dtype=None):
 def _vllm_models(model_name, checkpoints, plan, seed, context_length, vllm_kwargs):
     """(step, checkpoint or None, vllm.LLM, tokenizer, LoRA adapter path or None) for each step of `plan`:
     one engine for the base and every LoRA checkpoint (``enable_lora``), a fresh one per full checkpoint."""
-    import vllm
+    import vllm  # optional (the gpu extra): imported only when the vllm backend runs
 
     lora_steps = [s for s in plan if s in checkpoints and is_lora_checkpoint(checkpoints[s])]
     vllm_kwargs = dict(vllm_kwargs or {})
@@ -382,10 +385,3 @@ def evaluate_model(
         model_name=model_name,
         **kwargs,
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m opsd eval`` (``opsd.eval.cli.main``)."""
-    from opsd.eval.cli import main as cli_main
-
-    return cli_main(argv)

@@ -18,13 +18,23 @@ zero say OPSD has nothing to teach.
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from opsd.config import DEFAULT_PROFILE, OPSDConfig, load_config, parse_overrides
+from opsd.contexts import build_dual_contexts, join_rollout
+from opsd.data import held_out_problems
+from opsd.divergence import token_divergence
+from opsd.eval.grading import extract_boxed, is_correct
 from opsd.eval.stats import Proportion, proportion
+from opsd.models import load_model_and_tokenizer
+from opsd.rollout import HFRollout, SamplingParams
+from opsd.teacher import teacher_context
 
 
 @dataclass
@@ -68,8 +78,6 @@ class GapReport:
 
 
 def _greedy_answers(model, tokenizer, prompts_ids, prompts_mask, max_new_tokens: int) -> list[str]:
-    from opsd.rollout import HFRollout, SamplingParams
-
     params = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
     rollout = HFRollout(model, tokenizer).generate(prompts_ids, prompts_mask, params)
     return [tokenizer.decode(ids[m].tolist(), skip_special_tokens=True)
@@ -85,12 +93,6 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
     """Student and self-teacher greedy accuracy (with 95% Wilson intervals) and the mean per-token
     KL(T||S) on the student's own samples; see the module docstring. ``progress(done, total)`` is
     called after each batch."""
-    from opsd.contexts import build_dual_contexts, join_rollout
-    from opsd.divergence import token_divergence
-    from opsd.eval.grading import extract_boxed, is_correct
-    from opsd.rollout import HFRollout, SamplingParams
-    from opsd.teacher import teacher_context
-
     n = len(problems)
     correct: dict[str, list[bool]] = {"student": [], "teacher": []}
     boxed: dict[str, list[str | None]] = {"student": [], "teacher": []}
@@ -138,9 +140,6 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
 def gap_for_config(config, n: int = 200, *, model=None, tokenizer=None, progress=None) -> GapReport:
     """``privilege_gap`` on ``n`` held-out problems of ``config``'s data (synthetic: the held-out split,
     with the training set's reference style), with the config's prompts, teacher mode and sampling."""
-    from opsd.data import held_out_problems
-    from opsd.models import load_model_and_tokenizer
-
     if model is None:
         model, tokenizer = load_model_and_tokenizer(config.model_name, dtype=config.torch_dtype,
                                                     lora=config.lora_settings())
@@ -156,12 +155,6 @@ def gap_for_config(config, n: int = 200, *, model=None, tokenizer=None, progress
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m opsd gap --config PROFILE [--n N] [--json PATH] [key=value ...]`."""
-    import argparse
-    import json
-
-    from opsd.config import DEFAULT_PROFILE, load_config, parse_overrides
-    from opsd.config import OPSDConfig
-
     parser = argparse.ArgumentParser(prog="python -m opsd gap", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=DEFAULT_PROFILE, help="training profile name or YAML path")
     parser.add_argument("--n", type=int, default=200, help="held-out problems (default 200)")

@@ -12,11 +12,14 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from opsd.eval.grading import make_record
+import torch
 
-#: The evaluation prompts (``opsd.contexts.EVAL_PROMPT_PROFILES``, named here without importing torch).
-DEFAULT_EVAL_PROMPT = "reference"
-EVAL_PROMPTS: tuple[str, ...] = ("reference", "student")
+from opsd.contexts import DEFAULT_EVAL_PROMPT, EVAL_PROMPT_PROFILES, apply_chat, build_eval_messages
+from opsd.eval.grading import check_grading, make_record
+from opsd.rollout import HFRollout, SamplingParams, eos_token_ids
+
+#: The names of the evaluation prompts (``opsd.contexts.EVAL_PROMPT_PROFILES``); the default is ``DEFAULT_EVAL_PROMPT``.
+EVAL_PROMPTS: tuple[str, ...] = tuple(EVAL_PROMPT_PROFILES)
 
 
 def eval_prompts(
@@ -31,8 +34,6 @@ def eval_prompts(
     ``prompt``: by default the reference form, the problem text, a blank line, the step-by-step /
     boxed instruction), with ``enable_thinking=thinking`` for the template (``chat_kwargs``, when
     given, replaces that)."""
-    from opsd.contexts import apply_chat, build_eval_messages
-
     kwargs = {"enable_thinking": thinking} if chat_kwargs is None else dict(chat_kwargs)
     return [apply_chat(tokenizer, build_eval_messages(p, prompt), kwargs) for p in problems]
 
@@ -67,10 +68,6 @@ def generate_hf(model, tokenizer, prompts: list[str], *, k, temperature, top_p, 
     Returns per prompt a list of k tuples (text, completion_tokens, truncated); completion_tokens
     counts the generated tokens up to and including the first eos.
     """
-    import torch
-
-    from opsd.rollout import HFRollout, SamplingParams, eos_token_ids
-
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     if context_length is not None:
         max_new_tokens = completion_budgets([int(enc["attention_mask"].sum(-1).max())], max_new_tokens,
@@ -103,11 +100,11 @@ def generate_hf(model, tokenizer, prompts: list[str], *, k, temperature, top_p, 
 
 
 def records_from_vllm(
-    outputs, problem_ids: Sequence, answers: Sequence[str], max_new_tokens: int | Sequence[int]
+    outputs, problem_ids: Sequence, answers: Sequence[str], max_new_tokens: int | Sequence[int], grading: str = "kit"
 ) -> list[dict]:
     """Records from ``vllm.LLM.generate`` outputs (one ``RequestOutput`` per prompt, in order, each
     with ``.outputs``: k ``CompletionOutput`` with ``.text``, ``.token_ids``, ``.finish_reason``).
-    ``max_new_tokens``: one budget for all prompts or one per prompt."""
+    ``max_new_tokens``: one budget for all prompts or one per prompt; ``grading``: ``make_record``'s rules."""
     records = []
     if isinstance(max_new_tokens, int):
         max_new_tokens = [max_new_tokens] * len(outputs)
@@ -117,7 +114,7 @@ def records_from_vllm(
             truncated = getattr(comp, "finish_reason", None) == "length" or (
                 getattr(comp, "finish_reason", None) is None and n_tok >= budget
             )
-            records.append(make_record(pid, j, comp.text, ans, n_tok, truncated))
+            records.append(make_record(pid, j, comp.text, ans, n_tok, truncated, grading))
     return records
 
 
@@ -138,11 +135,14 @@ def generate_vllm(
     chat_kwargs=None,
     prompt=DEFAULT_EVAL_PROMPT,
     context_length=None,
+    grading="kit",
 ):
     """Graded records of k samples per row of ``dataset`` (``id``, ``problem``, ``answer``) with vLLM:
     ``model`` is a ``vllm.LLM`` or a model path/Hub id (an ``LLM`` is built). With ``context_length``,
-    each prompt gets its own token budget (``completion_budgets``)."""
-    import vllm
+    each prompt gets its own token budget (``completion_budgets``). ``grading``: ``make_record``'s rules."""
+    import vllm  # optional (the gpu extra): imported only when the vllm backend runs
+
+    check_grading(grading)
 
     llm = (
         model if isinstance(model, vllm.LLM) else vllm.LLM(model=str(model), seed=seed, **(vllm_kwargs or {}))
@@ -169,10 +169,10 @@ def generate_vllm(
     params = sampling(budgets[0]) if len(set(budgets)) <= 1 else [sampling(b) for b in budgets]
     kwargs = {}
     if lora_adapter is not None:
-        from vllm.lora.request import LoRARequest
+        from vllm.lora.request import LoRARequest  # optional, as vllm above
 
         # a stable positive integer id per adapter path (vLLM caches adapters by id)
         lora_id = 1 + zlib.crc32(str(lora_adapter).encode()) % (2**31 - 2)
         kwargs["lora_request"] = LoRARequest(Path(lora_adapter).name, lora_id, str(lora_adapter))
     outputs = llm.generate(prompts, params, use_tqdm=progress, **kwargs)
-    return records_from_vllm(outputs, list(dataset["id"]), [str(a) for a in dataset["answer"]], budgets)
+    return records_from_vllm(outputs, list(dataset["id"]), [str(a) for a in dataset["answer"]], budgets, grading)

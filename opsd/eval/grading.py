@@ -6,6 +6,9 @@
 - Metrics on records (dicts with ``problem_id``, ``sample_index``, ``extracted_answer``, ``correct``,
   ``completion_tokens``, ``truncated``), grouped by problem: ``avg_at_k`` (the paper's Avg@k), unbiased
   ``pass_at_k``, ``maj_at_k`` (``majority_vote`` of equivalent answers); ``summarize`` gives them all.
+- ``grading="reference"`` (``GRADING_RULES``) swaps in the reference evaluation's three rules
+  (``eval/evaluate_math.py`` of github.com/louieworth/OPSD at 7448751): ``extract_boxed_reference``,
+  ``is_correct_reference`` and a maj@k vote over exact answer strings. The paper's evaluation profiles use it.
 """
 
 from __future__ import annotations
@@ -96,9 +99,11 @@ def is_correct(prediction: str | None, answer: str | float | None, *, timeout_se
         return False
     textual = normalize_answer(prediction) == normalize_answer(answer)
     try:
+        # math-verify (and sympy under it) load on the first grade: extraction alone (opsd.data's MATH-500
+        # gold answers) does not pay for them, and a failed import falls back to the textual rule
         from math_verify import parse, verify
 
-        timeout = timeout_seconds if threading.current_thread() is threading.main_thread() else None
+        timeout = _main_thread_timeout(timeout_seconds)
         gold = parse(answer if "\\boxed" in answer else f"\\boxed{{{answer}}}", parsing_timeout=timeout)
         if not gold:
             gold = parse(f"${answer}$", parsing_timeout=timeout)
@@ -110,6 +115,87 @@ def is_correct(prediction: str | None, answer: str | float | None, *, timeout_se
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise
         return textual
+
+
+def _main_thread_timeout(seconds: int) -> int | None:
+    """math-verify's timeouts use ``signal.alarm``, which only works in the main thread: off elsewhere."""
+    return seconds if threading.current_thread() is threading.main_thread() else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reference evaluation's rules (eval/evaluate_math.py, github.com/louieworth/OPSD at 7448751)
+# ---------------------------------------------------------------------------------------------------
+
+#: ``kit``: ``extract_boxed``, ``is_correct``, maj@k over math-verify-equivalent answers. ``reference``: the
+#: reference evaluation script's extraction, grading and maj@k grouping (``extract_boxed_reference``,
+#: ``is_correct_reference``, ``majority_vote``), what the paper's numbers were computed with.
+GRADING_RULES: tuple[str, ...] = ("kit", "reference")
+
+
+def check_grading(grading: str) -> str:
+    """``grading`` when it names one of ``GRADING_RULES``; ``ValueError`` listing them otherwise."""
+    if grading not in GRADING_RULES:
+        raise ValueError(f"unknown grading rules {grading!r}: use one of {list(GRADING_RULES)}")
+    return grading
+
+
+def extract_boxed_reference(text: str | None) -> str | None:
+    """The reference's extraction: the box at the last ``\\boxed`` of ``text`` (``str.rfind``), or None.
+
+    From there every ``{`` adds one and every ``}`` takes one away (escaped braces too); the first ``}`` that
+    brings the count back to 0 closes the box, whose content between ``\\boxed{`` and it is returned,
+    stripped (an empty box gives ""). None when there is no ``\\boxed``, when the count never closes (an
+    unterminated last box gives None even after a complete one; the kit's ``extract_boxed`` returns that
+    earlier one) or when ``\\boxed`` is not followed by ``{`` at once (``\\boxed 42``, ``\\boxed {7}``).
+    ``\\fbox`` is not a box."""
+    if not text:
+        return None
+    start = text.rfind("\\boxed")
+    if start < 0:
+        return None
+    depth = 0
+    for end in range(start, len(text)):
+        if text[end] == "{":
+            depth += 1
+        elif text[end] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + len("\\boxed{") : end].strip() if text.startswith("\\boxed{", start) else None
+    return None
+
+
+def _dollars(s: str) -> str:
+    """``s`` in ``$...$`` unless it already holds a ``$`` (the reference's wrapping before parsing)."""
+    return s if "$" in s else f"${s}$"
+
+
+def is_correct_reference(prediction: str | None, answer: str | float | None, *, timeout_seconds: int = 5) -> bool:
+    """The reference's grading: math-verify on ``$prediction$`` and ``$answer$`` (each wrapped unless it holds a
+    ``$``), ``parse(..., fallback_mode="no_fallback")`` then ``verify(gold, prediction)``, timeouts of
+    ``timeout_seconds`` (off outside the main thread, as in ``is_correct``; the reference grades in its main
+    thread). No textual fallback: only when math-verify raises an ``Exception`` do the two strings count
+    as equal when they match without ``$``, spaces and case. An empty prediction is graded (and is wrong);
+    None is wrong. Needs math-verify (imported here, so that extraction alone stays free of sympy)."""
+    if prediction is None or answer is None:
+        return False
+    from math_verify import parse, verify  # loads sympy: on the first grade only, as in is_correct
+
+    pred, gold = _dollars(str(prediction)), _dollars(str(answer))
+    timeout = _main_thread_timeout(timeout_seconds)
+    try:
+        return bool(verify(parse(gold, fallback_mode="no_fallback", parsing_timeout=timeout),
+                           parse(pred, fallback_mode="no_fallback", parsing_timeout=timeout), timeout_seconds=timeout))
+    except Exception:  # noqa: BLE001 - the reference's rule: any math-verify error falls back to the strings
+        return _without_dollars_spaces_case(pred) == _without_dollars_spaces_case(gold)
+
+
+def _without_dollars_spaces_case(s: str) -> str:
+    """The reference's textual form, used only when math-verify raises: no ``$``, no spaces, lower case."""
+    return s.replace("$", "").replace(" ", "").lower().strip()
+
+
+#: grading rules -> (extraction, grading) functions
+_RULES = {"kit": (extract_boxed, is_correct), "reference": (extract_boxed_reference, is_correct_reference)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -167,52 +253,63 @@ def answers_equivalent(a: str | None, b: str | None) -> bool:
     return a == b or is_correct(a, b)
 
 
-def majority_vote(answers: Sequence[str | None]) -> int | None:
+def majority_vote(answers: Sequence[str | None], grading: str = "kit") -> int | None:
     """Index (into ``answers``) of the majority answer of one problem's samples; None when no sample
     has an answer.
 
-    Samples without an answer (None or empty) do not vote. Answers are grouped greedily in sample
+    ``kit``: samples without an answer (None or empty) do not vote. Answers are grouped greedily in sample
     order: each joins the first group whose first answer is equivalent to it (``answers_equivalent``),
-    else opens a new group. The largest group wins; among groups of equal size the one opened first
+    else opens a new group. ``reference``: every boxed answer votes (None does not; an empty box does, for
+    one shared wrong answer), grouped by exact string (``1/2`` and ``0.5`` are two answers), as the reference's
+    ``collections.Counter``. The largest group wins; among groups of equal size the one opened first
     (the lowest sample index) wins, so the result is deterministic. Returns that group's first index.
     """
     groups: list[list[int]] = []
-    for i, a in enumerate(answers):
-        if a is None or not str(a).strip():
-            continue
-        for g in groups:
-            if answers_equivalent(str(a), str(answers[g[0]])):
-                g.append(i)
-                break
-        else:
-            groups.append([i])
+    if check_grading(grading) == "reference":
+        by_string: dict[str, list[int]] = {}
+        for i, a in enumerate(answers):
+            if a is not None:
+                by_string.setdefault(str(a), []).append(i)
+        groups = list(by_string.values())
+    else:
+        for i, a in enumerate(answers):
+            if a is None or not str(a).strip():
+                continue
+            for g in groups:
+                if answers_equivalent(str(a), str(answers[g[0]])):
+                    g.append(i)
+                    break
+            else:
+                groups.append([i])
     if not groups:
         return None
     return max(groups, key=lambda g: (len(g), -g[0]))[0]
 
 
-def maj_at_k(records: Sequence[dict], k: int | None = None) -> float:
-    """maj@k: the fraction of problems whose majority answer (``majority_vote`` over the first k
-    samples by ``sample_index``; all samples when k is None) is correct. A problem where no sample
-    boxed an answer counts as wrong."""
+def maj_at_k(records: Sequence[dict], k: int | None = None, grading: str = "kit") -> float:
+    """maj@k: the fraction of problems whose majority answer (``majority_vote`` under ``grading`` over the
+    first k samples by ``sample_index``; all samples when k is None) is correct (that sample's ``correct``;
+    the reference grades the winning string again, the same verdict). A problem where no sample boxed an
+    answer counts as wrong."""
     groups = group_by_problem(records)
     if not groups:
         return 0.0
     right = 0
     for g in groups.values():
         g = sorted(g, key=lambda r: r.get("sample_index", 0))[: k if k is not None else None]
-        winner = majority_vote([r.get("extracted_answer") for r in g])
+        winner = majority_vote([r.get("extracted_answer") for r in g], grading)
         right += winner is not None and bool(g[winner]["correct"])
     return right / len(groups)
 
 
-def summarize(records: Sequence[dict], k: int | None = None) -> dict:
+def summarize(records: Sequence[dict], k: int | None = None, grading: str = "kit") -> dict:
     """Summary of per-sample records: Avg@k with its 95% Wilson interval over samples (``avg_at_k_interval``)
     and its 95% percentile bootstrap interval over problems (``avg_at_k_problem_interval``, seed 0,
     ``opsd.eval.stats.problem_bootstrap_interval`` of each problem's fraction of correct samples), pass@1..k
     (mean over problems of the unbiased estimator), maj@k (majority vote of the first k samples,
     ``maj_at_k``), boxed rate (samples with a box), mean completion tokens (generated tokens, eos
-    included), truncation rate (samples cut by max_new_tokens). All rates are fractions in [0, 1]."""
+    included), truncation rate (samples cut by max_new_tokens). All rates are fractions in [0, 1].
+    ``grading`` (``GRADING_RULES``) decides maj@k's grouping; the records carry their own ``correct``."""
     groups = group_by_problem(records)
     n_min = min((len(g) for g in groups.values()), default=0)
     k = n_min if k is None else min(k, n_min)
@@ -234,7 +331,7 @@ def summarize(records: Sequence[dict], k: int | None = None) -> dict:
         # problems are the unit sampled: the bootstrap over problems of the mean per-problem fraction
         "avg_at_k_problem_interval": list(problem_bootstrap_interval(fractions)) if fractions else [0.0, 1.0],
         "pass_at_k": pass_k,
-        "maj_at_k": maj_at_k(records, k),
+        "maj_at_k": maj_at_k(records, k, grading),
         "boxed_rate": sum(r["extracted_answer"] is not None for r in records) / n if n else 0.0,
         "mean_completion_tokens": sum(r["completion_tokens"] for r in records) / n if n else 0.0,
         "truncated_rate": sum(bool(r.get("truncated", False)) for r in records) / n if n else 0.0,
@@ -242,16 +339,19 @@ def summarize(records: Sequence[dict], k: int | None = None) -> dict:
 
 
 def make_record(problem_id, sample_index: int, completion: str, answer: str, completion_tokens: int,
-                truncated: bool = False) -> dict:
-    """One graded sample: problem id, sample index, completion, extracted answer, gold, correct."""
-    extracted = extract_boxed(completion)
+                truncated: bool = False, grading: str = "kit") -> dict:
+    """One graded sample: problem id, sample index, completion, extracted answer, gold, correct, with the
+    extraction and grading of ``grading`` (``kit``: ``extract_boxed`` / ``is_correct``; ``reference``:
+    ``extract_boxed_reference`` / ``is_correct_reference``)."""
+    extract, grade = _RULES[check_grading(grading)]
+    extracted = extract(completion)
     return {
         "problem_id": problem_id,
         "sample_index": int(sample_index),
         "completion": completion,
         "extracted_answer": extracted,
         "answer": answer,
-        "correct": is_correct(extracted, answer),
+        "correct": grade(extracted, answer),
         "completion_tokens": int(completion_tokens),
         "truncated": bool(truncated),
     }

@@ -20,6 +20,8 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 Z95 = 1.959963984540054
 
 
@@ -73,8 +75,6 @@ _CHUNK_VALUES = 2_000_000  # resampled values held at once (bounds memory for la
 
 
 def _bootstrap_means(values: Sequence[float], n_resamples: int, seed: int, level: float, what: str):
-    import numpy as np
-
     x = np.asarray(values, dtype=float)
     if x.ndim != 1 or x.size == 0:
         raise ValueError(f"{what}: need at least one problem score, got {x.size}")
