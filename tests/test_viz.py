@@ -10,8 +10,9 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
+from opsd.paper.records import PAPER_TABLE5
 from opsd.viz import plots as viz
-from opsd.paper.records import CATEGORIES, PAPER_TABLE5
+from opsd.viz.series import CATEGORIES
 
 
 def _title(ax) -> str:
@@ -83,7 +84,7 @@ def test_plot_accuracy_vs_step_lines_per_benchmark_and_reference():
 
 
 def test_plot_kl_by_category_bars_and_paper_reference():
-    fig = viz.plot_kl_by_category({"kl_style": 0.4, "kl_math": 0.1, "kl_other": float("nan")})
+    fig = viz.plot_kl_by_category({"kl_style": 0.4, "kl_math": 0.1, "kl_other": float("nan")}, PAPER_TABLE5)
     ax = fig.axes[0]
     assert len(ax.patches) == 3 * (1 + len(PAPER_TABLE5))
     assert [t.get_text() for t in ax.get_xticklabels()] == list(CATEGORIES)
@@ -92,6 +93,21 @@ def test_plot_kl_by_category_bars_and_paper_reference():
     assert "n/a" in _all_texts(fig) and "0.85" in _all_texts(fig)
     only = viz.plot_kl_by_category({"style": 1.0, "math": 0.5, "other": 0.2}, paper=None)
     assert len(only.axes[0].patches) == 3
+    assert len(viz.plot_kl_by_category({"style": 1.0, "math": 0.5, "other": 0.2}).axes[0].patches) == 3
+
+
+def test_viz_never_imports_the_paper_layer():
+    """The plots are handed data: no module of opsd.viz imports opsd.paper (which draws with them)."""
+    import ast
+    from pathlib import Path
+
+    viz_dir = Path(viz.__file__).parent
+    for path in viz_dir.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("opsd.paper"), f"{path.name} imports {node.module}"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("opsd.paper") for a in node.names), path.name
 
 
 # ------------------------------------------------------------------------------------- training curves

@@ -89,10 +89,8 @@ def test_heatmap_rejects_length_mismatch():
 
 
 def test_show_divergence_heatmap_displays_html_once(monkeypatch):
-    import IPython.display
-
     shown = []
-    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    monkeypatch.setattr(viz_rollout, "display", lambda obj: shown.append(obj))  # IPython's display, as imported
     assert viz_rollout.show_divergence_heatmap(["a", "b"], [0.1, 0.2]) is None
     assert len(shown) == 1 and shown[0].data.count('class="opsd-tok"') == 2
 

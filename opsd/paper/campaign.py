@@ -38,7 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsd.config import REPO_ROOT
+import torch
+
+from opsd.baselines.train import TRAIN_FUNCTIONS, load_baseline_config
+from opsd.config import REPO_ROOT, OPSDConfig, load_config
+from opsd.eval.evaluate import evaluate_run
+from opsd.runs.atomic_io import write_json_atomic, write_text_atomic
+from opsd.runs.checkpoints import checkpoint_steps
+from opsd.runs.eval_results import eval_path
+from opsd.trainer import run_training
 
 logger = logging.getLogger(__name__)
 DEFAULT_ROOT = REPO_ROOT / "runs" / "figures"
@@ -159,12 +167,7 @@ def load_run_config(run: CampaignRun, root: Path):
     """The run's config dataclass (``OPSDConfig`` / ``SFTRunConfig`` / ``GRPORunConfig``), output in ``root/name``."""
     overrides = {**run.overrides, "output_dir": str(root / run.name)}
     if run.kind == "train":
-        from opsd.config import load_config
-        from opsd.config import OPSDConfig
-
         return load_config(OPSDConfig, run.profile, overrides)
-    from opsd.baselines.train import load_baseline_config
-
     return load_baseline_config(run.kind, run.profile, overrides)
 
 
@@ -192,8 +195,6 @@ def estimate_seconds(runs: Sequence[CampaignRun], quick: bool = False) -> dict[s
 
 def _finished(run_dir: Path, max_steps: int) -> bool:
     """The run's last checkpoint is there and complete (a save cut by a crash does not count)."""
-    from opsd.runs.checkpoints import checkpoint_steps
-
     return max_steps in checkpoint_steps(run_dir, complete=True)
 
 
@@ -223,8 +224,6 @@ def _check_campaign_entry(run: CampaignRun, run_dir: Path, fresh: bool) -> None:
     elif not path.is_file() and run_dir.exists() and any(run_dir.iterdir()):
         raise RuntimeError(f"{run_dir} exists but was not made by opsd.paper.campaign; delete it or pass --fresh")
     run_dir.mkdir(parents=True, exist_ok=True)
-    from opsd.runs.atomic_io import write_json_atomic
-
     write_json_atomic(path, entry)
 
 
@@ -236,12 +235,8 @@ def train_run(run: CampaignRun, root: Path, *, fresh: bool = False) -> str:
     if _finished(run_dir, config.max_steps):
         return "done"
     if run.kind == "train":
-        from opsd.trainer import run_training
-
         run_training(config, resume="auto")
     else:
-        from opsd.baselines.train import TRAIN_FUNCTIONS
-
         TRAIN_FUNCTIONS[run.kind](config, resume="auto")
     return "trained"
 
@@ -249,22 +244,16 @@ def train_run(run: CampaignRun, root: Path, *, fresh: bool = False) -> str:
 def share_base_eval(source: Path, target: Path, benchmark: str = BENCHMARK) -> bool:
     """Copy ``source``'s step-0 (base model) eval JSON into ``target`` unless it has one; the copy
     gets ``copied_from``. ``evaluate_run`` then keeps it when its settings match. Returns whether copied."""
-    from opsd.runs.eval_results import eval_path
-
     src, dst = eval_path(source, benchmark, 0), eval_path(target, benchmark, 0)
     if dst.is_file() or (data := _read_json(src)) is None:  # a cut one: evaluate_run moves it aside and redoes it
         return False
     data["copied_from"] = _rel(src)
-    from opsd.runs.atomic_io import write_text_atomic
-
     write_text_atomic(dst, json.dumps(data, indent=1, ensure_ascii=False))
     return True
 
 
 def evaluate_campaign_run(run: CampaignRun, root: Path, eval_settings: dict, base_source: Path | None) -> int:
     """Evaluate step 0 and every checkpoint of one run; returns the number of eval files it now has."""
-    from opsd.eval.evaluate import evaluate_run
-
     run_dir = root / run.name
     if base_source is not None and base_source != run_dir:
         share_base_eval(base_source, run_dir)
@@ -274,8 +263,6 @@ def evaluate_campaign_run(run: CampaignRun, root: Path, eval_settings: dict, bas
 
 def _base_eval_source(root: Path, runs: Sequence[CampaignRun]) -> Path | None:
     """A campaign run directory under ``root`` that already holds the base model's (step-0) eval."""
-    from opsd.runs.eval_results import eval_path
-
     for run in runs:
         if eval_path(root / run.name, BENCHMARK, 0).is_file():
             return root / run.name
@@ -292,8 +279,6 @@ def run_campaign(root: str | Path = DEFAULT_ROOT, *, quick: bool = False, only: 
     """Train (phase 1) then evaluate (phase 2) the campaign's runs into ``root``; returns the timings
     (also written to ``root/timings.json``). ``threads``: torch intra-op threads for this process
     (default: torch's choice, one per core)."""
-    import torch
-
     if threads:
         torch.set_num_threads(int(threads))
     root = Path(root)
@@ -335,8 +320,6 @@ def run_campaign(root: str | Path = DEFAULT_ROOT, *, quick: bool = False, only: 
     timings["total_s"] = round(time.perf_counter() - start, 1)
     print(f"[figure_runs] total {_fmt_s(timings['total_s'])}", flush=True)
     root.mkdir(parents=True, exist_ok=True)
-    from opsd.runs.atomic_io import write_json_atomic
-
     write_json_atomic(root / TIMINGS_FILE, {**(_read_json(root / TIMINGS_FILE) or {}), "last": timings})
     return timings
 

@@ -23,17 +23,20 @@ step 50, not step 100) or ``last``.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from opsd.config import REPO_ROOT
+from opsd.divergence import DivergenceSpec
+from opsd.eval.stats import proportion
 from opsd.runs.eval_results import load_eval_results
 from opsd.runs.layout import is_run_dir, read_metrics, read_run_config
+from opsd.viz.series import CATEGORIES, eval_curves, metric_series
 
 RUN_NAMES = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO", "OPSD-terse",
              "SFT-terse", "OPSD-verbose", "SFT-verbose", "base")
@@ -96,8 +99,6 @@ def need_evals(what: str, records: Mapping[str, RunRecord], names: Sequence[str]
 # ------------------------------------------------------------------------------------------ the paper's numbers
 
 PAPER_RESULTS_PATH = REPO_ROOT / "reproduce" / "paper_results.yaml"
-#: Table 5's token categories, as ``opsd.diagnostics.token_category`` names them.
-CATEGORIES = ("style", "math", "other")
 
 
 def load_paper_results(path: str | Path = PAPER_RESULTS_PATH) -> dict:
@@ -120,48 +121,12 @@ PAPER_TABLE5 = table5_by_model()
 # ------------------------------------------------------------------------------------------ reading runs
 
 
-def _metric(summary: Mapping, metric: str):
-    value: Any = summary
-    for part in metric.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def eval_curves(results: Iterable[Mapping], metric: str = "avg_at_k",
-                scale: float = 100.0) -> dict[str, tuple[list[int], list[float]]]:
-    """{benchmark: (steps, summary value x ``scale``)} from eval results (``step-N.json`` dicts), ascending
-    steps; ``metric``: a key of ``summary``, dotted for nested ones (``pass_at_k.1``)."""
-    by_bench: dict[str, list[tuple[int, float]]] = {}
-    for r in results:
-        value = _metric(r.get("summary", {}), metric)
-        if value is not None and r.get("step") is not None:
-            by_bench.setdefault(str(r.get("benchmark")), []).append((int(r["step"]), float(value) * scale))
-    return {b: tuple(map(list, zip(*sorted(points)))) for b, points in sorted(by_bench.items())}
-
-
-def metric_series(records: Iterable[dict], key: str) -> tuple[list[float], list[float]]:
-    """(steps, values) of one metric over ``metrics.jsonl`` records, skipping records without it (or NaN);
-    a record without ``step`` counts by its position."""
-    steps, values = [], []
-    for i, r in enumerate(records):
-        v = r.get(key)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        steps.append(r.get("step", i))
-        values.append(float(v))
-    return steps, values
-
-
-
-
 @dataclass
 class RunRecord:
     """What one run directory holds: its config, its metrics and its eval summaries.
 
-    ``config``: ``config.yaml`` ({} when absent);
-    ``metrics``: ``metrics.jsonl`` records in step order (old keys mapped, ``opsd.runs.layout.read_metrics``);
+    ``config``: ``config.yaml`` ({} when absent); ``metrics``: ``metrics.jsonl`` records in step order
+    (``opsd.runs.layout.read_metrics``);
     ``evals``: the ``eval/<benchmark>/step-<N>.json`` dicts without their per-sample ``records``.
     """
 
@@ -229,8 +194,6 @@ def eval_proportion(evaluation: Mapping):
     For Avg@1 (one sample per problem) that is exactly the binomial interval of the problem set; with
     several samples per problem, they are not independent and the interval is too narrow. None when the
     summary lacks the numbers."""
-    from opsd.eval.stats import proportion
-
     s = evaluation.get("summary") or {}
     avg = s.get("avg_at_k")
     n = s.get("n_samples")
@@ -366,10 +329,8 @@ def objective_label(config: Mapping) -> str:
 
 def clip_label(config: Mapping) -> str:
     """``point-wise clip 0.05``, ``token clip 0.05`` or ``no clip`` (clip null, or an older run's clip_mode none)."""
-    from opsd.divergence import DEFAULT_CLIP_MODE, resolve_clip
-
-    clip, mode = resolve_clip(config.get("clip"), str(config.get("clip_mode", DEFAULT_CLIP_MODE)))
-    if clip is None:
+    clip, mode = config.get("clip"), str(config.get("clip_mode", DivergenceSpec.clip_mode))
+    if clip is None or mode == "none":
         return "no clip"
     return f"{'point-wise' if mode == 'pointwise' else mode} clip {float(clip):g}"
 
@@ -442,8 +403,6 @@ def references_label(config: Mapping) -> str:
 def runs_overview(records: Mapping[str, RunRecord]):
     """A DataFrame, one row per run: kind, model, objective, clip, generation length, steps trained,
     evaluated steps per benchmark, directory."""
-    import pandas as pd
-
     rows = []
     for name, r in records.items():
         steps = [int(m["step"]) for m in r.metrics if m.get("step") is not None]

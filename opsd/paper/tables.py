@@ -19,6 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from opsd.eval.stats import proportion
 from opsd.paper.records import (
     CATEGORIES,
     DEFAULT_SELECTION,
@@ -73,8 +76,6 @@ def _checkpoint_cells(column: str, rec: RunRecord | None, bench: str, step: int 
 def _frame(rows: Mapping[str, Mapping], index: str, note: str, columns: Sequence[str] | None = None, **attrs):
     """A DataFrame of ``rows`` ({label: {column: value}}, ``columns`` in that order), its index named
     ``index``, with ``note`` and ``attrs`` in ``df.attrs``."""
-    import pandas as pd
-
     df = pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis(index)
     df.attrs.update(note=note, **attrs)
     return df
@@ -112,8 +113,6 @@ def imitation_vs_self_distillation_table(records: Mapping[str, RunRecord], bench
     ``problems_per_step``), the accuracy (%) with its 95% Wilson interval, k correct of n, and the change
     from the starting model (step 0) in points. ``df.attrs["panels"]``: the panels it holds. None (with a
     printed note) when a required run or its evaluations are missing."""
-    import pandas as pd
-
     what = "imitation vs self-distillation"
     required = [n for references, pair in IMITATION_PANELS if references not in IMITATION_OPTIONAL for n in pair]
     if not (bs := need_evals(what, records, required, benchmarks)):
@@ -172,8 +171,6 @@ def imitation_findings(records: Mapping[str, RunRecord], table) -> str:
     compared at their last steps (a winner only where the intervals separate); then each method's gain over the
     starting model per kind of references. ``reproduce/figures.ipynb`` displays it, so that no number of the
     campaign is typed into the notebook."""
-    from opsd.eval.stats import proportion
-
     if table is None:
         return "**What these runs measured:** nothing; the runs this comparison needs are missing (note above)."
     bench, panels = table.attrs["benchmark"], table.attrs["panels"]

@@ -25,9 +25,13 @@ from typing import Any
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+from transformers import TrainerCallback
 
 from opsd.config import REPO_ROOT
-from opsd.paper.records import CATEGORIES, PAPER_TABLE5, eval_curves, metric_series
+from opsd.runs.layout import read_metrics
+from opsd.viz.series import CATEGORIES, eval_curves, metric_series
 
 #: The figure style of every figure of the kit (figures/, notebooks).
 STYLE_PATH = REPO_ROOT / "reproduce" / "opsd.mplstyle"
@@ -78,8 +82,6 @@ def _new_axes(ax=None, figsize=(6.0, 3.6)):
 
 def integer_steps(ax) -> None:
     """Training steps are integers: no 0.25-step ticks on short runs."""
-    from matplotlib.ticker import MaxNLocator
-
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
@@ -145,12 +147,13 @@ def plot_accuracy_vs_step(results, *, metric: str = "avg_at_k", ax=None, percent
 # ------------------------------------------------------------------------------------ KL by category
 
 
-def plot_kl_by_category(measured: Mapping[str, float], paper: Mapping[str, Mapping[str, float]] | None = PAPER_TABLE5,
+def plot_kl_by_category(measured: Mapping[str, float], paper: Mapping[str, Mapping[str, float]] | None = None,
                         ax=None, *, measured_label: str = "measured", title: str | None = None):
     """Grouped bars of the mean per-token KL for style / math / other tokens, the paper's Table 5 beside.
 
     ``measured``: {"style": .., "math": .., "other": ..} (keys ``kl_style`` etc. work too; NaN or a
-    missing category is drawn as "n/a"). ``paper``: {model: {category: value}}; None draws ``measured`` only.
+    missing category is drawn as "n/a"). ``paper``: {model: {category: value}}, e.g.
+    ``opsd.paper.records.PAPER_TABLE5``; None draws ``measured`` only.
     """
     def get(d, c):
         v = d.get(c, d.get(f"kl_{c}"))
@@ -185,8 +188,6 @@ def plot_kl_by_category(measured: Mapping[str, float], paper: Mapping[str, Mappi
 
 def _records(records_or_run_dir) -> list[dict]:
     if isinstance(records_or_run_dir, (str, Path)):
-        from opsd.runs.layout import read_metrics
-
         return read_metrics(records_or_run_dir)
     return list(records_or_run_dir)
 
@@ -272,8 +273,6 @@ def runs_table(runs: Mapping[str, Any], keys: Sequence[str]):
 
     ``runs``: {label: records or run directory}; keys a run never logged are left out.
     """
-    import pandas as pd
-
     rows = []
     for label, recs in runs.items():
         records = _records(recs)
@@ -289,19 +288,23 @@ _LIVE_KEYS = ("loss", "divergence_mean", "divergence_unclipped_mean", "negative_
               "rollout_length_mean", "grad_norm")
 
 
-def live_metrics(keys: Sequence[str] = _LIVE_KEYS):
+class LiveMetrics(TrainerCallback):
+    """Prints one compact line per logged step with the logged values of ``keys`` (main process only)."""
+
+    def __init__(self, keys: Sequence[str] = _LIVE_KEYS):
+        self.keys = tuple(keys)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+            return
+        parts = [f"{k} {logs[k]:.4g}" for k in self.keys if isinstance(logs.get(k), (int, float))]
+        print(f"step {state.global_step:>3d} | " + " | ".join(parts), flush=True)
+
+
+def live_metrics(keys: Sequence[str] = _LIVE_KEYS) -> LiveMetrics:
     """A ``transformers.TrainerCallback`` printing one compact line per logged step, e.g.
     ``step 3 | loss 0.1408 | divergence_mean 0.1408 | ...`` (pass it in ``callbacks=[...]``)."""
-    from transformers import TrainerCallback
-
-    class LiveMetrics(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs or "train_runtime" in logs:
-                return
-            parts = [f"{k} {logs[k]:.4g}" for k in keys if isinstance(logs.get(k), (int, float))]
-            print(f"step {state.global_step:>3d} | " + " | ".join(parts), flush=True)
-
-    return LiveMetrics()
+    return LiveMetrics(keys)
 
 
 # ------------------------------------------------------------------------------ notebook helper plots

@@ -23,6 +23,9 @@ from typing import Any
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import torch
+from IPython.display import HTML, display
 
 from opsd.viz.plots import _new_axes, styled
 
@@ -129,8 +132,6 @@ def divergence_heatmap_html(tokens: Sequence[str], values, *, vmax: float | None
 def show_divergence_heatmap(tokens: Sequence[str], values, **kwargs) -> None:
     """Display :func:`divergence_heatmap_html` in Jupyter (returns None, so a cell ending with this call
     shows the heatmap once)."""
-    from IPython.display import HTML, display
-
     display(HTML(divergence_heatmap_html(tokens, values, **kwargs)))
 
 
@@ -241,8 +242,6 @@ def plot_divergence_heatmap(tokens: Sequence[str], values, *, ax=None, width: in
 def token_table(tokenizer, ids, *, offset: int = 0, highlight: int | None = None):
     """DataFrame of token ids: position, id, token (visible), special. ``offset`` numbers the first row;
     ``highlight`` adds a ``note`` column marking that position (e.g. where the rollout starts)."""
-    import pandas as pd
-
     ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
     special = set(_special_strings(tokenizer))
     rows = []
@@ -257,8 +256,6 @@ def token_table(tokenizer, ids, *, offset: int = 0, highlight: int | None = None
 
 
 def _probs(logits_row, temperature: float):
-    import torch
-
     row = logits_row.detach().float().reshape(-1)
     return torch.softmax(row / temperature, dim=-1)
 
@@ -270,8 +267,6 @@ def top_alternatives(student_logits_row, teacher_logits_row, tokenizer, k: int =
     p_student (probabilities at ``temperature``), and each token's probability under the other role
     (``p_student_of_teacher_token``, ``p_teacher_of_student_token``).
     """
-    import pandas as pd
-
     p_s = _probs(student_logits_row, temperature)
     p_t = _probs(teacher_logits_row, temperature)
     t_top = p_t.topk(k)
@@ -299,8 +294,6 @@ def top_divergence_alternatives(student_logits, teacher_logits, token_ids, diver
     Returns one DataFrame, rows grouped by position (columns position, sampled_token, D, then those of
     ``top_alternatives``), positions in decreasing D.
     """
-    import pandas as pd
-
     values = np.asarray(_as_floats(divergence))
     ids = [int(i) for i in (token_ids.tolist() if hasattr(token_ids, "tolist") else token_ids)]
     order = [int(i) for i in np.argsort(-np.nan_to_num(values, nan=-np.inf))[:positions]]
