@@ -109,8 +109,9 @@ def check_teacher_wording(profile: str, transition: str | None, instruction: str
             continue
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{name} must be a non-empty text or file:PATH, got {value!r}")
-        if "{" + name.split("_", 1)[1] + "}" not in template:
-            with_slots = sorted(p for p, t in PROMPT_PROFILES.items() if "{transition}" in t["teacher"])
+        slot = "{" + name.removeprefix("teacher_") + "}"
+        if slot not in template:
+            with_slots = sorted(p for p, t in PROMPT_PROFILES.items() if slot in t["teacher"])
             raise ValueError(f"{name} is set but the {profile!r} teacher prompt has no such part; "
                              f"profiles with it: {with_slots}")
 
@@ -210,6 +211,7 @@ POSITION_LAYOUTS = ("kit", "reference")
 
 
 def check_position_layout(layout: str) -> str:
+    """`layout` itself, or ValueError naming the valid layouts."""
     if layout not in POSITION_LAYOUTS:
         raise ValueError(f"position_layout={layout!r}: must be one of {list(POSITION_LAYOUTS)}")
     return layout
