@@ -235,6 +235,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "save_total_limit": (_positive, "a positive integer or null (keep all)"),
     "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     "max_steps": (lambda v: v >= -1 and v != 0, "a positive number of optimizer steps, or -1 to train for num_train_epochs"),
+    "heldout_fraction": (_unit_half_open, "in [0, 1) (0: no held-out split)"),
 }
 #: Per config class: the same name means another thing (OPSD's beta mixes KL directions, GRPO's weighs a KL term).
 CLASS_RANGES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
@@ -247,6 +248,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "on_invalid_row": INVALID_ROW_POLICIES,
     "rollout_backend": ("hf", "vllm"),
 }
+#: Per config class: choices that only one entry point has (SFT alone can cut over-long rows).
+CLASS_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "SFTRunConfig": {"on_overflow": ("error", "drop", "truncate"), "loss_tokens": ("solution", "full_text")},
+    "GRPORunConfig": {"grpo_prompt": ("student", "reference")},
+}
 
 
 def _prompt_profiles() -> list[str]:
@@ -256,16 +262,17 @@ def _prompt_profiles() -> list[str]:
 
 
 def check_config_values(config_class, values: Mapping[str, Any]) -> None:
-    """Raise InputError for the first value out of its range (`RANGES`, `CLASS_RANGES`, `CHOICES`)."""
+    """Raise InputError for the first value out of its range (`RANGES`, `CLASS_RANGES`, `CHOICES`, `CLASS_CHOICES`)."""
     name = getattr(config_class, "__name__", type(config_class).__name__)
     ranges = {**RANGES, **CLASS_RANGES.get(name, {})}
+    choices = {**CHOICES, **CLASS_CHOICES.get(name, {})}
     for key, value in values.items():
         if key in ranges and _is_number(value):
             ok, valid = ranges[key]
             if not ok(value) or _is_nan(value):
                 raise InputError(f"{key}={value!r} is out of range: {key} must be {valid}")
-        elif key in CHOICES and value is not None and value not in CHOICES[key]:
-            raise InputError(f"{key}={value!r}: must be one of {list(CHOICES[key])}")
+        elif key in choices and value is not None and value not in choices[key]:
+            raise InputError(f"{key}={value!r}: must be one of {list(choices[key])}")
     if "prompt_profile" in values and values["prompt_profile"] not in _prompt_profiles():
         raise InputError(f"prompt_profile={values['prompt_profile']!r}: must be one of {_prompt_profiles()}")
 

@@ -23,7 +23,8 @@ from safetensors.torch import save_file
 
 from opsd.eval import evaluate as ev
 from opsd.__main__ import main as cli
-from opsd.baselines.train import SFTRunConfig, load_baseline_config
+from opsd.baselines.sft import SFTRunConfig
+from opsd.baselines.train import load_baseline_config
 from opsd.config import load_config, parse_overrides
 from opsd.data import load_problems
 from opsd.runs.launch import check_notebook_parameters, resolve_train_overrides
