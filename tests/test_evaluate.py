@@ -11,7 +11,13 @@ import pytest
 from opsd.eval import cli as eval_cli
 from opsd.eval import evaluate as ev
 from opsd.eval import generation as eval_generation
-from opsd.eval.grading import extract_boxed, is_correct, summarize
+from opsd.eval.grading import (
+    extract_boxed,
+    extract_boxed_reference,
+    is_correct,
+    is_correct_reference,
+    summarize,
+)
 from opsd.runs import eval_results
 
 
@@ -358,6 +364,12 @@ def test_evaluate_embedded_model_end_to_end(embedded):
         sum(r["completion_tokens"] for r in records) / 8
     )
     json.dumps(records)  # JSON-serialisable
+    # the reference's rules on the same samples (same seed): its extraction and grading in every record
+    again, _ = ev.evaluate(model, tokenizer, ds, k=2, max_new_tokens=16, batch_size=4, seed=0, progress=False,
+                           grading="reference")
+    assert [r["completion"] for r in again] == [r["completion"] for r in records]
+    assert all(r["extracted_answer"] == extract_boxed_reference(r["completion"]) for r in again)
+    assert all(r["correct"] == is_correct_reference(r["extracted_answer"], r["answer"]) for r in again)
     # seeded sampling is reproducible; greedy (temperature 0) repeats one decode k times
     one = ds.select(range(1))
     runs = [
