@@ -1,10 +1,12 @@
 """Wall time and peak memory of the OPSD objective: plain path against the memory-efficient paths.
 
 Paths (forward + backward of `opsd.divergence`, every rollout position masked in):
-  plain         distillation_loss(student_logits, teacher_logits, mask)              inputs: logits
-  chunked       distillation_loss(..., chunk_size=N)                                  inputs: logits
+  plain         objective.loss(student_logits, teacher_logits, mask)                  inputs: logits
+  chunked       chunked_loss(..., objective, chunk_size=N)                            inputs: logits
   plain-hidden  logits = hidden @ W.T, then the plain path                            inputs: hidden states
-  fused         distillation_loss_from_hidden(student_hidden, teacher_hidden, W, mask, chunk_size=N)
+  fused         loss_from_hidden(student_hidden, teacher_hidden, W, mask, objective, chunk_size=N)
+
+with objective = DivergenceSpec(...) of the command line's options.
 
 Every (path, batch, length) runs in a fresh subprocess so that measurements do not contaminate each
 other. Peak memory is measured above the state right after the inputs were allocated: on CPU the
@@ -106,8 +108,8 @@ def _random(torch, shape, dtype, device, seed):
 def run_worker(args) -> dict:
     import torch
 
-    from opsd.divergence import distillation_loss
-    from opsd.divergence_chunked import distillation_loss_from_hidden
+    from opsd.divergence import DivergenceSpec
+    from opsd.divergence_chunked import chunked_loss, loss_from_hidden
 
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
@@ -117,13 +119,8 @@ def run_worker(args) -> dict:
     dtype = getattr(torch, args.dtype)
     device = torch.device(args.device)
     batch, length, vocab, hidden = args.batch, args.length, args.vocab, args.hidden
-    options = {
-        "beta": args.beta,
-        "temperature": args.temperature,
-        "teacher_top_k": args.teacher_top_k,
-        "clip": args.clip,
-        "clip_mode": args.clip_mode,
-    }
+    objective = DivergenceSpec(beta=args.beta, temperature=args.temperature, teacher_top_k=args.teacher_top_k,
+                               clip=args.clip, clip_mode=args.clip_mode)
     mask = torch.ones(batch, length, dtype=torch.bool, device=device)
     if args.path in ("plain", "chunked"):
         student = _random(torch, (batch, length, vocab), dtype, device, 0).requires_grad_(True)
@@ -139,18 +136,16 @@ def run_worker(args) -> dict:
 
     def step():
         if args.path == "plain":
-            loss = distillation_loss(student, teacher, mask, **options)
+            loss = objective.loss(student, teacher, mask)
         elif args.path == "chunked":
-            loss = distillation_loss(student, teacher, mask, chunk_size=args.chunk_size, **options)
+            loss = chunked_loss(student, teacher, mask, objective, args.chunk_size)
         elif args.path == "plain-hidden":
             with torch.no_grad():
                 teacher_logits = teacher @ weight.T
-            loss = distillation_loss(student @ weight.T, teacher_logits, mask, **options)
+            loss = objective.loss(student @ weight.T, teacher_logits, mask)
             del teacher_logits
         else:
-            loss = distillation_loss_from_hidden(
-                student, teacher, weight, mask, chunk_size=args.fused_chunk_size, **options
-            )
+            loss = loss_from_hidden(student, teacher, weight, mask, objective, chunk_size=args.fused_chunk_size)
         loss.backward()
         return float(loss.detach())
 
@@ -270,7 +265,7 @@ def run_driver(args) -> None:
 
     if args.chunk_size is None:
         args.chunk_size = suggest_chunk_size(args.vocab, device=args.device)
-    if args.fused_chunk_size is None:  # the defaults of distillation_loss_from_hidden, made explicit
+    if args.fused_chunk_size is None:  # the defaults of loss_from_hidden, made explicit
         block = CUDA_CHUNK_ELEMENTS if args.device == "cuda" else FUSED_BLOCK_ELEMENTS
         args.fused_chunk_size = suggest_chunk_size(args.vocab, block)
     paths = _names(args.paths)

@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from opsd.divergence import CLIP_MODES, DEFAULT_CLIP_MODE, LOSS_TYPES, resolve_clip
+from opsd.contexts import check_position_layout, check_teacher_wording, read_wording
+from opsd.divergence import DivergenceSpec
 from opsd.models import LORA_TARGETS, LoRASettings
 from opsd.rollout import SamplingParams
 from opsd.teacher import TEACHER_MODES
@@ -80,10 +81,11 @@ class OPSDConfig(RunFields, TrainingArguments):
     # objective
     beta: float = field(default=0.0, metadata={"help": "Generalized JSD weight: 0 forward KL(T||S), 1 reverse KL."})
     loss_temperature: float | None = field(default=None, metadata={"help": "Temperature on both logits (None: sampling temperature)."})
-    teacher_top_k: int | None = field(default=None, metadata={"help": "Restrict the divergence to the teacher's top-k entries (None: the whole vocabulary; `top_k` is the sampling one). Old key: top_k_loss."})
+    teacher_top_k: int | None = field(default=None, metadata={"help": "Restrict the divergence to the teacher's top-k entries (None: the whole vocabulary; `top_k` is the sampling one)."})
     clip: float | None = field(default=0.05, metadata={"help": "Clip threshold c (None: no clipping, the only way to turn it off)."})
-    clip_mode: str = field(default=DEFAULT_CLIP_MODE, metadata={"help": "How to clip when clip is set: pointwise | token (the old 'none' is read as clip=None)."})
+    clip_mode: str = field(default="pointwise", metadata={"help": "How to clip when clip is set: pointwise | token."})
     loss_type: str = field(default="full", metadata={"help": "full (vocabulary divergence) | sampled_token."})
+    objective_dtype: str = field(default="float32", metadata={"help": "Precision of the divergence: float32 (bf16 logits upcast) | bfloat16 (on bf16 logits, no upcast: the reference's)."})
     divergence_chunk_size: int | None = field(default=None, metadata={"help": "Positions per chunk (None: automatic when vocab > 65,536, else unchunked; 0: never chunk)."})
     fused_hidden_loss: bool = field(default=False, metadata={"help": "Compute student logits chunk by chunk from hidden states."})
     # teacher
@@ -91,6 +93,9 @@ class OPSDConfig(RunFields, TrainingArguments):
     ema_decay: float = field(default=0.999, metadata={"help": "EMA teacher: weight of the old teacher per step, in [0, 1)."})
     legacy_mismatch: bool = field(default=False, metadata={"help": "Student prompt without chat template (earlier reference code)."})
     teacher_think_opener: bool = field(default=False, metadata={"help": "Append '<think>\\n' to the teacher prompt (thinking teacher, non-thinking student)."})
+    teacher_transition: str | None = field(default=None, metadata={"help": "The paragraph after the reference block of the paper/plain teacher prompt: the text, or file:PATH (relative to the repository root; one trailing newline dropped). None: the kit's wording (opsd.contexts.PAPER_TRANSITION)."})
+    teacher_instruction: str | None = field(default=None, metadata={"help": "The closing instruction of the paper/plain teacher prompt: the text or file:PATH. None: opsd.contexts.BOXED_INSTRUCTION."})
+    position_layout: str = field(default="kit", metadata={"help": "How [prompt][rollout] is scored: kit (left padding, positions over attended tokens) | reference (right padding per micro-batch, no position ids, as the reference trainer); opsd.contexts."})
     # rollout
     rollout_backend: str = field(default="hf", metadata={"help": "hf | vllm."})
     temperature: float = field(default=1.1, metadata={"help": "Sampling temperature of the rollouts (> 0)."})
@@ -101,6 +106,8 @@ class OPSDConfig(RunFields, TrainingArguments):
     vllm_gpu_memory_utilization: float = field(default=0.6, metadata={"help": "vLLM: fraction of GPU memory it may take, in (0, 1]."})
     vllm_sleep: bool = field(default=False, metadata={"help": "vLLM: free its memory between rollouts (sleep mode)."})
     fast_inference: bool = field(default=True, metadata={"help": "CPU: rollouts, teacher and student passes on packed oneDNN weights, top-p without a full sort (opsd.packed_linear; same results up to float rounding). False: the reference path."})
+    # schedule
+    lr_schedule_horizon: int | None = field(default=None, metadata={"help": "Optimizer steps over which lr_scheduler_type runs (warm-up included), while training stops at max_steps; None: max_steps. The reference decays linearly over 30 epochs: 27600 steps in its profiles."})
     # logging
     log_rollouts_every: int = field(default=10, metadata={"help": "Write sample rollouts every N steps (0: never)."})
     num_logged_rollouts: int = field(default=2, metadata={"help": "Rollouts written each time rollouts are logged."})
@@ -108,24 +115,23 @@ class OPSDConfig(RunFields, TrainingArguments):
     def __post_init__(self):
         from opsd.validation import InputError, check_config
 
-        self.clip, self.clip_mode = resolve_clip(self.clip, self.clip_mode)  # legacy clip_mode "none" -> clip None
         check_config(self)  # types and ranges, before TrainingArguments sees the values
+        # the objective's options, checked once here: opsd_loss and the diagnostics read this one value
+        self.objective = DivergenceSpec(
+            beta=self.beta, temperature=self.effective_loss_temperature, teacher_top_k=self.teacher_top_k,
+            clip=self.clip, clip_mode=self.clip_mode, loss_type=self.loss_type, dtype=self.objective_dtype,
+        )
         self.remove_unused_columns = False
         self.dataloader_pin_memory = False  # batches are problem texts, tokenized in the step: nothing to pin
         super().__post_init__()
         if self.teacher_mode not in TEACHER_MODES:
             raise InputError(f"teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}")
-        if self.loss_type not in LOSS_TYPES:
-            raise InputError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if self.clip_mode not in CLIP_MODES:
-            raise InputError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise InputError(f"beta must be in [0, 1], got {self.beta}")
         if self.teacher_mode == "fixed" and not self.use_lora:
             raise InputError(
                 "teacher_mode='fixed' is the base model with LoRA adapters disabled, so it needs use_lora=True; "
                 "use teacher_mode='dynamic' or 'ema' for full fine-tuning"
             )
+        check_opsd_settings(self)
         if self.max_completion_length >= self.max_length:
             raise InputError(
                 f"max_completion_length ({self.max_completion_length}) must be below max_length ({self.max_length}) "
@@ -146,27 +152,35 @@ class OPSDConfig(RunFields, TrainingArguments):
             max_new_tokens=self.max_completion_length, n=self.num_generations,
         )
 
-    def divergence_kwargs(self) -> dict[str, Any]:
-        return {
-            "beta": self.beta, "temperature": self.effective_loss_temperature, "teacher_top_k": self.teacher_top_k,
-            "clip": self.clip, "clip_mode": self.clip_mode,
-        }
-
-    def loss_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of `opsd.step.opsd_loss` this config sets (not ema, chunk_size, unwrapped)."""
-        return {
-            "teacher_mode": self.teacher_mode, "loss_type": self.loss_type, "fused_hidden": self.fused_hidden_loss,
-            "fast": self.fast_inference, **self.divergence_kwargs(),
-        }
-
     def context_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `opsd.contexts.build_dual_contexts` this config sets."""
         return {
             "profile": self.prompt_profile, "student_chat_kwargs": self.student_chat_kwargs,
             "teacher_chat_kwargs": self.teacher_chat_kwargs, "max_prompt_length": self.max_prompt_length,
             "legacy_mismatch": self.legacy_mismatch, "on_overflow": self.on_overflow,
-            "teacher_think_opener": self.teacher_think_opener,
+            "teacher_think_opener": self.teacher_think_opener, "position_layout": self.position_layout,
+            "teacher_transition": read_wording(self.teacher_transition, REPO_ROOT),
+            "teacher_instruction": read_wording(self.teacher_instruction, REPO_ROOT),
         }
+
+    @property
+    def lr_schedule_steps(self) -> int:
+        """The schedule's length in optimizer steps: `lr_schedule_horizon`, else `max_steps`."""
+        return self.lr_schedule_horizon if self.lr_schedule_horizon is not None else self.max_steps
+
+
+def check_opsd_settings(config: OPSDConfig) -> None:
+    """InputError for a position layout, teacher wording or schedule horizon that cannot be used."""
+    try:
+        check_position_layout(config.position_layout)
+        check_teacher_wording(config.prompt_profile, read_wording(config.teacher_transition, REPO_ROOT),
+                              read_wording(config.teacher_instruction, REPO_ROOT))
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    horizon = config.lr_schedule_horizon
+    if horizon is not None and (horizon < 1 or (config.max_steps > 0 and horizon < config.max_steps)):
+        raise InputError(f"lr_schedule_horizon={horizon} is out of range: it must be a number of optimizer steps "
+                         f">= max_steps ({config.max_steps}), or null (the schedule ends at max_steps)")
 
 
 #: The `kind` a profile declares for each config class (`kind: train` profiles build an OPSDConfig).
@@ -213,13 +227,29 @@ def field_names(config_class) -> list[str]:
 
 
 def fields_help(config_class, width: int = 100) -> str:
-    """Every field of `config_class` as ``key=`` and its meaning (default: ...), in the order
-    `transformers.HfArgumentParser` reads them, with its help texts, choices and defaults."""
+    """Every field of `config_class` as ``key=VALUE  meaning (default: ...)``, one entry per field, in the
+    order `transformers.HfArgumentParser` reads them (its help texts, choices and defaults)."""
     names = set(field_names(config_class))
     entries = []
     for action in HfArgumentParser(config_class)._actions:  # the parser's per-field arguments
         if action.dest not in names or any(o.startswith("--no_") for o in action.option_strings):
             continue  # the parser's extra --no_<flag> of a boolean that defaults to true
+        default = action.default if action.default is not dataclasses.MISSING else "required"
+        choices = f" One of {list(action.choices)}." if action.choices else ""
+        text = f"{(action.help or '').replace('%%', '%')}{choices} (default: {default!r})".strip()
+        entries.append(f"  {action.dest}=\n" + textwrap.fill(text, width, initial_indent=" " * 6,
+                                                             subsequent_indent=" " * 6))
+    return "\n".join(entries)
+
+
+def fields_help(config_class, width: int = 100) -> str:
+    """Every field of `config_class` as ``key=`` and its meaning (default: ...), in the order
+    `transformers.HfArgumentParser` reads them, with its help texts, choices and defaults."""
+    names = set(field_names(config_class))
+    entries = []
+    for action in HfArgumentParser(config_class)._actions:  # the parser's per-field arguments
+        if action.dest not in names:
+            continue
         default = action.default if action.default is not dataclasses.MISSING else "required"
         choices = f" One of {list(action.choices)}." if action.choices else ""
         text = f"{(action.help or '').replace('%%', '%')}{choices} (default: {default!r})".strip()

@@ -13,15 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from opsd.divergence import (
-    _check_options,
-    _check_pair,
-    _checked_rows,
-    _masked_rows,
-    _reduce,
-    _summands,
-)
-from opsd.divergence_chunked import _check_chunk_size
+from opsd.divergence import DivergenceSpec, check_pair, checked_rows, masked_rows
+from opsd.divergence_chunked import check_chunk_size
 
 __all__ = ["MATH_PATTERN", "STYLE_WORDS", "divergence_diagnostics", "token_category"]
 
@@ -84,13 +77,13 @@ def divergence_diagnostics(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     mask: torch.Tensor,
+    objective: DivergenceSpec,
     *,
     token_strings: Sequence[Sequence[str]] | None = None,
     chunk_size: int | None = None,
-    **options,
 ) -> dict[str, float]:
-    """Per-step numbers about the divergence over the masked-in positions (no gradient); options as in
-    `opsd.divergence.token_divergence`, chunk_size positions at a time if set.
+    """Per-step numbers about the divergence of `objective` over the masked-in positions (no gradient), for
+    logits [B, T, V] and mask bool [B, T], chunk_size positions at a time if set.
 
     Keys: divergence_mean (mean D[n] with the configured clip), divergence_unclipped_mean (mean sum_v l),
     clipped_fraction (pointwise: fraction of (position, entry) summands above c; token: fraction of
@@ -99,13 +92,12 @@ def divergence_diagnostics(
     kl_style / kl_math / kl_other (mean unclipped D by `token_category`, NaN when empty) and
     count_style / count_math / count_other. No masked-in position -> NaN means and fractions.
     """
-    options = _check_options(**options)  # the legacy clip_mode "none" is clip=None from here on
-    clip, clip_mode = options["clip"], options["clip_mode"]
-    _check_pair(student_logits, teacher_logits, "logits")
+    clip = objective.clip
+    check_pair(student_logits, teacher_logits, "logits")
     lead = student_logits.shape[:-1]
-    rows = _masked_rows(mask, lead, student_logits.device)
+    rows = masked_rows(mask, lead, student_logits.device)
     if chunk_size is not None:
-        _check_chunk_size(chunk_size)
+        check_chunk_size(chunk_size)
     total = rows.numel()
     step = chunk_size or max(total, 1)
     student, teacher = student_logits.detach(), teacher_logits.detach()
@@ -113,14 +105,14 @@ def divergence_diagnostics(
     clipped_sums, raw_sums = [torch.zeros(0, dtype=torch.float64)], [torch.zeros(0, dtype=torch.float64)]
     with torch.no_grad():
         for start in range(0, total, step):
-            s, t = _checked_rows(student, teacher, rows[start : start + step], lead)
-            summands = _summands(s, t, options["beta"], options["temperature"], options["teacher_top_k"])
+            s, t = checked_rows(student, teacher, rows[start : start + step], lead)
+            summands = objective.summands(s, t)
             raw = summands.sum(-1)
             if clip is not None:  # pointwise: the summands above c; token: the positions whose sum is
-                over = summands if clip_mode == "pointwise" else raw
+                over = summands if objective.clip_mode == "pointwise" else raw
                 clipped += int((over > clip).sum())
                 entries += over.numel()
-            clipped_sums.append(_reduce(summands, clip, clip_mode).double().cpu())
+            clipped_sums.append(objective.reduce(summands).double().cpu())
             raw_sums.append(raw.double().cpu())
     nan = float("nan")
     d, raw = torch.cat(clipped_sums), torch.cat(raw_sums)

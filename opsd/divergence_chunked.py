@@ -1,12 +1,12 @@
 """Memory-efficient paths of the OPSD objective (`opsd.divergence`): same loss, same gradients.
 
-A plain pass holds several (positions x V) tensors at once. `distillation_loss(chunk_size=N)` walks the
-masked-in positions N at a time and computes each chunk's gradient during the forward pass, so only one
+A plain pass (`DivergenceSpec.loss`) holds several (positions x V) tensors at once. `chunked_loss(...,
+chunk_size=N)` walks the masked-in positions N at a time and computes each chunk's gradient during the forward pass, so only one
 chunk's intermediates are alive at a time plus one gradient buffer shaped like the logits.
-`distillation_loss_from_hidden` goes further and never builds the full logits: blocks of positions are
+`loss_from_hidden` goes further and never builds the full logits: blocks of positions are
 projected from the last hidden states, the divergence runs on sub-chunks of each block, and the gradient
 goes straight to the hidden states (and to the projection weight when it is trainable). Both paths are
-`_ChunkedLoss`. Measurements: benchmarks/README.md.
+`_ChunkedLoss`; both take the objective as one `DivergenceSpec`. Measurements: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -14,23 +14,22 @@ from __future__ import annotations
 import torch
 
 from opsd.divergence import (
-    _check_options,
-    _check_pair,
-    _checked_rows,
-    _compute_dtype,
-    _divergence,
-    _gather_rows,
-    _masked_rows,
-    _per_token_map,
+    DivergenceSpec,
     assert_finite,
+    check_pair,
+    checked_rows,
+    gather_rows,
+    masked_rows,
+    per_token_map,
 )
 
 __all__ = [
     "CUDA_CHUNK_ELEMENTS",
     "DEFAULT_CHUNK_ELEMENTS",
     "FUSED_BLOCK_ELEMENTS",
-    "chunked_logits_loss",
-    "distillation_loss_from_hidden",
+    "check_chunk_size",
+    "chunked_loss",
+    "loss_from_hidden",
     "suggest_chunk_size",
 ]
 
@@ -58,26 +57,27 @@ def suggest_chunk_size(vocab_size: int, target_elements: int | None = None, *, d
     return max(1, int(target_elements) // int(vocab_size))
 
 
-def _check_chunk_size(chunk_size) -> None:
+def check_chunk_size(chunk_size) -> None:
+    """ValueError unless chunk_size is an integer >= 1."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
 
 
-def _value_and_grad(student, teacher, options, count, want_grad, chunk):
+def _value_and_grad(student, teacher, objective: DivergenceSpec, count, want_grad, chunk):
     """D [n] of logits [n, V] and, when want_grad, d(sum D / count)/d student [n, V] (else None), computed
     `chunk` rows at a time (the pieces written into one D and one gradient); the teacher is a constant."""
     if student.shape[0] > chunk:
-        d = student.new_empty(student.shape[0], dtype=_compute_dtype(student.dtype))
+        d = student.new_empty(student.shape[0], dtype=objective.compute_dtype(student.dtype))
         grad = torch.empty_like(student) if want_grad else None
         for start in range(0, student.shape[0], chunk):
             piece = slice(start, start + chunk)
-            d[piece], g = _value_and_grad(student[piece], teacher[piece], options, count, want_grad, chunk)
+            d[piece], g = _value_and_grad(student[piece], teacher[piece], objective, count, want_grad, chunk)
             if want_grad:
                 grad[piece] = g
         return d, grad
     student = student.detach().requires_grad_(want_grad)
     with torch.set_grad_enabled(want_grad):
-        d = _divergence(student, teacher, **options)
+        d = objective.divergence(student, teacher)
         grad = torch.autograd.grad(d.sum() / count, student)[0] if want_grad else None
     return d.detach(), grad
 
@@ -101,13 +101,13 @@ class _ChunkedLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, weight, teacher_weight, rows, block, inner, options, grad_enabled):
+    def forward(ctx, student, teacher, weight, teacher_weight, rows, block, inner, objective, grad_enabled):
         lead, width = student.shape[:-1], student.shape[-1]
         want_input = ctx.needs_input_grad[0] and grad_enabled  # forward always runs in no-grad mode
         want_weight = ctx.needs_input_grad[2] and grad_enabled
         grad_input = torch.zeros_like(student, memory_format=torch.contiguous_format) if want_input else None
         grad_weight = (
-            torch.zeros(weight.shape, dtype=_compute_dtype(weight.dtype), device=weight.device)
+            torch.zeros(weight.shape, dtype=torch.promote_types(weight.dtype, torch.float32), device=weight.device)
             if want_weight
             else None
         )
@@ -116,17 +116,17 @@ class _ChunkedLoss(torch.autograd.Function):
             weight = weight.detach()
             teacher_weight = weight if teacher_weight is None else teacher_weight.detach()
         count = max(rows.numel(), 1)
-        per_token = student.new_empty(rows.numel(), dtype=_compute_dtype(student.dtype))
+        per_token = student.new_empty(rows.numel(), dtype=objective.compute_dtype(student.dtype))
         for start in range(0, rows.numel(), block):
             index = rows[start : start + block]
             if weight is None:
-                x, (z_student, z_teacher) = None, _checked_rows(student, teacher, index, lead)
+                x, (z_student, z_teacher) = None, checked_rows(student, teacher, index, lead)
             else:
-                x = _gather_rows(student, index, lead)
-                z_student, z_teacher = x @ weight.T, _gather_rows(teacher, index, lead) @ teacher_weight.T
+                x = gather_rows(student, index, lead)
+                z_student, z_teacher = x @ weight.T, gather_rows(teacher, index, lead) @ teacher_weight.T
                 assert_finite(z_student, "student logits (from hidden states)")
                 assert_finite(z_teacher, "teacher logits (from hidden states)")
-            d, g = _value_and_grad(z_student, z_teacher, options, count, want_input or want_weight, inner)
+            d, g = _value_and_grad(z_student, z_teacher, objective, count, want_input or want_weight, inner)
             per_token[start : start + index.numel()] = d
             if want_input:
                 grad_input.view(-1, width).index_copy_(0, index, g if weight is None else g @ weight)
@@ -144,31 +144,37 @@ class _ChunkedLoss(torch.autograd.Function):
         return grad_input, None, grad_weight, None, None, None, None, None, None
 
 
-def chunked_logits_loss(student_logits, teacher_logits, rows, chunk_size, options):
-    """(loss, D [M]) of `distillation_loss` at the flat masked-in positions `rows`, chunk_size at a time.
+def chunked_loss(student_logits, teacher_logits, mask, objective: DivergenceSpec, chunk_size: int, *,
+                 return_per_token: bool = False):
+    """`DivergenceSpec.loss` (same value and gradient) computed chunk_size masked-in positions at a time.
 
-    Logits [B, T, V]; options: the objective's keyword arguments (already checked). The gradient wrt the
-    student logits is computed chunk by chunk during this call (none under torch.no_grad()).
+    Logits [B, T, V] of both roles, mask bool [B, T]. The gradient wrt the student logits is computed chunk
+    by chunk during this call (none under torch.no_grad()) and held in one buffer shaped like the logits.
+    return_per_token=True returns (loss, D [B, T] detached, 0 where masked out).
     """
-    _check_chunk_size(chunk_size)
-    return _ChunkedLoss.apply(
-        student_logits, teacher_logits.detach(), None, None, rows, chunk_size, chunk_size, options,
+    check_chunk_size(chunk_size)
+    check_pair(student_logits, teacher_logits, "logits")
+    lead = student_logits.shape[:-1]
+    rows = masked_rows(mask, lead, student_logits.device)
+    loss, per_token = _ChunkedLoss.apply(
+        student_logits, teacher_logits.detach(), None, None, rows, chunk_size, chunk_size, objective,
         torch.is_grad_enabled(),
     )
+    return (loss, per_token_map(per_token, rows, lead)) if return_per_token else loss
 
 
-def distillation_loss_from_hidden(
+def loss_from_hidden(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
     lm_head_weight: torch.Tensor,
     mask: torch.Tensor,
+    objective: DivergenceSpec,
     *,
     chunk_size: int | None = None,
     teacher_lm_head_weight: torch.Tensor | None = None,
     return_per_token: bool = False,
-    **options,
 ):
-    """`distillation_loss` on logits = hidden @ lm_head_weight.T, never holding the full logits.
+    """`DivergenceSpec.loss` on logits = hidden @ lm_head_weight.T, never holding the full logits.
 
     Shapes: hidden [B, T, H] for both roles (last hidden states at the rollout positions, after the final
     norm), lm_head_weight [V, H] (no bias), mask bool [B, T]. teacher_lm_head_weight defaults to the
@@ -179,8 +185,7 @@ def distillation_loss_from_hidden(
     sub-chunks of at most `suggest_chunk_size(V, device=...)` positions. return_per_token=True returns
     (loss, D [B, T] detached).
     """
-    options = _check_options(**options)
-    _check_pair(student_hidden, teacher_hidden, "hidden states")
+    check_pair(student_hidden, teacher_hidden, "hidden states")
     teacher_weight = lm_head_weight if teacher_lm_head_weight is None else teacher_lm_head_weight
     for name, w in (("lm_head_weight", lm_head_weight), ("teacher_lm_head_weight", teacher_weight)):
         if w.dim() != 2 or w.shape[1] != student_hidden.shape[-1]:
@@ -197,10 +202,10 @@ def distillation_loss_from_hidden(
     if chunk_size is None:
         on_gpu = device.type == "cuda"
         chunk_size = suggest_chunk_size(vocab, CUDA_CHUNK_ELEMENTS if on_gpu else FUSED_BLOCK_ELEMENTS)
-    _check_chunk_size(chunk_size)
+    check_chunk_size(chunk_size)
     inner = min(chunk_size, suggest_chunk_size(vocab, device=device))
     lead = student_hidden.shape[:-1]
-    rows = _masked_rows(mask, lead, student_hidden.device)
+    rows = masked_rows(mask, lead, student_hidden.device)
     loss, per_token = _ChunkedLoss.apply(
         student_hidden,
         teacher_hidden.detach(),
@@ -209,7 +214,7 @@ def distillation_loss_from_hidden(
         rows,
         chunk_size,
         inner,
-        options,
+        objective,
         torch.is_grad_enabled(),
     )
-    return (loss, _per_token_map(per_token, rows, lead)) if return_per_token else loss
+    return (loss, per_token_map(per_token, rows, lead)) if return_per_token else loss

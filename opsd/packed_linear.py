@@ -188,6 +188,32 @@ def packed_linears(model: torch.nn.Module, enabled: bool = True):
                 module.forward = own
 
 
+@contextlib.contextmanager
+def packed_forwards(model: torch.nn.Module, enabled: bool = True):
+    """Inside the block, every call of ``model`` runs in a ``packed_linears(model)`` block of its own, so
+    each forward pass (the teacher pass, the student pass) reads the weights and adapter state it is
+    called with. This switches the packed path around a whole step (``opsd.step.opsd_loss``) without a
+    flag in its signature; CPU float32 only, as ``packed_linears`` (elsewhere or with ``enabled=False``,
+    nothing changes). Wrap the model the step calls (the unwrapped one under DDP: its wrapper calls it)."""
+    if not enabled or not available(model):
+        yield model
+        return
+    own, forward = model.__dict__.get("forward"), model.forward
+
+    def packed_forward(*args, **kwargs):
+        with packed_linears(model):
+            return forward(*args, **kwargs)
+
+    model.forward = packed_forward
+    try:
+        yield model
+    finally:
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own
+
+
 def clear_packed(model: torch.nn.Module) -> None:
     """Drop the packed copies cached on ``model``'s layers (frees about one model's weights per state)."""
     for module in model.modules():

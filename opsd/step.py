@@ -13,11 +13,12 @@ teacher θ' is the base model: the same network with its LoRA adapters disabled.
     rollout  = HFRollout(model, tokenizer).generate(contexts.student.input_ids,
                                                     contexts.student.attention_mask, params)  # opsd.rollout
     batch    = join_rollout(contexts, rollout.completion_ids, rollout.completion_mask)
-    result   = opsd_loss(model, batch, teacher_mode="fixed")                                # this module
+    result   = opsd_loss(model, batch, DivergenceSpec(clip=0.05), "fixed")                  # this module
     result.loss.backward()
 
-`OPSDTrainer.compute_loss` (opsd.trainer) and `train_plain` (opsd.loop) both call `opsd_loss`; notebooks
-01-03 call `score_rollout` and `teacher_scores`.
+`OPSDTrainer.compute_loss` (opsd.trainer) and `train_plain` (opsd.loop) both call `opsd_loss` with the
+config's `objective`, inside `opsd.packed_linear.packed_forwards` for the CPU fast path; notebooks 01-03
+call `score_rollout` and `teacher_scores`.
 """
 
 from __future__ import annotations
@@ -28,15 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from opsd.contexts import JoinedBatch
-from opsd.divergence import (
-    DEFAULT_CLIP_MODE,
-    LOSS_TYPES,
-    distillation_loss,
-    sampled_token_loss,
-    token_logprobs,
-)
-from opsd.divergence_chunked import distillation_loss_from_hidden
-from opsd.packed_linear import packed_linears
+from opsd.divergence import DivergenceSpec, sampled_token_loss
+from opsd.divergence_chunked import chunked_loss, loss_from_hidden
 from opsd.teacher import EMATeacher, teacher_context
 
 ROLES = ("student", "teacher")
@@ -67,43 +61,53 @@ class StepResult:
     teacher_seconds: float
 
 
-def score_rollout(model, batch: JoinedBatch, role: str, *, hidden: bool = False, fast: bool = False) -> torch.Tensor:
+@dataclass(frozen=True)
+class LossPath:
+    """How `opsd_loss` computes the divergence; every path gives the same objective (`opsd.divergence_chunked`).
+
+    chunk_size    masked-in positions at a time (None: all at once; the fused path's default block)
+    fused_hidden  from the last hidden states [B, N, H], never holding the full logits (loss_type "full")
+    """
+
+    chunk_size: int | None = None
+    fused_hidden: bool = False
+
+
+def score_rollout(model, batch: JoinedBatch, role: str, *, hidden: bool = False) -> torch.Tensor:
     """One forward pass over [role's prompt][rollout] -> the scores that predict the rollout tokens.
 
     Returns logits [B, N, V]: entry [b, n] is the distribution over rollout token n, read at column
     P_role - 1 + n (P_role: the role's left-padded prompt width). Only the last N + 1 columns go through the
     output projection (logits_to_keep). hidden=True returns the last hidden states [B, N, H] at those columns
     instead (after the final norm: logits = h @ W_lm^T). Runs in the caller's grad mode and train/eval mode.
-    fast: on a CPU, the frozen linear layers run on packed oneDNN weights, forward and backward
-    (`opsd.packed_linear`; the same values up to float32 rounding).
+    On a CPU, inside `opsd.packed_linear.packed_forwards(model)` the frozen linear layers run on packed
+    oneDNN weights, forward and backward (the same values up to float32 rounding).
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     inputs = batch.student_inputs() if role == "student" else batch.teacher_inputs()
-    with packed_linears(model, enabled=fast):
-        if hidden:
-            out = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
-        else:
-            out = model(**inputs, logits_to_keep=batch.completion_length + 1).logits
+    if hidden:
+        out = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+    else:
+        out = model(**inputs, logits_to_keep=batch.completion_length + 1).logits
     return batch.rollout_slice(out, role)
 
 
 def teacher_scores(
-    model, batch: JoinedBatch, mode: str = "fixed", ema: EMATeacher | None = None, *, hidden: bool = False,
-    fast: bool = False,
+    model, batch: JoinedBatch, teacher: str | EMATeacher = "fixed", *, hidden: bool = False
 ) -> torch.Tensor:
     """`score_rollout(model, batch, "teacher")` with the teacher's weights θ': [B, N, V] (or [B, N, H]).
 
-    mode "fixed": θ' = base model (LoRA adapters disabled); "ema": θ' = the EMA weights of `ema`;
-    "dynamic": θ' = the current weights (`opsd.teacher.teacher_context`). Under no_grad and in eval mode
-    (no dropout); the model's weights, adapters and train/eval mode are restored afterwards. fast: as in
-    `score_rollout`, LoRA merged into the packed copy (the fixed teacher's weights pack once per run).
+    teacher "fixed": θ' = base model (LoRA adapters disabled); "dynamic": θ' = the current weights; an
+    `EMATeacher`: θ' = its EMA weights (`opsd.teacher.teacher_context`). Under no_grad and in eval mode
+    (no dropout); the model's weights, adapters and train/eval mode are restored afterwards.
     """
+    mode, ema = ("ema", teacher) if isinstance(teacher, EMATeacher) else (teacher, None)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), teacher_context(model, mode, ema):
-            return score_rollout(model, batch, "teacher", hidden=hidden, fast=fast)
+            return score_rollout(model, batch, "teacher", hidden=hidden)
     finally:
         model.train(was_training)
 
@@ -120,59 +124,48 @@ def require_finite(scores: torch.Tensor, mask: torch.Tensor, what: str) -> None:
 def opsd_loss(
     model,
     batch: JoinedBatch,
+    objective: DivergenceSpec = DivergenceSpec(),
+    teacher: str | EMATeacher = "fixed",
     *,
-    teacher_mode: str = "fixed",
-    ema: EMATeacher | None = None,
-    loss_type: str = "full",
-    fused_hidden: bool = False,
-    chunk_size: int | None = None,
+    path: LossPath = LossPath(),
     unwrapped=None,
-    beta: float = 0.0,
-    temperature: float = 1.0,
-    teacher_top_k: int | None = None,
-    clip: float | None = None,
-    clip_mode: str = DEFAULT_CLIP_MODE,
-    fast: bool = False,
 ) -> StepResult:
     """The OPSD loss of one batch of rollouts: teacher pass (no grad), student pass (grad), divergence.
 
-    loss_type "full":   mean over masked-in positions of D(z_S, z_T), the divergence between the whole
-                        next-token distributions (beta, temperature tau, teacher_top_k, clip c or None
-                        for no clipping, clip_mode; `opsd.divergence.distillation_loss`, chunk_size
-                        positions at a time if set).
-                        fused_hidden=True computes it from the last hidden states, never holding the full
-                        logits (`opsd.divergence_chunked.distillation_loss_from_hidden`).
+    objective.loss_type "full": mean over masked-in positions of D(z_S, z_T), the divergence between the
+                        whole next-token distributions (`DivergenceSpec.loss`; `path`: chunk_size positions
+                        at a time, `opsd.divergence_chunked.chunked_loss`, or fused_hidden from the last
+                        hidden states, never holding the full logits, `loss_from_hidden`).
     "sampled_token":    -mean_n A[n] log p_S(ŷ_n), A[n] = log p_T(ŷ_n) - log p_S(ŷ_n) detached, both at
                         temperature tau (`sampled_token_loss`); the other divergence options do not apply.
 
-    fast: both passes on packed CPU weights (`score_rollout(fast=True)`; `OPSDConfig.fast_inference`).
-    `unwrapped`: the model without a DDP / DeepSpeed wrapper (default: `model`). The teacher pass and the
-    output projection use it; the student pass goes through `model`, so a wrapper syncs the gradients.
+    teacher: "fixed" | "dynamic" | an `EMATeacher` (`teacher_scores`). `unwrapped`: the model without a
+    DDP / DeepSpeed wrapper (default: `model`). The teacher pass and the output projection use it; the
+    student pass goes through `model`, so a wrapper syncs the gradients. The CPU fast path is switched
+    around the call: `with opsd.packed_linear.packed_forwards(unwrapped): opsd_loss(...)`.
     Raises `NonFiniteScoresError` when either role's scores hold NaN/inf at a rollout position.
     """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     base = model if unwrapped is None else unwrapped
-    fused = fused_hidden and loss_type == "full"
+    fused = path.fused_hidden and objective.loss_type == "full"
     mask = batch.loss_mask
 
     start = time.perf_counter()
-    teacher = teacher_scores(base, batch, teacher_mode, ema, hidden=fused, fast=fast)
+    teacher_out = teacher_scores(base, batch, teacher, hidden=fused)
     teacher_seconds = time.perf_counter() - start
-    student = score_rollout(model, batch, "student", hidden=fused, fast=fast)
+    student = score_rollout(model, batch, "student", hidden=fused)
     kind = "hidden states" if fused else "logits"
     require_finite(student, mask, f"student {kind}")
-    require_finite(teacher, mask, f"teacher {kind}")
+    require_finite(teacher_out, mask, f"teacher {kind}")
 
-    options = {"beta": beta, "temperature": temperature, "teacher_top_k": teacher_top_k, "clip": clip,
-               "clip_mode": clip_mode}
-    if loss_type == "sampled_token":
-        s_logp = token_logprobs(student, batch.completion_ids, temperature)
-        t_logp = token_logprobs(teacher, batch.completion_ids, temperature)
+    if objective.loss_type == "sampled_token":
+        s_logp = objective.token_logprobs(student, batch.completion_ids)
+        t_logp = objective.token_logprobs(teacher_out, batch.completion_ids)
         loss = sampled_token_loss(s_logp, t_logp, mask)
     elif fused:
         weight = base.get_output_embeddings().weight
-        loss = distillation_loss_from_hidden(student, teacher, weight, mask, chunk_size=chunk_size, **options)
+        loss = loss_from_hidden(student, teacher_out, weight, mask, objective, chunk_size=path.chunk_size)
+    elif path.chunk_size is not None:
+        loss = chunked_loss(student, teacher_out, mask, objective, path.chunk_size)
     else:
-        loss = distillation_loss(student, teacher, mask, chunk_size=chunk_size, **options)
-    return StepResult(loss, student, teacher, batch, fused, teacher_seconds)
+        loss = objective.loss(student, teacher_out, mask)
+    return StepResult(loss, student, teacher_out, batch, fused, teacher_seconds)

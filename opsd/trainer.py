@@ -31,22 +31,15 @@ from transformers.utils import logging
 from opsd.config import OPSDConfig
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.diagnostics import divergence_diagnostics
-from opsd.divergence import token_divergence
 from opsd.divergence_chunked import suggest_chunk_size
+from opsd.packed_linear import packed_forwards
 from opsd.rollout import make_rollout_backend
 from opsd.runs.atomic_io import append_jsonl
-from opsd.runs.layout import (
-    ROLLOUTS_FILE,
-    check_run_kind,
-    checkpoint_dir,
-    finished_step,
-    last_checkpoint,
-    resume_point,
-    write_run_info,
-)
+from opsd.runs.checkpoints import checkpoint_dir, finished_step, last_checkpoint, resume_point
+from opsd.runs.layout import ROLLOUTS_FILE, check_run_kind, write_run_info
 from opsd.runs.preflight import launched_processes, require_ready
 from opsd.runs.runlog import RunDirectoryCallback
-from opsd.step import NonFiniteScoresError, opsd_loss
+from opsd.step import LossPath, NonFiniteScoresError, opsd_loss
 from opsd.teacher import EMATeacher, teacher_context
 
 # transformers 5.23's own Trainer calls its deprecated `is_gradient_checkpointing`; nothing a user can act on.
@@ -138,7 +131,7 @@ class OPSDTrainer(Trainer):
         self.tokenizer = processing_class
         self.sampling = args.sampling_params()
         vocab = model.get_output_embeddings().weight.shape[0]
-        self.chunk_size = resolve_chunk_size(args, vocab, device=args.device)
+        self.loss_path = LossPath(resolve_chunk_size(args, vocab, device=args.device), args.fused_hidden_loss)
         if rollout_backend is None:
             backend_kwargs = {}
             if args.rollout_backend == "vllm":
@@ -186,9 +179,11 @@ class OPSDTrainer(Trainer):
         t1 = time.perf_counter()
         contexts = contexts.repeat_interleave(args.num_generations)
         batch = join_rollout(contexts, rollout.completion_ids, rollout.completion_mask).to(self.accelerator.device)
+        unwrapped = self.accelerator.unwrap_model(model)
+        teacher = self.ema if self.ema is not None else args.teacher_mode
         try:
-            result = opsd_loss(model, batch, ema=self.ema, chunk_size=self.chunk_size,
-                               unwrapped=self.accelerator.unwrap_model(model), **args.loss_kwargs())
+            with packed_forwards(unwrapped, enabled=args.fast_inference):  # CPU: packed weights, both passes
+                result = opsd_loss(model, batch, args.objective, teacher, path=self.loss_path, unwrapped=unwrapped)
         except NonFiniteScoresError as err:
             raise self._nonfinite(str(err), step, row_ids) from None
         loss = result.loss
@@ -212,6 +207,12 @@ class OPSDTrainer(Trainer):
         self._metrics["time_teacher_s"].append(teacher)
         self._metrics["time_student_s"].append(max(0.0, total - rollout - teacher))
         return loss
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The Trainer's `lr_scheduler_type` schedule over `lr_schedule_horizon` optimizer steps when set
+        (warm-up steps counted on that horizon), else over the run's steps; training stops at max_steps.
+        Linear: lr(s) = lr_0 (H - s) / H after s steps, H the horizon (no warm-up)."""
+        return super().create_scheduler(self.args.lr_schedule_horizon or num_training_steps, optimizer)
 
     # ----------------------------------------------------------------------------------- bookkeeping
 
@@ -248,7 +249,6 @@ class OPSDTrainer(Trainer):
         if fused:
             return  # full logits never exist on this path; diagnostics come from the divergence module alone
         parts = []
-        kwargs = args.divergence_kwargs()
         with torch.no_grad():
             for row in range(mask.shape[0]):
                 count = int(mask[row].sum())
@@ -257,7 +257,7 @@ class OPSDTrainer(Trainer):
                 tokens = [self.tokenizer.decode([t]) for t in batch.completion_ids[row].tolist()]
                 diag = divergence_diagnostics(
                     student_logits[row : row + 1], teacher_logits[row : row + 1], mask[row : row + 1],
-                    token_strings=[tokens], **kwargs,
+                    args.objective, token_strings=[tokens],
                 )
                 parts.append((diag, count))
         for key, value in combine_diagnostics(parts).items():
@@ -266,15 +266,15 @@ class OPSDTrainer(Trainer):
         if (args.log_rollouts_every and step % args.log_rollouts_every == 0 and self.accelerator.is_main_process
                 and step not in self._rollouts_logged):
             self._rollouts_logged.add(step)
-            self._write_rollouts(batch, student_logits, teacher_logits, contexts, step, kwargs)
+            self._write_rollouts(batch, student_logits, teacher_logits, contexts, step)
 
-    def _write_rollouts(self, batch, student_logits, teacher_logits, contexts, step, kwargs) -> None:
+    def _write_rollouts(self, batch, student_logits, teacher_logits, contexts, step) -> None:
         path = Path(self.args.output_dir) / ROLLOUTS_FILE
         with torch.no_grad():
             for row in range(min(self.args.num_logged_rollouts, batch.loss_mask.shape[0])):
                 m = batch.loss_mask[row]
                 ids = batch.completion_ids[row][m].tolist()
-                div = token_divergence(student_logits[row][m].float(), teacher_logits[row][m].float(), **kwargs)
+                div = self.args.objective.token_divergence(student_logits[row][m].float(), teacher_logits[row][m].float())
                 append_jsonl(path, {
                     "step": step,
                     "prompt": contexts.student.texts[row],
@@ -303,7 +303,7 @@ class OPSDTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         # The OPSD state goes in first (written to a temporary name, then renamed): the Trainer writes
-        # trainer_state.json last, so a checkpoint that has one is complete (opsd.runs.layout.checkpoint_problem).
+        # trainer_state.json last, so a checkpoint that has one is complete (opsd.runs.checkpoints).
         if self.accelerator.is_main_process:
             folder = checkpoint_dir(self.args.output_dir, self.state.global_step)
             folder.mkdir(parents=True, exist_ok=True)

@@ -195,10 +195,6 @@ def _unit_open_closed(v):
     return 0 < v <= 1
 
 
-def _unit_closed(v):
-    return 0 <= v <= 1
-
-
 def _unit_half_open(v):
     return 0 <= v < 1
 
@@ -212,11 +208,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_generations": (_positive, "a positive integer"),
     "learning_rate": (_positive, "a positive number, e.g. 1e-4"),
     "temperature": (_positive, "a positive number (the sampling temperature; 0 would divide the logits by 0)"),
-    "loss_temperature": (_positive, "a positive number or null"),
     "top_p": (_unit_open_closed, "in (0, 1]"),
     "top_k": (_non_negative, "0 (off) or a positive integer (sampling)"),
-    "teacher_top_k": (_positive, "a positive integer or null (the whole vocabulary)"),
-    "clip": (_positive, "a positive threshold or null (no clipping)"),
     "ema_decay": (_unit_half_open, "in [0, 1)"),
     "lora_r": (_positive, "a positive integer"),
     "lora_alpha": (_positive, "a positive number"),
@@ -237,9 +230,9 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_steps": (lambda v: v >= -1 and v != 0, "a positive number of optimizer steps, or -1 to train for num_train_epochs"),
     "heldout_fraction": (_unit_half_open, "in [0, 1) (0: no held-out split)"),
 }
-#: Per config class: the same name means another thing (OPSD's beta mixes KL directions, GRPO's weighs a KL term).
+#: Per config class: the same name means another thing (GRPO's beta weighs a KL term; OPSD's objective options
+#: are checked by `opsd.divergence.DivergenceSpec`, which OPSDConfig builds).
 CLASS_RANGES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
-    "OPSDConfig": {"beta": (_unit_closed, "in [0, 1] (0 forward KL, 1 reverse KL)")},
     "GRPORunConfig": {"beta": (_non_negative, "0 (no KL term) or a positive number")},
 }
 CHOICES: dict[str, tuple[str, ...]] = {

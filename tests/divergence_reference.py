@@ -1,7 +1,8 @@
 """An independent pure-Python float64 reference for the OPSD objective, and the inputs the tests share.
 
 Used by tests/test_divergence.py (the objective), tests/test_divergence_chunked.py (the memory-efficient
-paths) and tests/test_diagnostics.py.
+paths) and tests/test_diagnostics.py. `loss_with` and `hidden_loss_with` call the kit's paths with the options
+as keywords, so that one test loops over them.
 """
 
 import itertools
@@ -9,6 +10,9 @@ import math
 
 import pytest
 import torch
+
+from opsd.divergence import DivergenceSpec
+from opsd.divergence_chunked import chunked_loss, loss_from_hidden
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -139,3 +143,24 @@ def smooth_inputs(options, shape=(2, 3, 7)):
         if is_smooth(s, t, options):
             return s, t
     raise AssertionError("no smooth inputs found")
+
+
+# --------------------------------------------------------------------------------------------------
+# The kit's loss paths with the options as keywords
+# --------------------------------------------------------------------------------------------------
+
+
+def loss_with(student, teacher, mask, *, chunk_size=None, return_per_token=False, **options):
+    """`DivergenceSpec(**options).loss` (chunk_size None) or `chunked_loss` chunk_size positions at a time."""
+    spec = DivergenceSpec(**options)
+    if chunk_size is None:
+        return spec.loss(student, teacher, mask, return_per_token=return_per_token)
+    return chunked_loss(student, teacher, mask, spec, chunk_size, return_per_token=return_per_token)
+
+
+def hidden_loss_with(student_hidden, teacher_hidden, weight, mask, *, chunk_size=None, teacher_lm_head_weight=None,
+                     return_per_token=False, **options):
+    """`loss_from_hidden` with `DivergenceSpec(**options)`."""
+    return loss_from_hidden(student_hidden, teacher_hidden, weight, mask, DivergenceSpec(**options),
+                            chunk_size=chunk_size, teacher_lm_head_weight=teacher_lm_head_weight,
+                            return_per_token=return_per_token)

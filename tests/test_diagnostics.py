@@ -7,6 +7,7 @@ import torch
 from divergence_reference import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 from opsd.diagnostics import MATH_PATTERN, STYLE_WORDS, divergence_diagnostics, token_category
+from opsd.divergence import DivergenceSpec
 
 # --------------------------------------------------------------------------------------------------
 # Diagnostics
@@ -32,7 +33,7 @@ def test_diagnostics_on_a_hand_made_example(chunk_size):
     s, t, mask, unclipped, clipped = diagnostics_example()
     tokens = [["\u0120Wait", "\u01202", "garbage"]]
     got = divergence_diagnostics(
-        s, t, mask, token_strings=tokens, clip=0.05, clip_mode="pointwise", chunk_size=chunk_size
+        s, t, mask, DivergenceSpec(clip=0.05, clip_mode="pointwise"), token_strings=tokens, chunk_size=chunk_size
     )
     assert math.isclose(got["divergence_mean"], clipped / 2, rel_tol=1e-12)
     assert math.isclose(got["divergence_unclipped_mean"], unclipped / 2, rel_tol=1e-12)
@@ -44,27 +45,28 @@ def test_diagnostics_on_a_hand_made_example(chunk_size):
     assert (got["count_style"], got["count_math"], got["count_other"]) == (1.0, 1.0, 0.0)
     assert all(isinstance(value, float) for value in got.values())
 
-    token = divergence_diagnostics(s, t, mask, clip=0.05, clip_mode="token")
+    token = divergence_diagnostics(s, t, mask, DivergenceSpec(clip=0.05, clip_mode="token"))
     assert token["clipped_fraction"] == pytest.approx(1 / 2)
     assert token["divergence_mean"] == pytest.approx(0.05 / 2)
     assert token["negative_token_fraction"] == 0.0
-    none = divergence_diagnostics(s, t, mask, clip=0.05, clip_mode="none")
+    none = divergence_diagnostics(s, t, mask, DivergenceSpec(clip=None))
     assert none["clipped_fraction"] == 0.0
     assert none["divergence_mean"] == pytest.approx(unclipped / 2)
 
 
 def test_diagnostics_with_nothing_masked_in():
     s, t, _, _, _ = diagnostics_example()
-    got = divergence_diagnostics(s, t, torch.zeros(1, 3, dtype=torch.bool), token_strings=[["a", "b", "c"]])
+    got = divergence_diagnostics(s, t, torch.zeros(1, 3, dtype=torch.bool), DivergenceSpec(),
+                                 token_strings=[["a", "b", "c"]])
     assert got["num_tokens"] == 0.0 and math.isnan(got["divergence_mean"]) and math.isnan(got["kl_style"])
 
 
 def test_diagnostics_checks_token_strings():
     s, t, mask, _, _ = diagnostics_example()
     with pytest.raises(ValueError, match="rows"):
-        divergence_diagnostics(s, t, mask, token_strings=[["a"], ["b"]])
+        divergence_diagnostics(s, t, mask, DivergenceSpec(), token_strings=[["a"], ["b"]])
     with pytest.raises(ValueError, match="position 1"):
-        divergence_diagnostics(s, t, mask, token_strings=[["a"]])
+        divergence_diagnostics(s, t, mask, DivergenceSpec(), token_strings=[["a"]])
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from opsd.loop import micro_batch_loss, train_plain
 from opsd.models import apply_lora, tiny_qwen3
 from opsd.rollout import Rollout
 from opsd.runs.layout import read_metrics
+from opsd.step import LossPath
 from opsd.config import OPSDConfig
 from opsd.trainer import OPSDTrainer, resolve_chunk_size
 
@@ -81,8 +82,8 @@ def test_one_batch_loss_and_gradients_equal_the_trainers(tmp_path, embedded_toke
     model.zero_grad()
 
     model.train()
-    objective = {"ema": None, "chunk_size": resolve_chunk_size(config, len(tok)), **config.loss_kwargs()}
-    result = micro_batch_loss(model, tok, rows, config, FixedRollouts(tok), objective)
+    path = LossPath(resolve_chunk_size(config, len(tok)), config.fused_hidden_loss)
+    result = micro_batch_loss(model, tok, rows, config, FixedRollouts(tok), config.teacher_mode, path)
     result.loss.backward()
     plain_grads = lora_grads(model)
 

@@ -11,7 +11,9 @@ import torch
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.data import synthetic_math
 from opsd.models import LoRASettings, apply_lora, tiny_qwen3
-from opsd.step import NonFiniteScoresError, opsd_loss, score_rollout, teacher_scores
+from opsd.divergence import DivergenceSpec
+from opsd.packed_linear import packed_forwards
+from opsd.step import LossPath, NonFiniteScoresError, opsd_loss, score_rollout, teacher_scores
 from opsd.teacher import EMATeacher
 
 N = 5  # rollout tokens
@@ -112,7 +114,7 @@ def test_teacher_scores_use_the_teachers_weights_and_restore_the_model(setup, em
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.mul_(3.0)
-    assert torch.allclose(teacher_scores(model, batch, "ema", ema), current, atol=1e-5)
+    assert torch.allclose(teacher_scores(model, batch, ema), current, atol=1e-5)
     assert (teacher_scores(model, batch, "dynamic") - current).abs().max() > 1e-3
 
 
@@ -137,7 +139,7 @@ def check_against(model, batch, result, formula):
 @pytest.mark.parametrize("clip", [None, 0.05])
 def test_full_loss_and_gradients_equal_forward_kl_written_out(setup, clip):
     model, _, _, batch = setup
-    result = opsd_loss(model, batch, temperature=0.7, clip=clip, clip_mode="pointwise" if clip else "none")
+    result = opsd_loss(model, batch, DivergenceSpec(temperature=0.7, clip=clip))
     assert result.student.shape == result.teacher.shape == (2, N, model.get_output_embeddings().weight.shape[0])
     assert result.student.requires_grad and not result.teacher.requires_grad and not result.fused
     assert result.batch is batch and result.teacher_seconds > 0
@@ -148,7 +150,7 @@ def test_full_loss_and_gradients_equal_forward_kl_written_out(setup, clip):
 
 def test_sampled_token_loss_written_out(setup):
     model, _, _, batch = setup
-    result = opsd_loss(model, batch, loss_type="sampled_token", temperature=0.7, clip=0.05)  # clip: not used
+    result = opsd_loss(model, batch, DivergenceSpec(loss_type="sampled_token", temperature=0.7, clip=0.05))  # clip: not used
 
     def sampled_token(student, teacher):
         def pick(logits):
@@ -162,17 +164,19 @@ def test_sampled_token_loss_written_out(setup):
 
 def test_fused_hidden_path_equals_the_full_logits_path(setup):
     model, _, _, batch = setup
-    plain = opsd_loss(model, batch, temperature=0.7, beta=0.5)
+    jsd = DivergenceSpec(temperature=0.7, beta=0.5)
+    plain = opsd_loss(model, batch, jsd)
     plain.loss.backward()
     plain_grads = lora_grads(model)
     model.zero_grad()
-    fused = opsd_loss(model, batch, temperature=0.7, beta=0.5, fused_hidden=True, chunk_size=3)
+    fused = opsd_loss(model, batch, jsd, path=LossPath(chunk_size=3, fused_hidden=True))
     fused.loss.backward()
     assert fused.fused and fused.student.shape == (2, N, 32)
     assert fused.loss.item() == pytest.approx(plain.loss.item(), abs=1e-6)
     assert max_diff(plain_grads, lora_grads(model)) < 1e-6
     # sampled_token never takes the fused path (it needs the sampled tokens' log-probabilities)
-    assert not opsd_loss(model, batch, loss_type="sampled_token", fused_hidden=True).fused
+    sampled = DivergenceSpec(loss_type="sampled_token")
+    assert not opsd_loss(model, batch, sampled, path=LossPath(fused_hidden=True)).fused
 
 
 def test_non_finite_scores_raise_naming_the_role(setup):
@@ -187,4 +191,58 @@ def test_non_finite_scores_raise_naming_the_role(setup):
         opsd_loss(model, batch)
     hook.remove()
     with pytest.raises(ValueError, match="loss_type"):
-        opsd_loss(model, batch, loss_type="kl")
+        DivergenceSpec(loss_type="kl")
+
+
+def test_chunked_path_and_ema_teacher_through_opsd_loss(setup):
+    model, _, _, batch = setup
+    spec = DivergenceSpec(temperature=0.7, clip=0.05, teacher_top_k=5)
+    plain = opsd_loss(model, batch, spec)
+    plain.loss.backward()
+    plain_grads = lora_grads(model)
+    model.zero_grad()
+    chunked = opsd_loss(model, batch, spec, path=LossPath(chunk_size=2))
+    chunked.loss.backward()
+    assert not chunked.fused and chunked.loss.item() == pytest.approx(plain.loss.item(), abs=1e-7)
+    assert max_diff(plain_grads, lora_grads(model)) < 1e-7
+    model.zero_grad()
+    # an EMATeacher as the teacher: its weights score the teacher pass, the student keeps its own
+    ema = EMATeacher(model, decay=0.5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(2.0)
+    result = opsd_loss(model, batch, spec, ema)
+    assert torch.allclose(result.teacher, teacher_scores(model, batch, ema))
+    assert (result.teacher - teacher_scores(model, batch, "dynamic")).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="needs an EMATeacher"):
+        opsd_loss(model, batch, spec, "ema")
+
+
+@pytest.mark.parametrize("teacher", ["fixed", "ema"])
+def test_packed_forwards_around_the_step_gives_the_reference_values(setup, teacher):
+    """The CPU fast path is switched around opsd_loss: each forward (teacher, student) packs the weights it
+    runs with, so the loss and LoRA gradients are the reference path's up to float32 rounding, also under
+    no_grad with an EMA teacher (whose weights must not leak into the student pass)."""
+    model, _, _, batch = setup
+    ema = EMATeacher(model, decay=0.5) if teacher == "ema" else "fixed"
+    if teacher == "ema":
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.mul_(2.0)
+    spec = DivergenceSpec(temperature=0.7, clip=0.05)
+    runs = {}
+    for fast in (False, True):
+        model.zero_grad()
+        with packed_forwards(model, enabled=fast):
+            result = opsd_loss(model, batch, spec, ema)
+        result.loss.backward()  # after the block, as the Trainer's backward
+        with packed_forwards(model, enabled=fast), torch.no_grad():  # (the EMA swap would bump the versions)
+            no_grad_loss = opsd_loss(model, batch, spec, ema).loss.item()
+        runs[fast] = (result.loss.item(), no_grad_loss, lora_grads(model))
+    assert "forward" not in model.__dict__  # the model's own forward is back
+    assert runs[True][0] == pytest.approx(runs[False][0], abs=1e-6)
+    assert runs[True][1] == pytest.approx(runs[False][1], abs=1e-6)
+    assert runs[True][1] == pytest.approx(runs[True][0], abs=1e-6)
+    assert max_diff(runs[True][2], runs[False][2]) < 1e-5

@@ -258,3 +258,24 @@ def test_train_command_for_cpu_and_gpu_configs():
     assert cmd[cmd.index("--num_processes") + 1] == "4"
     with pytest.raises(ValueError, match="unknown accelerate config"):
         train_command("cpu-tiny", {}, 2, "nope")
+
+
+def test_config_builds_the_objective_once_from_its_fields(tmp_path):
+    """OPSDConfig.objective: one DivergenceSpec of the config's objective fields, checked when the config is
+    made; not a field, so not in config.yaml; bad values name the key before anything loads."""
+    from opsd.config import OPSDConfig, load_config
+    from opsd.divergence import DivergenceSpec
+    from opsd.validation import InputError
+
+    config = load_config(OPSDConfig, "cpu-tiny", {"output_dir": str(tmp_path), "beta": 0.5, "clip": 0.05,
+                                                  "clip_mode": "token", "teacher_top_k": 7, "objective_dtype": "bfloat16"})
+    assert config.objective == DivergenceSpec(beta=0.5, temperature=config.temperature, teacher_top_k=7, clip=0.05,
+                                              clip_mode="token", loss_type="full", dtype="bfloat16")
+    assert OPSDConfig(output_dir=str(tmp_path), loss_temperature=0.9).objective.temperature == 0.9
+    assert "objective" not in config.to_dict() and "objective=" not in repr(config)
+    assert config.to_dict()["objective_dtype"] == "bfloat16"
+    for bad, match in (({"beta": 1.5}, r"beta=1.5 is out of range"), ({"clip_mode": "none"}, r"clip_mode='none'"),
+                       ({"objective_dtype": "float16"}, r"dtype='float16'.*objective_dtype"),
+                       ({"loss_temperature": -1.0}, r"temperature=-1.0 is out of range.*loss_temperature")):
+        with pytest.raises(InputError, match=match):
+            OPSDConfig(output_dir=str(tmp_path), **bad)
