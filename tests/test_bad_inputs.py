@@ -28,7 +28,7 @@ from opsd.baselines.train import load_baseline_config
 from opsd.config import load_config, parse_overrides
 from opsd.data import load_problems
 from opsd.runs.launch import check_notebook_parameters, resolve_train_overrides
-from opsd.runs.layout import eval_path, write_eval_json
+from opsd.runs.eval_results import eval_path, write_eval_json
 from opsd.config import OPSDConfig
 from opsd.validation import InputError
 
