@@ -3,7 +3,7 @@
     python -m benchmarks.step                 # cpu-tiny, 3 interleaved repetitions (make benchmark-step)
     python -m benchmarks.step --reps 5 --eval-problems 200
 
-Both paths compute the same thing (tests/test_packed_linear.py, tests/test_fast_paths.py):
+Both paths compute the same thing (tests/test_packed_linear.py):
 
   reference  transformers' generate with the LoRA layers unmerged and the whole vocabulary sorted for
              top-p; the teacher pass through the same layers; evaluation in batches of 32 (make demo's

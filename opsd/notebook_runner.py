@@ -4,7 +4,7 @@ Each notebook runs top to bottom with papermill in the ``opsd-kit`` kernel (work
 ``notebooks/``, its defaults); the executed copy keeps its outputs and pictures, and its first cell gets one
 line with the measured run time. The first picture of a code cell tagged ``figure:<name>`` is also
 written to ``notebooks/executed/figures/<name>.png`` (README shows some of them). The sources stay committed with outputs cleared;
-``tests/test_notebooks.py`` fails when a source's cells differ from its executed copy's.
+``tests/contracts/test_notebooks.py`` fails when a source's cells differ from its executed copy's.
 
     python -m opsd.notebook_runner [NAME ...]      # make notebooks: all of them
 """

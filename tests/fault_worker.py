@@ -1,5 +1,5 @@
 """`python tests/fault_worker.py train|sft|grpo ARGS...`: the `python -m opsd` command line, which SIGKILLs
-its own process at one chosen point when $OPSD_FAULT_KILL names one (tests/test_faults.py).
+its own process at one chosen point when $OPSD_FAULT_KILL names one (tests/contracts/test_faults.py).
 
     OPSD_FAULT_KILL=PHASE:STEP
 

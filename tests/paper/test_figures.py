@@ -30,7 +30,7 @@ from opsd.paper import campaign as figure_runs
 from opsd.paper import figures as pf
 from opsd.paper.records import RUN_NAMES, problems_per_step
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------ skipped figures

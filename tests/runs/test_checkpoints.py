@@ -2,7 +2,7 @@
 an evaluation can load.
 
 The checkpoint folders are built by hand as a kill leaves them (a folder with only config.json, a cut
-trainer_state.json or weights file). Whole training runs killed and resumed: tests/test_faults.py.
+trainer_state.json or weights file). Whole training runs killed and resumed: tests/contracts/test_faults.py.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from opsd.runs.eval_results import eval_path, write_eval_json
 from opsd.config import OPSDConfig
 from opsd.validation import InputError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GOOD = {"problem": "What is 2 + 3?", "solution": "2 + 3 = 5. The answer is \\boxed{5}.", "answer": "5"}
 
 

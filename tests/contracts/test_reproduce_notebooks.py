@@ -10,7 +10,7 @@ import papermill as pm
 import pytest
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KERNEL = "opsd-kit"
 
 

@@ -22,7 +22,7 @@ from opsd.paper import figures as pf
 from opsd.paper import tables as pt
 from opsd.paper.records import load_runs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------ tables

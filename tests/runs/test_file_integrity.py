@@ -1,5 +1,5 @@
 """Tests for opsd.runs.file_integrity: whether safetensors, torch and JSON files (and a folder's model weights)
-are whole. Checkpoint completeness as a whole (trainer state, required files): tests/test_checkpoints.py."""
+are whole. Checkpoint completeness as a whole (trainer state, required files): tests/runs/test_checkpoints.py."""
 
 from __future__ import annotations
 

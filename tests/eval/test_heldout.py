@@ -1,6 +1,6 @@
 """Tests for opsd.eval.heldout: reproduce/train.ipynb's held-out check before and after training, its
 heldout_accuracy.json, and reproduce/eval.ipynb's comparison with it, on hand-made results (the check on a real
-model: tests/test_reproduce_notebooks.py)."""
+model: tests/contracts/test_reproduce_notebooks.py)."""
 
 from __future__ import annotations
 

@@ -1,33 +1,34 @@
-"""The paper-scale OPSD run profiles (reproduce/configs/qwen3-*; the baselines' in test_sft.py, test_grpo.py)
-load and say what the reference runs do. GPU-only settings (bf16) are switched off so the configs instantiate
-on a CPU."""
+"""The paper-scale OPSD run profiles (reproduce/configs/qwen3-*) build a config on a CPU (bf16 switched off), and
+the config a run uses holds what the profile says: the values themselves are checked against the reference's
+settings, written once, in tests/contracts/test_reference_settings.py (the baselines': tests/baselines/)."""
 
 from __future__ import annotations
 
 import pytest
+import yaml
 
-from opsd.config import load_config, read_profile
+from opsd.config import REPO_ROOT, OPSDConfig, load_config, read_profile
+from opsd.runs.preflight import config_values
 
 OPSD_PROFILES = ["qwen3-1.7b-4xh100", "qwen3-4b-8xh100", "qwen3-8b-8xh100",
                  "qwen3-4b-8xh100-nonthink", "qwen3-8b-8xh100-nonthink"]
 CPU = {"bf16": False}
+REFERENCE = yaml.safe_load((REPO_ROOT / "reproduce" / "reference_settings.yaml").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("name", OPSD_PROFILES)
-def test_opsd_profiles_load(name, tmp_path):
-    from opsd.config import OPSDConfig
-
+def test_opsd_profiles_build_the_config_the_reference_settings_check(name, tmp_path):
     assert read_profile(name)["kind"] == "train"
     config = load_config(OPSDConfig, name, {**CPU, "output_dir": str(tmp_path)})
-    assert config.model_name.startswith("Qwen/Qwen3-") and config.prompt_profile == "paper"
-    assert config.max_length == 20000 and config.max_prompt_length == 20000 - 1024
-    assert config.on_overflow == "error" and config.teacher_think_opener is False
-    assert (config.beta, config.clip_mode, config.teacher_mode, config.learning_rate) == (0.0, "pointwise", "fixed", 5e-6)
-    assert config.student_chat_kwargs == {"enable_thinking": False}
-    if name.endswith("-nonthink"):
-        assert config.teacher_chat_kwargs == {"enable_thinking": False}
-    else:
-        assert config.teacher_chat_kwargs == {"enable_thinking": True}
+    values = config_values(OPSDConfig, name, {**CPU, "output_dir": str(tmp_path)})
+    differ = {key: (getattr(config, key), values[key]) for key in REFERENCE["opsd"]["settings"]
+              if getattr(config, key) != values[key]}
+    assert not differ  # what test_reference_settings reads is what the run gets
+    assert config.max_prompt_length == config.max_length - config.max_completion_length
+    objective = config.objective  # the one objective value the step receives
+    assert (objective.beta, objective.clip, objective.clip_mode, objective.temperature) == (
+        config.beta, config.clip, config.clip_mode, config.effective_loss_temperature)
+    assert objective.dtype == config.objective_dtype
 
 
 def test_nonthinking_profiles_are_the_8gpu_runs_with_their_clip():

@@ -44,9 +44,16 @@ def test_style_file_parses():
 
 
 def test_use_style_applies_params():
-    with matplotlib.rc_context():
+    """Every setting of reproduce/opsd.mplstyle is in force after use_style (and only inside the context)."""
+    style = matplotlib.rc_params_from_file(str(viz.STYLE_PATH), use_default_template=False)
+    assert len(style) > 10
+    with matplotlib.rc_context(rc=matplotlib.rcParamsDefault):
+        assert matplotlib.rcParams["axes.spines.top"] is True  # matplotlib's default, which the style changes
         viz.use_style()
-        assert matplotlib.rcParams["axes.spines.top"] is False or viz.STYLE_PATH.is_file()
+        wrong = {key: (matplotlib.rcParams[key], value) for key, value in style.items()
+                 if matplotlib.rcParams[key] != value}
+        assert not wrong
+        assert matplotlib.rcParams["axes.spines.top"] is False and matplotlib.rcParams["axes.titlelocation"] == "left"
 
 
 # ------------------------------------------------------------------------------------------ accuracy

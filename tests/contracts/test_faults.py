@@ -1,8 +1,8 @@
 """Crash safety: what a kill leaves behind is read, resumed and evaluated correctly.
 
 Leftovers built by hand (a checkpoint folder a kill cut, a JSON line cut in half) are tested with their
-readers in tests/test_checkpoints.py, tests/test_eval_results.py, tests/test_atomic_io.py and
-tests/test_file_integrity.py; the fast test here has a resume (`RunDirectoryCallback`) cut the logs back to
+readers in tests/runs/test_checkpoints.py, tests/runs/test_eval_results.py, tests/runs/test_atomic_io.py and
+tests/runs/test_file_integrity.py; the fast test here has a resume (`RunDirectoryCallback`) cut the logs back to
 its checkpoint.
 
 `test_sigkill_during_training_and_saves_resumes_to_the_same_run` starts a real CPU training run in a
@@ -31,8 +31,8 @@ from opsd.runs.checkpoints import checkpoint_problem, checkpoint_steps
 from opsd.runs.layout import read_metrics, read_rollouts
 from opsd.runs.runlog import RunDirectoryCallback
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fault_worker import PHASES, SAVE_PHASES
 
 # ------------------------------------------------------------------------------------------ by hand
