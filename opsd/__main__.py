@@ -20,8 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gap": ("opsd.eval.gap", "student vs self-teacher accuracy before training (the privilege gap)"),
     "audit-lengths": ("opsd.audit", "prompt lengths of a training profile's whole dataset against max_length"),
     "compare": ("opsd.eval.compare", "two evaluations' Avg@k: the paired difference with its interval"),
-    "preflight": ("opsd.runs.preflight", "what a profile needs here (GPUs, packages, cached model and data, disk): "
-                  "every gap at once, exit code 2 if any"),
+    "preflight": ("opsd.runs.preflight", ("what a profile needs here (GPUs, packages, cached model and data, disk): "
+                                         "every gap at once, exit code 2 if any")),
 }
 #: The order profiles are listed in `usage`: the `kind` each profile declares.
 PROFILE_KINDS = ("train", "sft", "grpo", "eval")
@@ -49,7 +49,7 @@ def usage() -> str:
 
 def _preflight(argv: list[str]) -> int:
     """`python -m opsd preflight`: sft / grpo profiles are parsed with their config classes where TRL imports."""
-    from opsd.runs.preflight import main as preflight_main
+    from opsd.runs.preflight import main as preflight_main  # here: it imports opsd.config, hence transformers
 
     try:
         from opsd.baselines.train import CONFIG_CLASSES  # here: it imports TRL, absent on some GPU images

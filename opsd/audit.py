@@ -19,6 +19,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from opsd.config import OPSDConfig, parse_overrides, read_profile
+from opsd.contexts import role_texts
+from opsd.data import load_problems
+from opsd.models import model_path, prepare_tokenizer
+
 #: Profile keys the audit reads (all others, e.g. learning rates, are ignored); overrides must be one of them.
 AUDIT_KEYS = (
     "model_name", "trust_remote_code", "dataset", "dataset_split", "dataset_size", "seed", "prompt_profile",
@@ -100,7 +105,6 @@ def prompt_lengths(tokenizer, problems: Sequence[str], solutions: Sequence[str],
     """Token counts of each row's student and teacher prompt, as ``opsd.contexts.role_texts`` builds
     them (``context_kwargs``: profile, student_chat_kwargs, teacher_chat_kwargs, legacy_mismatch,
     teacher_think_opener), tokenized ``chunk`` rows at a time."""
-    from opsd.contexts import role_texts
 
     if len(problems) != len(solutions):
         raise ValueError(f"got {len(problems)} problems but {len(solutions)} solutions")
@@ -137,8 +141,6 @@ def audit_lengths(tokenizer, problems: Sequence[str], solutions: Sequence[str], 
 
 def _profile_values(profile: str, overrides: dict | None) -> dict:
     """The keys of ``AUDIT_KEYS`` from a training profile (``kind: train``), with defaults and overrides."""
-    from opsd.config import read_profile
-    from opsd.config import OPSDConfig
 
     values = read_profile(profile)
     kind = values.get("kind", "train")
@@ -159,7 +161,6 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     prepares it."""
     from transformers import AutoTokenizer
 
-    from opsd.models import model_path, prepare_tokenizer
 
     path = model_path(name)
     return prepare_tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
@@ -169,7 +170,6 @@ def audit_profile(profile: str, overrides: dict | None = None, *, limit: int | N
                   longest: int = 5) -> tuple[LengthAudit, dict]:
     """Audit the dataset of a training profile with its prompt budget. ``limit``: the first N rows only
     (default: the whole dataset, or the profile's ``dataset_size``). Returns (audit, the values used)."""
-    from opsd.data import load_problems
 
     values = _profile_values(profile, overrides)
     n = limit if limit is not None else values.get("dataset_size")
@@ -194,7 +194,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit code 0 when no row overflows the profile's budget, 1 when some do (so a launch script can
     stop before training), 2 on bad arguments.
     """
-    from opsd.config import parse_overrides
 
     p = argparse.ArgumentParser(prog="python -m opsd audit-lengths", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

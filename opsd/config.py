@@ -25,8 +25,15 @@ from opsd.contexts import check_position_layout, check_teacher_wording, read_wor
 from opsd.divergence import DivergenceSpec
 from opsd.models import LORA_TARGETS, LoRASettings
 from opsd.rollout import SamplingParams
+from opsd.runs.atomic_io import write_text_atomic
 from opsd.teacher import TEACHER_MODES
-from opsd.validation import InputError, MissingInputError, check_config_values, coerce_config_values
+from opsd.validation import (
+    InputError,
+    MissingInputError,
+    check_config,
+    check_config_values,
+    coerce_config_values,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "reproduce" / "configs"
@@ -113,8 +120,6 @@ class OPSDConfig(RunFields, TrainingArguments):
     num_logged_rollouts: int = field(default=2, metadata={"help": "Rollouts written each time rollouts are logged."})
 
     def __post_init__(self):
-        from opsd.validation import InputError, check_config
-
         check_config(self)  # types and ranges, before TrainingArguments sees the values
         # the objective's options, checked once here: opsd_loss and the diagnostics read this one value
         self.objective = DivergenceSpec(
@@ -242,22 +247,6 @@ def fields_help(config_class, width: int = 100) -> str:
     return "\n".join(entries)
 
 
-def fields_help(config_class, width: int = 100) -> str:
-    """Every field of `config_class` as ``key=`` and its meaning (default: ...), in the order
-    `transformers.HfArgumentParser` reads them, with its help texts, choices and defaults."""
-    names = set(field_names(config_class))
-    entries = []
-    for action in HfArgumentParser(config_class)._actions:  # the parser's per-field arguments
-        if action.dest not in names:
-            continue
-        default = action.default if action.default is not dataclasses.MISSING else "required"
-        choices = f" One of {list(action.choices)}." if action.choices else ""
-        text = f"{(action.help or '').replace('%%', '%')}{choices} (default: {default!r})".strip()
-        entries.append(f"  {action.dest}=\n" + textwrap.fill(text, width, initial_indent=" " * 6,
-                                                             subsequent_indent=" " * 6))
-    return "\n".join(entries)
-
-
 def command_parser(prog: str, config_class, default_profile: str, description: str) -> argparse.ArgumentParser:
     """The parser of a command run from a profile: ``--config PROFILE``, ``--no-resume``, ``key=value ...``;
     its ``--help`` lists every field of `config_class` (`fields_help`)."""
@@ -348,7 +337,6 @@ def _plain(value):
 
 def save_config(config, path: str | Path, extra: Mapping | None = None) -> None:
     """Write the config (secrets removed, `extra` keys added) as YAML, atomically (temporary file, rename)."""
-    from opsd.runs.atomic_io import write_text_atomic
 
     data = {**config_to_dict(config), **dict(extra or {})}
     write_text_atomic(path, yaml.safe_dump(data, sort_keys=True))

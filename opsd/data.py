@@ -17,6 +17,7 @@ from pathlib import Path
 
 import datasets
 
+from opsd.eval.grading import extract_boxed
 from opsd.validation import InputError, MissingInputError, as_string_columns, check_data_files, validate_rows
 
 logger = logging.getLogger(__name__)
@@ -417,7 +418,6 @@ def load_benchmark(name: str, *, n: int | None = None, seed: int = 0,
 
 def _with_id_and_answer(ds: datasets.Dataset, name: str) -> datasets.Dataset:
     """Add ``id`` (from ``problem_idx``/``unique_id``/... or the row index) and ``answer`` (as strings)."""
-    from opsd.eval.grading import extract_boxed
 
     cols = ds.column_names  # "problem" is there: every loader requires it
     if "answer" not in cols:

@@ -18,12 +18,14 @@ from collections.abc import Iterator
 import torch
 from transformers import get_scheduler, set_seed
 
+from opsd.config import DEFAULT_PROFILE, OPSDConfig, load_config, parse_overrides
 from opsd.contexts import build_dual_contexts, join_rollout
-from opsd.rollout import HFRollout
+from opsd.data import load_problems
+from opsd.models import load_model_and_tokenizer
 from opsd.packed_linear import packed_forwards
+from opsd.rollout import HFRollout
 from opsd.step import LossPath, StepResult, opsd_loss
 from opsd.teacher import EMATeacher
-from opsd.config import OPSDConfig
 from opsd.trainer import resolve_chunk_size
 
 
@@ -59,14 +61,12 @@ def train_plain(config: OPSDConfig, *, model=None, tokenizer=None, dataset=None,
     # 1. model, tokenizer, problems --------------------------------------------------------------------
     set_seed(config.seed)  # before loading: LoRA's A matrices are drawn at load time
     if model is None:
-        from opsd.models import load_model_and_tokenizer
 
         model, tokenizer = load_model_and_tokenizer(
             config.model_name, dtype=getattr(torch, config.torch_dtype), lora=config.lora_settings(),
             device=config.device, attn_implementation=config.attn_implementation,
         )
     if dataset is None:
-        from opsd.data import load_problems
 
         dataset = load_problems(config.dataset, config.dataset_split, n=config.dataset_size, seed=config.seed,
                                 require=("problem", "solution"), on_invalid=config.on_invalid_row)
@@ -121,7 +121,6 @@ def train_plain(config: OPSDConfig, *, model=None, tokenizer=None, dataset=None,
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m opsd.loop --config NAME [key=value ...] [--save DIR]`."""
-    from opsd.config import DEFAULT_PROFILE, load_config, parse_overrides
 
     parser = argparse.ArgumentParser(prog="python -m opsd.loop", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=DEFAULT_PROFILE, help="profile name or YAML path")

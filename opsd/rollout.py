@@ -23,6 +23,8 @@ from typing import Protocol
 
 import torch
 
+from opsd.packed_linear import packed_linears
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -194,7 +196,6 @@ class HFRollout:
                 kwargs.update(temperature=1.0, top_k=None, top_p=1.0, logits_processor=LogitsProcessorList([warper]))
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        from opsd.packed_linear import packed_linears
 
         if self.fast and device.type == "cpu":
             kwargs["cache_implementation"] = "static"  # keys/values written in place, not concatenated per step

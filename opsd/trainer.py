@@ -28,10 +28,12 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
-from opsd.config import OPSDConfig
+from opsd.config import DEFAULT_PROFILE, OPSDConfig, command_parser, load_config, parse_overrides
 from opsd.contexts import build_dual_contexts, join_rollout
+from opsd.data import load_problems, require_columns
 from opsd.diagnostics import divergence_diagnostics
 from opsd.divergence_chunked import suggest_chunk_size
+from opsd.models import load_model_and_tokenizer
 from opsd.packed_linear import packed_forwards
 from opsd.rollout import make_rollout_backend
 from opsd.runs.atomic_io import append_jsonl
@@ -109,8 +111,6 @@ class OPSDTrainer(Trainer):
     """On-policy self-distillation. `train_dataset` needs `problem` and `solution` columns."""
 
     def __init__(self, model, args: OPSDConfig, train_dataset, processing_class, callbacks=None, rollout_backend=None):
-        from opsd.data import require_columns
-
         require_columns(train_dataset, ["problem", "solution"], args.dataset)
         if "row_id" not in train_dataset.column_names:
             train_dataset = train_dataset.add_column("row_id", list(range(len(train_dataset))))
@@ -342,8 +342,6 @@ class OPSDTrainer(Trainer):
 
 def build_trainer(config: OPSDConfig, *, callbacks=None, model=None, tokenizer=None) -> OPSDTrainer:
     """Model (with LoRA), tokenizer and data from the config -> a ready `OPSDTrainer`."""
-    from opsd.data import load_problems
-    from opsd.models import load_model_and_tokenizer
 
     # Every input is checked before the model loads: the run directory's kind, then every data row.
     check_run_kind(config.output_dir, "train")
@@ -384,7 +382,6 @@ def run_training(config: OPSDConfig, *, resume: bool | str = "auto", callbacks=N
 
 def main(argv: list[str]) -> int:
     """`python -m opsd train --config reproduce/configs/NAME.yaml [key=value ...]`."""
-    from opsd.config import DEFAULT_PROFILE, command_parser, load_config, parse_overrides
 
     ns = command_parser("python -m opsd train", OPSDConfig, DEFAULT_PROFILE, main.__doc__).parse_args(argv)
     overrides = parse_overrides(ns.overrides)

@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from opsd.contexts import PROMPT_PROFILES
+
 logger = logging.getLogger(__name__)
 
 INVALID_ROW_POLICIES = ("error", "drop")
@@ -249,8 +251,6 @@ CLASS_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 def _prompt_profiles() -> list[str]:
-    from opsd.contexts import PROMPT_PROFILES
-
     return sorted(PROMPT_PROFILES)
 
 

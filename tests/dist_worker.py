@@ -6,10 +6,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from opsd.config import load_config
+from opsd.config import OPSDConfig, load_config
 from opsd.data import synthetic_math
 from opsd.models import load_model_and_tokenizer, tiny_qwen3
-from opsd.config import OPSDConfig
 from opsd.trainer import OPSDTrainer
 
 

@@ -47,8 +47,8 @@ def install(phase: str, step: int) -> None:
     from transformers import TrainerCallback
     from transformers.trainer_callback import TrainerState
 
-    from opsd.runs import runlog
     from opsd import trainer as opsd_trainer
+    from opsd.runs import runlog
 
     print(f"[fault_worker] will SIGKILL at {phase}:{step}", flush=True)
     current = {"step": 0}

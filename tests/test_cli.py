@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from opsd.__main__ import COMMANDS, main as cli
+from opsd.__main__ import COMMANDS
+from opsd.__main__ import main as cli
 from opsd.config import available_profiles, read_profile
 
 

@@ -10,11 +10,11 @@ from divergence_reference import (
     B,
     T,
     V,
+    hidden_loss_with,
     is_smooth,
     logits,
-    one_thread,  # noqa: F401  (autouse fixture: one intra-op thread)
-    hidden_loss_with,
     loss_with,
+    one_thread,  # noqa: F401  (autouse fixture: one intra-op thread)
     ragged_mask,
     ref_loss,
     with_garbage,

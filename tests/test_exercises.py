@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from opsd import exercises as ex
 from opsd.contexts import JoinedBatch
 from opsd.divergence import distillation_loss, token_divergence, token_logprobs
-from opsd.rollout import completion_mask_from_eos
 from opsd.eval.stats import wilson_interval
+from opsd.rollout import completion_mask_from_eos
 
 # The worked case of notebook 04.
 P_TEACHER = (0.70, 0.10, 0.10, 0.10)

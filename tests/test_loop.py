@@ -7,15 +7,14 @@ import datasets
 import pytest
 import torch
 
-from opsd.runs.atomic_io import read_jsonl
-from opsd.config import load_config
+from opsd.config import OPSDConfig, load_config
 from opsd.data import synthetic_math
 from opsd.loop import micro_batch_loss, train_plain
 from opsd.models import apply_lora, tiny_qwen3
 from opsd.rollout import Rollout
+from opsd.runs.atomic_io import read_jsonl
 from opsd.runs.layout import read_metrics
 from opsd.step import LossPath
-from opsd.config import OPSDConfig
 from opsd.trainer import OPSDTrainer, resolve_chunk_size
 
 N = 5  # rollout tokens

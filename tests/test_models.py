@@ -15,6 +15,7 @@ from opsd.models import (
     tiny_qwen3,
     trainable_parameter_count,
 )
+from opsd.validation import InputError
 
 PROMPT_IDS = torch.tensor([[1, 4093, 198, 1780, 314, 216, 34, 27, 34, 47, 2, 198, 1, 520, 9531, 198]])
 
@@ -148,7 +149,11 @@ def test_cli_with_an_unloadable_model_exits_2_before_loading(monkeypatch, capsys
     code = cli(["train", "model_name=nobody/no-such-model", f"output_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert err.startswith("error: model_name 'nobody/no-such-model' is not in the local Hugging Face cache")
+    # the preflight names it first, with what would work, before anything loads
+    assert err.startswith("error: preflight cpu-tiny") and "model 'nobody/no-such-model'" in err
+    assert "model_name=<local folder>" in err and "nothing was loaded" in err
+    with pytest.raises(InputError, match="not in the local Hugging Face cache"):  # and so does model_path itself
+        models.model_path("nobody/no-such-model")
 
 
 # ------------------------------------------------------------------ LoRA

@@ -10,8 +10,8 @@ import torch
 
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.data import synthetic_math
-from opsd.models import LoRASettings, apply_lora, tiny_qwen3
 from opsd.divergence import DivergenceSpec
+from opsd.models import LoRASettings, apply_lora, tiny_qwen3
 from opsd.packed_linear import packed_forwards
 from opsd.step import LossPath, NonFiniteScoresError, opsd_loss, score_rollout, teacher_scores
 from opsd.teacher import EMATeacher

@@ -12,14 +12,13 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from opsd.runs.atomic_io import read_jsonl
-from opsd.config import load_config, parse_overrides
+from opsd.config import OPSDConfig, load_config, parse_overrides
 from opsd.contexts import PromptTooLongError
 from opsd.data import synthetic_math
 from opsd.divergence import distillation_loss
 from opsd.models import load_model_and_tokenizer
+from opsd.runs.atomic_io import read_jsonl
 from opsd.runs.layout import read_metrics
-from opsd.config import OPSDConfig
 from opsd.trainer import NonFiniteLossError, OPSDTrainer, combine_diagnostics
 
 pytestmark = pytest.mark.slow

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from opsd.baselines.grpo import GRPORunConfig, train_grpo
 from opsd.baselines.sft import SFTRunConfig, train_sft
+from opsd.config import command_parser, load_config, parse_overrides, read_profile
 from opsd.runs.preflight import launched_processes, require_ready
 from opsd.validation import InputError
 
@@ -35,7 +36,6 @@ TRAIN_FUNCTIONS = {"sft": train_sft, "grpo": train_grpo}
 def load_baseline_config(kind: str, profile: str | Path | None = None, overrides: dict | None = None):
     """The config of a baseline `kind` ('sft' | 'grpo') from a profile (default `<kind>-cpu-tiny`) and
     overrides; a profile written for another kind is an error."""
-    from opsd.config import load_config, read_profile
 
     if kind not in KINDS:
         raise InputError(f"unknown baseline {kind!r}; valid: {list(KINDS)}")
@@ -48,7 +48,6 @@ def load_baseline_config(kind: str, profile: str | Path | None = None, overrides
 
 def main(kind: str, argv: Sequence[str] | None = None) -> int:
     """`python -m opsd sft|grpo --config NAME [--no-resume] [key=value ...]`."""
-    from opsd.config import command_parser, parse_overrides
 
     if kind not in KINDS:
         raise InputError(f"unknown baseline {kind!r}; valid: {list(KINDS)}")

@@ -43,6 +43,7 @@ from opsd.config import (
     check_config_values,
     check_keys,
     coerce_config_values,
+    parse_overrides,
     read_profile,
 )
 from opsd.data import BENCHMARKS, SYNTHETIC_SOURCES, local_benchmark_dir
@@ -395,7 +396,6 @@ def require_eval_ready(backend: str, benchmarks: Sequence[str], model_name: str 
 
 def main(argv: Sequence[str] | None = None, config_classes: Mapping[str, type] | None = None) -> int:
     """`python -m opsd preflight --config PROFILE [--num-processes N] [--model NAME] [key=value ...]`."""
-    from opsd.config import parse_overrides
 
     parser = argparse.ArgumentParser(prog="python -m opsd preflight", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="profile name (reproduce/configs/) or YAML path")

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from opsd.baselines import warmstart
-from opsd.data import synthetic_math
 from opsd.baselines.warmstart import WarmStartRecipe, build_start_model, sft_batch, start_model_dir
+from opsd.data import synthetic_math
 
 TINY = WarmStartRecipe(n_problems=4, steps=2, batch_size=2)
 

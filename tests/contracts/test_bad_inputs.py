@@ -21,15 +21,14 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from opsd.eval import evaluate as ev
 from opsd.__main__ import main as cli
 from opsd.baselines.sft import SFTRunConfig
 from opsd.baselines.train import load_baseline_config
-from opsd.config import load_config, parse_overrides
+from opsd.config import OPSDConfig, load_config, parse_overrides
 from opsd.data import load_problems
-from opsd.runs.launch import check_notebook_parameters, resolve_train_overrides
+from opsd.eval import evaluate as ev
 from opsd.runs.eval_results import eval_path, write_eval_json
-from opsd.config import OPSDConfig
+from opsd.runs.launch import check_notebook_parameters, resolve_train_overrides
 from opsd.validation import InputError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,13 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from opsd.eval import cli as eval_cli
-
-from opsd.runs import eval_results
 from opsd.__main__ import main as cli
+from opsd.eval import cli as eval_cli
 from opsd.eval.evaluate import eval_settings
 from opsd.eval.grading import group_by_problem, summarize
 from opsd.eval.stats import paired_difference, problem_bootstrap_interval, wilson_interval
+from opsd.runs import eval_results
 
 
 def _records(correct_by_problem: dict) -> list[dict]:

@@ -10,8 +10,8 @@ import torch
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.data import synthetic_math
 from opsd.eval.gap import GapReport, privilege_gap
-from opsd.rollout import HFRollout, SamplingParams
 from opsd.eval.stats import proportion
+from opsd.rollout import HFRollout, SamplingParams
 
 pytestmark = pytest.mark.slow
 

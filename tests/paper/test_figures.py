@@ -336,9 +336,8 @@ def test_notebook_draws_figures_from_real_tiny_runs(tmp_path):
     intervals and the terse rows), Table 5, the diagnostics and the imitation figure (its worked and terse
     panels; the verbose pair is not trained here, to keep the test cheap) are drawn, the rest skipped."""
     papermill = pytest.importorskip("papermill")
-    from opsd.config import load_config
+    from opsd.config import OPSDConfig, load_config
     from opsd.eval.evaluate import evaluate_run
-    from opsd.config import OPSDConfig
     from opsd.trainer import run_training
 
     runs = {}
