@@ -50,8 +50,7 @@ def read_bandwidth_gbs(mib: int = 512) -> float:
 
 def build(profile: str):
     """The cpu-tiny trainer, its first batch and the starting trainable weights."""
-    from opsd.config import load_config
-    from opsd.config import OPSDConfig
+    from opsd.config import OPSDConfig, load_config
     from opsd.trainer import build_trainer
 
     config = load_config(OPSDConfig, profile, {"output_dir": "runs/benchmark-step", "report_to": "none"})
