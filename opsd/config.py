@@ -16,20 +16,28 @@ import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from opsd.contexts import check_position_layout, check_teacher_wording, read_wording
+from opsd.contexts import PROMPT_PROFILES, check_position_layout, check_teacher_wording, read_wording
 from opsd.divergence import DivergenceSpec
 from opsd.models import LORA_TARGETS, LoRASettings
 from opsd.rollout import SamplingParams
 from opsd.runs.atomic_io import write_text_atomic
 from opsd.teacher import TEACHER_MODES
 from opsd.validation import (
+    INVALID_ROW_POLICIES,
+    POSITIVE,
+    POSITIVE_INT,
+    TORCH_DTYPES,
+    TRAINING_ARGUMENT_CHECKS,
+    UNIT_HALF_OPEN,
+    UNIT_OPEN_CLOSED,
     InputError,
     MissingInputError,
+    Range,
     check_config,
     check_config_values,
     coerce_config_values,
@@ -46,6 +54,21 @@ SECRET_KEYS = ("hub_token", "push_to_hub_token", "token", "wandb_api_key", "api_
 class RunFields:
     """Fields every entry point shares: model, data, prompts, LoRA. Mixed into the TrainingArguments
     subclasses (`OPSDConfig`, `SFTRunConfig`, `GRPORunConfig`)."""
+
+    #: what each field accepts (`opsd.validation.check_config_values`): the fields below, and the
+    #: `TrainingArguments` fields every run config inherits (defined in transformers)
+    FIELD_CHECKS: ClassVar[dict] = {
+        **TRAINING_ARGUMENT_CHECKS,
+        "torch_dtype": TORCH_DTYPES,
+        "dataset_size": Range(lambda v: v > 0, "a positive number of rows or null (all)"),
+        "prompt_profile": tuple(sorted(PROMPT_PROFILES)),
+        "max_length": Range(lambda v: v > 0, "a positive number of tokens"),
+        "on_overflow": ("error", "drop"),
+        "on_invalid_row": INVALID_ROW_POLICIES,
+        "lora_r": POSITIVE_INT,
+        "lora_alpha": POSITIVE,
+        "lora_dropout": UNIT_HALF_OPEN,
+    }
 
     profile: str = field(default="custom", metadata={"help": "Name of the run profile this config came from."})
     model_name: str = field(default="smollm2-135m-instruct", metadata={"help": "Model alias, local path or Hub id."})
@@ -118,6 +141,21 @@ class OPSDConfig(RunFields, TrainingArguments):
     # logging
     log_rollouts_every: int = field(default=10, metadata={"help": "Write sample rollouts every N steps (0: never)."})
     num_logged_rollouts: int = field(default=2, metadata={"help": "Rollouts written each time rollouts are logged."})
+
+    #: what each field above accepts (`opsd.validation.check_config_values`)
+    FIELD_CHECKS: ClassVar[dict] = {
+        "divergence_chunk_size": Range(lambda v: v >= 0, "0 (never chunk), a positive integer or null (automatic)"),
+        "ema_decay": UNIT_HALF_OPEN,
+        "rollout_backend": ("hf", "vllm"),
+        "temperature": Range(lambda v: v > 0, "a positive number (the sampling temperature; 0 would divide the logits by 0)"),
+        "top_p": UNIT_OPEN_CLOSED,
+        "top_k": Range(lambda v: v >= 0, "0 (off) or a positive integer (sampling)"),
+        "max_completion_length": Range(lambda v: v > 0, "a positive number of tokens"),
+        "num_generations": POSITIVE_INT,
+        "vllm_gpu_memory_utilization": UNIT_OPEN_CLOSED,
+        "log_rollouts_every": Range(lambda v: v >= 0, "0 (never) or a positive integer"),
+        "num_logged_rollouts": Range(lambda v: v >= 0, "0 or a positive integer"),
+    }
 
     def __post_init__(self):
         check_config(self)  # types and ranges, before TrainingArguments sees the values

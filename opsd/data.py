@@ -17,8 +17,9 @@ from pathlib import Path
 
 import datasets
 
+from opsd.data_checks import as_string_columns, check_data_files, validate_rows
 from opsd.eval.grading import extract_boxed
-from opsd.validation import InputError, MissingInputError, as_string_columns, check_data_files, validate_rows
+from opsd.validation import InputError, MissingInputError
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ def load_problems(source: str | os.PathLike, split: str | None = None, *, n: int
 
     Synthetic: ``split`` "train" (default), "heldout" or "warmup"; ``n`` defaults to 512 / 64 / 64.
     Otherwise columns are normalised (``normalize_columns``), ``require`` is checked (an error naming the
-    missing and found columns), then every row's ``require`` values (``opsd.validation.validate_rows``;
+    missing and found columns), then every row's ``require`` values (``opsd.data_checks.validate_rows``;
     ``on_invalid``: "error" or "drop"). With ``n``: the first ``n`` rows after a shuffle with ``seed``.
     """
     if str(source) in SYNTHETIC_SOURCES:

@@ -1,11 +1,9 @@
 """Checks of everything a user hands in, done before any model is loaded, with errors that say what to fix.
 
 - Config values (`coerce_config_values`, `check_config_values`): parsed to their field's type
-  (``learning_rate=1e-4`` from the command line arrives as the string ``"1e-4"``), then range-checked.
-- Data files (`check_data_files`): empty files, text that is not UTF-8, JSON that does not parse (a cut
-  last line included), rows that are not objects.
-- Rows (`validate_rows`): problems, solutions and answers must be non-empty strings (numbers are
-  converted, and said so); bad rows are an error, or with ``on_invalid="drop"`` dropped and counted.
+  (``learning_rate=1e-4`` from the command line arrives as the string ``"1e-4"``), then checked against
+  the `FIELD_CHECKS` each config class lists beside its fields.
+- Data files and rows are checked where they are loaded (`opsd.data_checks`).
 
 Every such error is an `InputError` (a ``ValueError``) naming the key, file, line, row or column; the
 command line prints it as one line, ``error: ...``, and exits with code 2 (`cli_errors`).
@@ -15,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 import re
@@ -23,14 +20,11 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
-
-from opsd.contexts import PROMPT_PROFILES
 
 logger = logging.getLogger(__name__)
 
-INVALID_ROW_POLICIES = ("error", "drop")
 EXIT_BAD_INPUT = 2
 
 
@@ -72,7 +66,7 @@ _NO_MATCH = object()
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -99,11 +93,11 @@ def _to_float(value):
             value = float(value.strip())
         except ValueError:
             return _NO_MATCH
-    return value if _is_number(value) and not _is_nan(value) else _NO_MATCH  # an int stays an int
+    return value if is_number(value) and not _is_nan(value) else _NO_MATCH  # an int stays an int
 
 
 def _to_str(value):
-    return str(value) if _is_number(value) else value if isinstance(value, str) else _NO_MATCH
+    return str(value) if is_number(value) else value if isinstance(value, str) else _NO_MATCH
 
 
 def _to_list(value):
@@ -132,7 +126,7 @@ def _has_type(value, option) -> bool:
         return value is None
     if option in (bool, int, str):
         return isinstance(value, option) and not (option is int and isinstance(value, bool))
-    return option is float and _is_number(value) and not _is_nan(value)
+    return option is float and is_number(value) and not _is_nan(value)
 
 
 def _parse(value, hint):
@@ -185,238 +179,67 @@ def coerce_config_values(config_class, values: Mapping[str, Any], where: str = "
 # ------------------------------------------------------------------------------------------ config ranges
 
 
-def _positive(v):
-    return v > 0
+@dataclass(frozen=True)
+class Range:
+    """What a numeric field accepts: ``ok(value)``, and the words an error uses for it ("a positive integer").
+
+    Each config class lists its fields' checks in ``FIELD_CHECKS``, beside the fields (a `Range`, or a tuple of
+    the values a field may take), with those of the fields it inherits from transformers / TRL. None passes
+    wherever a field allows it."""
+
+    ok: Callable[[Any], bool]
+    valid: str
 
 
-def _non_negative(v):
-    return v >= 0
+POSITIVE_INT = Range(lambda v: v > 0, "a positive integer")
+POSITIVE = Range(lambda v: v > 0, "a positive number")
+NON_NEGATIVE = Range(lambda v: v >= 0, "0 or a positive number")
+UNIT_OPEN_CLOSED = Range(lambda v: 0 < v <= 1, "in (0, 1]")
+UNIT_HALF_OPEN = Range(lambda v: 0 <= v < 1, "in [0, 1)")
+TORCH_DTYPES = ("float32", "bfloat16", "float16", "auto")
+INVALID_ROW_POLICIES = ("error", "drop")
 
-
-def _unit_open_closed(v):
-    return 0 < v <= 1
-
-
-def _unit_half_open(v):
-    return 0 <= v < 1
-
-
-#: field -> (check, what a valid value is). None passes wherever a field allows it.
-RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "per_device_train_batch_size": (_positive, "a positive integer"),
-    "gradient_accumulation_steps": (_positive, "a positive integer"),
-    "max_length": (_positive, "a positive number of tokens"),
-    "max_completion_length": (_positive, "a positive number of tokens"),
-    "num_generations": (_positive, "a positive integer"),
-    "learning_rate": (_positive, "a positive number, e.g. 1e-4"),
-    "temperature": (_positive, "a positive number (the sampling temperature; 0 would divide the logits by 0)"),
-    "top_p": (_unit_open_closed, "in (0, 1]"),
-    "top_k": (_non_negative, "0 (off) or a positive integer (sampling)"),
-    "ema_decay": (_unit_half_open, "in [0, 1)"),
-    "lora_r": (_positive, "a positive integer"),
-    "lora_alpha": (_positive, "a positive number"),
-    "lora_dropout": (_unit_half_open, "in [0, 1)"),
-    "dataset_size": (_positive, "a positive number of rows or null (all)"),
-    "logging_steps": (_positive, "a positive number"),
-    "save_steps": (_positive, "a positive number"),
-    "num_train_epochs": (_positive, "a positive number"),
-    "log_rollouts_every": (_non_negative, "0 (never) or a positive integer"),
-    "num_logged_rollouts": (_non_negative, "0 or a positive integer"),
-    "divergence_chunk_size": (_non_negative, "0 (never chunk), a positive integer or null (automatic)"),
-    "max_grad_norm": (_non_negative, "0 (no clipping) or a positive number"),
-    "weight_decay": (_non_negative, "0 or a positive number"),
-    "warmup_steps": (_non_negative, "0 or a positive number"),
-    "vllm_gpu_memory_utilization": (_unit_open_closed, "in (0, 1]"),
-    "save_total_limit": (_positive, "a positive integer or null (keep all)"),
-    "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
-    "max_steps": (lambda v: v >= -1 and v != 0, "a positive number of optimizer steps, or -1 to train for num_train_epochs"),
-    "heldout_fraction": (_unit_half_open, "in [0, 1) (0: no held-out split)"),
-}
-#: Per config class: the same name means another thing (GRPO's beta weighs a KL term; OPSD's objective options
-#: are checked by `opsd.divergence.DivergenceSpec`, which OPSDConfig builds).
-CLASS_RANGES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
-    "GRPORunConfig": {"beta": (_non_negative, "0 (no KL term) or a positive number")},
-}
-CHOICES: dict[str, tuple[str, ...]] = {
-    "torch_dtype": ("float32", "bfloat16", "float16", "auto"),
-    "on_overflow": ("error", "drop"),
-    "on_invalid_row": INVALID_ROW_POLICIES,
-    "rollout_backend": ("hf", "vllm"),
-}
-#: Per config class: choices that only one entry point has (SFT alone can cut over-long rows).
-CLASS_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
-    "SFTRunConfig": {"on_overflow": ("error", "drop", "truncate"), "loss_tokens": ("solution", "full_text")},
-    "GRPORunConfig": {"grpo_prompt": ("student", "reference")},
+#: `TrainingArguments` fields every run config inherits, with their checks (their definitions live in transformers).
+TRAINING_ARGUMENT_CHECKS: dict[str, Range | tuple] = {
+    "per_device_train_batch_size": POSITIVE_INT,
+    "gradient_accumulation_steps": POSITIVE_INT,
+    "learning_rate": Range(lambda v: v > 0, "a positive number, e.g. 1e-4"),
+    "logging_steps": POSITIVE,
+    "save_steps": POSITIVE,
+    "num_train_epochs": POSITIVE,
+    "max_grad_norm": Range(lambda v: v >= 0, "0 (no clipping) or a positive number"),
+    "weight_decay": NON_NEGATIVE,
+    "warmup_steps": NON_NEGATIVE,
+    "save_total_limit": Range(lambda v: v > 0, "a positive integer or null (keep all)"),
+    "seed": Range(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "max_steps": Range(lambda v: v >= -1 and v != 0,
+                       "a positive number of optimizer steps, or -1 to train for num_train_epochs"),
 }
 
 
-def _prompt_profiles() -> list[str]:
-    return sorted(PROMPT_PROFILES)
+@functools.cache
+def field_checks(config_class) -> dict[str, Range | tuple]:
+    """field -> its check: ``FIELD_CHECKS`` of the class and its bases (a subclass's entry wins: SFT alone may
+    truncate over-long rows)."""
+    checks: dict[str, Range | tuple] = {}
+    for cls in reversed(config_class.__mro__):
+        checks.update(vars(cls).get("FIELD_CHECKS", {}))
+    return checks
 
 
 def check_config_values(config_class, values: Mapping[str, Any]) -> None:
-    """Raise InputError for the first value out of its range (`RANGES`, `CLASS_RANGES`, `CHOICES`, `CLASS_CHOICES`)."""
-    name = getattr(config_class, "__name__", type(config_class).__name__)
-    ranges = {**RANGES, **CLASS_RANGES.get(name, {})}
-    choices = {**CHOICES, **CLASS_CHOICES.get(name, {})}
+    """Raise InputError for the first value its field's check refuses (`field_checks`)."""
+    checks = field_checks(config_class)
     for key, value in values.items():
-        if key in ranges and _is_number(value):
-            ok, valid = ranges[key]
-            if not ok(value) or _is_nan(value):
-                raise InputError(f"{key}={value!r} is out of range: {key} must be {valid}")
-        elif key in choices and value is not None and value not in choices[key]:
-            raise InputError(f"{key}={value!r}: must be one of {list(choices[key])}")
-    if "prompt_profile" in values and values["prompt_profile"] not in _prompt_profiles():
-        raise InputError(f"prompt_profile={values['prompt_profile']!r}: must be one of {_prompt_profiles()}")
+        check = checks.get(key)
+        if isinstance(check, Range) and is_number(value):
+            if not check.ok(value) or _is_nan(value):
+                raise InputError(f"{key}={value!r} is out of range: {key} must be {check.valid}")
+        elif isinstance(check, tuple) and value is not None and value not in check:
+            raise InputError(f"{key}={value!r}: must be one of {list(check)}")
 
 
 def check_config(config) -> None:
     """`check_config_values` on a config instance (called from the config classes' __post_init__)."""
     fields = [f.name for f in dataclasses.fields(config) if f.init]
     check_config_values(type(config), {name: getattr(config, name) for name in fields if hasattr(config, name)})
-
-
-# ------------------------------------------------------------------------------------------ data files
-
-
-def _line_of(text: bytes, position: int) -> int:
-    return text.count(b"\n", 0, position) + 1
-
-
-def check_data_files(files: Sequence[str | Path], source: str | None = None) -> None:
-    """Errors naming the file (and line) for data files that cannot be read as rows: empty files, text
-    that is not UTF-8, JSON that does not parse (a cut line included), rows that are not objects."""
-    for file in files:
-        path = Path(file)
-        raw = path.read_bytes() if path.suffix in (".json", ".jsonl") else None
-        if path.stat().st_size == 0 or (raw is not None and not raw.strip()):
-            raise InputError(f"{path} is empty: no rows to read" + (f" (dataset {source!r})" if source and source != str(path) else ""))
-        if raw is None:
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise InputError(
-                f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} on line {_line_of(raw, err.start)}); "
-                "save it as UTF-8"
-            ) from None
-        if path.suffix == ".json":
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError:
-                data = None  # may be JSON lines with a .json name: checked line by line below
-            else:
-                rows = data if isinstance(data, list) else None
-                if isinstance(data, dict):
-                    lists = [v for v in data.values() if isinstance(v, list)]
-                    rows = lists[0] if len(lists) == 1 and all(isinstance(r, dict) for r in lists[0]) else [data]
-                if rows is None:
-                    raise InputError(f"{path} holds a JSON {type(data).__name__}; expected a list of row objects")
-                if not rows:
-                    raise InputError(f"{path} holds no rows (an empty JSON list)")
-                bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
-                if bad is not None:
-                    raise InputError(f"{path}: row {bad} is a JSON {type(rows[bad]).__name__}, expected an object "
-                                     'like {"problem": ..., "solution": ...}')
-                continue
-        lines = text.split("\n")
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                last = all(not rest.strip() for rest in lines[number:])
-                what = "is cut off (truncated JSON)" if last and not text.endswith("\n") else "is not valid JSON"
-                raise InputError(f"{path}: line {number} {what}: {err.msg} (column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}: line {number} is a JSON {type(row).__name__}, expected an object "
-                                 'like {"problem": ..., "solution": ...}')
-
-
-# ------------------------------------------------------------------------------------------ rows
-
-
-def _as_text(value) -> str | None:
-    """A cell as text: ``42`` -> ``"42"``, ``27.0`` -> ``"27"``; None stays None."""
-    if value is None:
-        return None
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-
-
-def as_string_columns(dataset, columns: Sequence[str]):
-    """`dataset` with `columns` cast to string features (values by `_as_text`)."""
-    import datasets
-
-    features = dataset.features.copy()
-    for column in columns:
-        features[column] = datasets.Value("string")
-    return dataset.map(lambda row: {c: _as_text(row[c]) for c in columns}, features=features)
-
-
-def _not_text(value) -> str | None:
-    """Why a cell that must hold text does not (``"is null"``, ...); None for a non-empty string or a finite number."""
-    if value is None:
-        return "is null"
-    if isinstance(value, (bool, list, dict)):
-        return f"is a {type(value).__name__} ({str(value)[:40]}), not a string"
-    if _is_number(value):
-        return None if math.isfinite(value) else f"is {value}, not a string"
-    if not isinstance(value, str):
-        return f"is a {type(value).__name__}, not a string"
-    return None if value.strip() else "is an empty string"
-
-
-def validate_rows(dataset, columns: Sequence[str], source: str, *, on_invalid: str = "error"):
-    """Check that every row's `columns` hold non-empty strings; returns the dataset (numbers converted,
-    invalid rows dropped with the drop policy).
-
-    An empty dataset is an error naming `source`. A value that is None, empty or blank, or not a string
-    or number, is an error naming the row (0-based, in source order) and the column; with
-    ``on_invalid="drop"`` such rows are dropped and counted in a warning (all rows bad: an error).
-    Numbers become strings (``42`` -> ``"42"``, ``27.0`` -> ``"27"``) with a warning. Duplicate
-    problems are counted in a warning and kept.
-    """
-    import datasets
-
-    if on_invalid not in INVALID_ROW_POLICIES:
-        raise InputError(f"on_invalid_row={on_invalid!r}: must be one of {list(INVALID_ROW_POLICIES)}")
-    if len(dataset) == 0:
-        raise InputError(f"dataset {source!r} has no rows")
-    bad: dict[int, str] = {}  # row -> what is wrong with it (its first bad column)
-    convert: list[str] = []
-    for column in [c for c in columns if c in dataset.column_names]:
-        values = dataset[column]
-        numbers = []
-        for i, value in enumerate(values):
-            if i not in bad and (what := _not_text(value)):
-                bad[i] = f"row {i}, column {column!r} {what}"
-            elif i not in bad and _is_number(value):
-                numbers.append(i)
-        if numbers:
-            logger.warning("%s: column %r holds %d number(s) (first: row %d, %r); converted to strings",
-                           source, column, len(numbers), numbers[0], values[numbers[0]])
-        if numbers or dataset.features[column] != datasets.Value("string"):
-            convert.append(column)
-    if bad:
-        first = bad[min(bad)]
-        if on_invalid == "error":
-            raise InputError(
-                f"{source}: {first}; every row needs a non-empty string there ({len(bad)} of {len(dataset)} rows "
-                "are bad). Fix the data, or set on_invalid_row=drop to skip such rows."
-            )
-        if len(bad) == len(dataset):
-            raise InputError(f"{source}: all {len(dataset)} rows are bad (first: {first}); nothing left to train on")
-        logger.warning("%s: dropped %d of %d rows with a null, empty or non-text value (first: %s; on_invalid_row=drop)",
-                       source, len(bad), len(dataset), first)
-        dataset = dataset.select([i for i in range(len(dataset)) if i not in bad])
-    if convert:
-        dataset = as_string_columns(dataset, convert)
-    if "problem" in dataset.column_names:
-        first_row: dict[str, int] = {}
-        duplicates = [(first_row[p], i) for i, p in enumerate(dataset["problem"]) if first_row.setdefault(p, i) != i]
-        if duplicates:
-            a, b = duplicates[0]
-            logger.warning("%s: %d duplicate row(s) (the same problem as an earlier row; first: row %d = row %d); kept",
-                           source, len(duplicates), b, a)
-    return dataset

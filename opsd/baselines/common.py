@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import datasets
 import torch
@@ -23,7 +24,7 @@ from opsd.data import load_problems
 from opsd.models import load_model_and_tokenizer
 from opsd.runs.checkpoints import export_final_model, finished_step, resume_point
 from opsd.runs.layout import check_run_kind, write_run_info
-from opsd.validation import InputError, check_config
+from opsd.validation import InputError, Range, check_config
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,13 @@ class HeldOutFields:
     heldout_fraction: float = field(default=0.0, metadata={"help": "Fraction of the loaded rows held out of training and given to TRL as eval_dataset (0: none); evaluated only when eval_strategy is set."})
     heldout_seed: int = field(default=42, metadata={"help": "Seed of the held-out split (kept apart from `seed`, so the same rows stay out when the run seed changes)."})
 
+    #: what each field above accepts (`opsd.validation.check_config_values`)
+    FIELD_CHECKS: ClassVar[dict] = {
+        "heldout_fraction": Range(lambda v: 0 <= v < 1, "in [0, 1) (0: no held-out split)"),
+    }
 
-def prepare_baseline_config(config, overflow_policies: Sequence[str]) -> None:
+
+def prepare_baseline_config(config) -> None:
     """Checks shared by both baselines, run before TRL's own __post_init__ sees the values.
 
     TRL turns bf16 mixed precision on when it is left unset; here it follows `torch_dtype` instead.
@@ -44,9 +50,6 @@ def prepare_baseline_config(config, overflow_policies: Sequence[str]) -> None:
     if config.bf16 is None:
         config.bf16 = config.torch_dtype == "bfloat16"
     check_config(config)  # every value's type and range (opsd.validation), before TRL and transformers see them
-    if config.on_overflow not in overflow_policies:
-        raise InputError(f"on_overflow must be one of {tuple(overflow_policies)} for {type(config).__name__}, "
-                         f"got {config.on_overflow!r}")
 
 
 def apply_overflow(ds, problems: Sequence[str], lengths: list[int], limit: int, on_overflow: str, what: str):
@@ -92,6 +95,7 @@ def chat_token_counts(tokenizer, conversations, chat_kwargs, *, add_generation_p
         texts = [
             tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=add_generation_prompt,
                                           **dict(chat_kwargs or {}))
+
             for c in conversations[start:start + chunk]
         ]
         counts += token_counts(tokenizer, texts, chunk)

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import TrainerCallback
@@ -39,11 +39,12 @@ from opsd.baselines.common import (
 from opsd.config import RunFields
 from opsd.contexts import BOXED_INSTRUCTION, build_student_messages
 from opsd.data import require_columns
+from opsd.data_checks import validate_rows
 from opsd.eval.grading import extract_boxed, is_correct
 from opsd.runs.atomic_io import write_json_atomic
 from opsd.runs.checkpoints import checkpoint_dir
 from opsd.runs.runlog import RunDirectoryCallback
-from opsd.validation import InputError, validate_rows
+from opsd.validation import POSITIVE_INT, UNIT_OPEN_CLOSED, InputError, Range
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,20 @@ class GRPORunConfig(HeldOutFields, RunFields, GRPOConfig):
     student's (`student_chat_kwargs`), unset `vllm_max_model_length` takes `max_length`.
     """
 
+    #: checks of the `trl.GRPOConfig` fields it inherits (defined in TRL); GRPO's beta weighs a KL term
+    FIELD_CHECKS: ClassVar[dict] = {
+        "beta": Range(lambda v: v >= 0, "0 (no KL term) or a positive number"),
+        "temperature": Range(lambda v: v > 0, "a positive number (the sampling temperature)"),
+        "top_p": UNIT_OPEN_CLOSED,
+        "top_k": Range(lambda v: v >= 0, "0 (off) or a positive integer (sampling)"),
+        "num_generations": POSITIVE_INT,
+        "max_completion_length": Range(lambda v: v > 0, "a positive number of tokens"),
+        "vllm_gpu_memory_utilization": UNIT_OPEN_CLOSED,
+        "on_overflow": GRPO_OVERFLOW_POLICIES,
+
+        "grpo_prompt": ("student", "reference"),
+    }
+
     reward_functions: list[str] = field(
         default_factory=lambda: ["boxed_answer"],
         metadata={"help": "Reward function names (see REWARD_FUNCTIONS); weights via reward_weights."},
@@ -81,7 +96,7 @@ class GRPORunConfig(HeldOutFields, RunFields, GRPOConfig):
     answer_column: str = field(default="answer", metadata={"help": "Column of the gold answer (falls back to `answer`, then to the last \\boxed{} of `solution`)."})
 
     def __post_init__(self):
-        prepare_baseline_config(self, GRPO_OVERFLOW_POLICIES)
+        prepare_baseline_config(self)
         if self.chat_template_kwargs is None:
             self.chat_template_kwargs = dict(self.student_chat_kwargs or {})
         if self.vllm_max_model_length is None:

@@ -16,6 +16,7 @@ behaviour: TRL cuts at its max_length) are cut to their first `max_length` token
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from trl import SFTConfig, SFTTrainer
 
@@ -45,10 +46,15 @@ class SFTRunConfig(HeldOutFields, RunFields, SFTConfig):
     to longer rows (error | drop | truncate). `loss_tokens`: solution | full_text (module docstring).
     """
 
+    FIELD_CHECKS: ClassVar[dict] = {
+        "on_overflow": SFT_OVERFLOW_POLICIES,
+        "loss_tokens": ("solution", "full_text"),
+    }
+
     loss_tokens: str = field(default="solution", metadata={"help": "Tokens the loss covers: solution (prompt masked) | full_text (the whole chat text, as the reference SFT)."})
 
     def __post_init__(self):
-        prepare_baseline_config(self, SFT_OVERFLOW_POLICIES)
+        prepare_baseline_config(self)
         super().__post_init__()
 
 

@@ -28,13 +28,14 @@ from peft import PeftModel
 from tqdm import tqdm
 
 from opsd.data import benchmark_names, load_benchmark
+from opsd.data_checks import validate_rows
 from opsd.eval.generation import DEFAULT_EVAL_PROMPT, EVAL_PROMPTS, eval_prompts, generate_hf, generate_vllm
 from opsd.eval.grading import check_grading, make_record, summarize
 from opsd.models import load_model_and_tokenizer
 from opsd.runs.checkpoints import find_checkpoints, is_lora_checkpoint, usable_checkpoints
 from opsd.runs.eval_results import check_eval_run_dir, eval_path, reusable_eval, write_eval_json
 from opsd.runs.layout import read_run_config
-from opsd.validation import InputError, validate_rows
+from opsd.validation import InputError
 
 # ---------------------------------------------------------------------------------------------------
 # One model on one dataset
