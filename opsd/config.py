@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from opsd.contexts import PROMPT_PROFILES, check_position_layout, check_teacher_wording, read_wording
+from opsd.contexts import POSITION_LAYOUTS, PROMPT_PROFILES, check_teacher_wording, read_wording
 from opsd.divergence import DivergenceSpec
 from opsd.models import LORA_TARGETS, LoRASettings
 from opsd.rollout import SamplingParams
@@ -155,6 +155,7 @@ class OPSDConfig(RunFields, TrainingArguments):
         "vllm_gpu_memory_utilization": UNIT_OPEN_CLOSED,
         "log_rollouts_every": Range(lambda v: v >= 0, "0 (never) or a positive integer"),
         "num_logged_rollouts": Range(lambda v: v >= 0, "0 or a positive integer"),
+        "position_layout": POSITION_LAYOUTS,
     }
 
     def __post_init__(self):
@@ -213,9 +214,8 @@ class OPSDConfig(RunFields, TrainingArguments):
 
 
 def check_opsd_settings(config: OPSDConfig) -> None:
-    """InputError for a position layout, teacher wording or schedule horizon that cannot be used."""
+    """InputError for a teacher wording or schedule horizon that cannot be used."""
     try:
-        check_position_layout(config.position_layout)
         check_teacher_wording(config.prompt_profile, read_wording(config.teacher_transition, REPO_ROOT),
                               read_wording(config.teacher_instruction, REPO_ROOT))
     except ValueError as err:
@@ -329,11 +329,17 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def load_config(config_class, profile: str | Path | None = DEFAULT_PROFILE, overrides: Mapping | None = None, **extra):
-    """Build `config_class` from a profile, then `overrides` and `extra` (later wins).
+    """Build `config_class` from a profile, then `overrides` and `extra` (later wins): `parsed_values`."""
+    return config_class(**parsed_values(config_class, profile, overrides, **extra))
+
+
+def parsed_values(config_class, profile: str | Path | None = DEFAULT_PROFILE, overrides: Mapping | None = None,
+                  **extra) -> dict[str, Any]:
+    """The values a profile, then `overrides` and `extra` (later wins), set for `config_class`, checked.
 
     Per source, keys are checked (unknown: an error listing the valid ones) and values parsed to their
-    fields' types; then ranges are checked. A profile
-    of another kind (`kind: sft` for an OPSDConfig) is an error. All before any model is loaded.
+    fields' types; then ranges are checked. A profile of another kind (`kind: sft` for an OPSDConfig) is
+    an error. All before any model is loaded; fields no source sets are left out (their defaults apply).
     """
     values: dict[str, Any] = {}
     if profile is not None:
@@ -349,7 +355,7 @@ def load_config(config_class, profile: str | Path | None = DEFAULT_PROFILE, over
     check_keys(config_class, overrides, "override")
     values.update(coerce_config_values(config_class, overrides, "override"))
     check_config_values(config_class, values)
-    return config_class(**values)
+    return values
 
 
 def config_to_dict(config) -> dict[str, Any]:

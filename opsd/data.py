@@ -298,7 +298,7 @@ def load_problems(source: str | os.PathLike, split: str | None = None, *, n: int
     path = Path(source).expanduser()
     if path.exists():
         dataset = _load_local(path, split)
-    elif str(source).endswith(tuple(DATA_FILE_FORMATS)) or ("/" in str(source) and not _looks_like_hub_id(str(source))):
+    elif str(source).endswith(tuple(DATA_FILE_FORMATS)) or ("/" in str(source) and not looks_like_hub_dataset_id(str(source))):
         raise MissingInputError(f"no such data file or folder: {source}")
     else:
         dataset = datasets.load_dataset(str(source), split=split or "train")
@@ -309,7 +309,8 @@ def load_problems(source: str | os.PathLike, split: str | None = None, *, n: int
     return dataset
 
 
-def _looks_like_hub_id(source: str) -> bool:
+def looks_like_hub_dataset_id(source: str) -> bool:
+    """``org/name`` (a Hub dataset id), not a path such as ``./x``, ``~/x`` or ``a/b/c``."""
     parts = source.split("/")
     return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
 

@@ -274,22 +274,22 @@ def model_path(name: str | os.PathLike):
     if path.is_dir():
         return name
     kit_or_folder = f"use {EMBEDDED_MODEL!r} or {START_MODEL!r} (embedded, offline) or a local model folder"
-    if not _looks_like_hub_id(str(name)):
+    if not looks_like_hub_id(str(name)):
         raise MissingInputError(f"model_name {str(name)!r} is neither a kit model nor an existing folder: "
                                 f"{kit_or_folder}, or a Hub id such as 'Qwen/Qwen3-1.7B'")
-    if _hub_offline() and not isinstance(try_to_load_from_cache(str(name), "config.json"), str):
+    if hub_offline() and not isinstance(try_to_load_from_cache(str(name), "config.json"), str):
         raise MissingInputError(
             f"model_name {str(name)!r} is not in the local Hugging Face cache and the Hub is off (HF_HUB_OFFLINE=1): "
             f"download it where there is network (`hf download {name}`), unset HF_HUB_OFFLINE, or {kit_or_folder}")
     return name
 
 
-def _looks_like_hub_id(name: str) -> bool:
+def looks_like_hub_id(name: str) -> bool:
     """``org/name`` or ``name`` (Hub repository ids), not a path such as ``./x``, ``/x`` or ``a/b/c``."""
     return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not name.startswith(".") and ".." not in name
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
     """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set to a true value, read now (tests and notebooks set it late)."""
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))

@@ -38,20 +38,19 @@ from typing import Any
 import torch
 import yaml
 
-from opsd.config import (
-    OPSDConfig,
-    check_config_values,
-    check_keys,
-    coerce_config_values,
-    parse_overrides,
-    read_profile,
+from opsd.config import OPSDConfig, parse_overrides, parsed_values, read_profile
+from opsd.data import BENCHMARKS, SYNTHETIC_SOURCES, local_benchmark_dir, looks_like_hub_dataset_id
+from opsd.models import (
+    EMBEDDED_MODEL,
+    START_MODEL,
+    cache_root,
+    embedded_gguf_path,
+    hub_offline,
+    looks_like_hub_id,
 )
-from opsd.data import BENCHMARKS, SYNTHETIC_SOURCES, local_benchmark_dir
-from opsd.models import EMBEDDED_MODEL, START_MODEL, cache_root, embedded_gguf_path
 from opsd.runs.launch import ACCELERATE_DIR
 from opsd.validation import InputError
 
-_TRUTHY = {"1", "on", "yes", "true"}
 GIB = 2**30
 #: Checkpoints assumed when the step count is not known before the data loads (epoch-based SFT).
 UNKNOWN_CHECKPOINTS = 10
@@ -117,11 +116,6 @@ def free_bytes(path: str | Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def offline() -> bool:
-    """Whether the Hub may not be reached (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set)."""
-    return any(os.environ.get(k, "").strip().lower() in _TRUTHY for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def launched_processes() -> int:
     """Processes of this launch (``WORLD_SIZE`` under accelerate / torchrun; 1 otherwise)."""
     return int(os.environ.get("WORLD_SIZE") or 1)
@@ -140,11 +134,6 @@ def hub_cached(repo_id: str, repo_type: str) -> bool:
     import datasets.config  # only here: the datasets cache location
 
     return (Path(datasets.config.HF_DATASETS_CACHE) / repo_id.replace("/", "___")).is_dir()
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "~", "/"))
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -178,9 +167,9 @@ def model_problems(name: str) -> list[Problem]:
         return []
     if Path(name).expanduser().exists():
         return []
-    if not _looks_like_hub_id(str(name)):
+    if not looks_like_hub_id(str(name)):
         return [Problem(f"model {name!r}: no such folder", "give model_name=<local folder> or a Hub id")]
-    if offline() and not hub_cached(str(name), "model"):
+    if hub_offline() and not hub_cached(str(name), "model"):
         return [Problem(f"model {name!r}: not in the local Hub cache, and the Hub is off (HF_HUB_OFFLINE)",
                         f"on a machine with network: huggingface-cli download {name} (then copy "
                         "~/.cache/huggingface/hub here), or give model_name=<local folder>")]
@@ -191,9 +180,9 @@ def dataset_problems(source: str) -> list[Problem]:
     """The training data `source` (synthetic, a local file or folder, a Hub id) is there, or can be fetched."""
     if str(source) in SYNTHETIC_SOURCES or Path(source).expanduser().exists():
         return []
-    if not _looks_like_hub_id(str(source)):
+    if not looks_like_hub_dataset_id(str(source)):
         return [Problem(f"dataset {source!r}: no such file or folder", "give dataset=<local file or folder> or a Hub id")]
-    if offline() and not hub_cached(str(source), "dataset"):
+    if hub_offline() and not hub_cached(str(source), "dataset"):
         return [Problem(f"dataset {source!r}: not in the local caches, and the Hub is off (HF_HUB_OFFLINE)",
                         f"on a machine with network: huggingface-cli download --repo-type dataset {source} "
                         "(then copy ~/.cache/huggingface here), or give dataset=<local parquet/jsonl folder>")]
@@ -210,7 +199,7 @@ def benchmark_problems(names: Sequence[str]) -> list[Problem]:
             if name not in BENCHMARKS and not Path(name).expanduser().exists():
                 out += dataset_problems(name)
             continue
-        if local_benchmark_dir(name) is None and offline() and not hub_cached(source.hub_id, "dataset"):
+        if local_benchmark_dir(name) is None and hub_offline() and not hub_cached(source.hub_id, "dataset"):
             out.append(Problem(f"benchmark {name!r} ({source.hub_id}): no local copy under $OPSD_DATA_DIR and "
                                "not in the Hub cache, and the Hub is off (HF_HUB_OFFLINE)",
                                f"put a copy in $OPSD_DATA_DIR/{source.local_name}/ (parquet or jsonl), or "
@@ -337,17 +326,9 @@ def _field_defaults(config_class) -> dict[str, Any]:
 
 
 def config_values(config_class, profile: str | Path, overrides: Mapping | None = None) -> dict[str, Any]:
-    """The values `load_config(config_class, profile, overrides)` would build a config from (field defaults
-    filled in), parsed and range-checked the same way; bad values raise its `InputError`s."""
-    values = read_profile(profile)
-    values.pop("kind", None)
-    check_keys(config_class, values, "profile")
-    values = coerce_config_values(config_class, values, f"profile {Path(str(profile)).name}:")
-    extra = dict(overrides or {})
-    check_keys(config_class, extra, "override")
-    values.update(coerce_config_values(config_class, extra, "override"))
-    check_config_values(config_class, values)
-    return {**_field_defaults(config_class), **values}
+    """The values `load_config(config_class, profile, overrides)` would build a config from, field defaults
+    filled in, without building it (`opsd.config.parsed_values`: bad values raise its `InputError`s)."""
+    return {**_field_defaults(config_class), **parsed_values(config_class, profile, overrides)}
 
 
 def profile_problems(profile: str | Path, overrides: Mapping | None = None, *, num_processes: int = 1,
