@@ -277,7 +277,7 @@ def model_path(name: str | os.PathLike):
     if not looks_like_hub_id(str(name)):
         raise MissingInputError(f"model_name {str(name)!r} is neither a kit model nor an existing folder: "
                                 f"{kit_or_folder}, or a Hub id such as 'Qwen/Qwen3-1.7B'")
-    if hub_offline() and not isinstance(try_to_load_from_cache(str(name), "config.json"), str):
+    if hub_offline() and not hub_cached_model(str(name)):
         raise MissingInputError(
             f"model_name {str(name)!r} is not in the local Hugging Face cache and the Hub is off (HF_HUB_OFFLINE=1): "
             f"download it where there is network (`hf download {name}`), unset HF_HUB_OFFLINE, or {kit_or_folder}")
@@ -287,6 +287,11 @@ def model_path(name: str | os.PathLike):
 def looks_like_hub_id(name: str) -> bool:
     """``org/name`` or ``name`` (Hub repository ids), not a path such as ``./x``, ``/x`` or ``a/b/c``."""
     return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not name.startswith(".") and ".." not in name
+
+
+def hub_cached_model(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds the model `repo_id` (its config.json)."""
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
 def hub_offline() -> bool:

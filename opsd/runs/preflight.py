@@ -45,6 +45,7 @@ from opsd.models import (
     START_MODEL,
     cache_root,
     embedded_gguf_path,
+    hub_cached_model,
     hub_offline,
     looks_like_hub_id,
 )
@@ -124,10 +125,10 @@ def launched_processes() -> int:
 def hub_cached(repo_id: str, repo_type: str) -> bool:
     """Whether the local caches hold `repo_id`: a model's config.json; a dataset's Hub snapshot or its
     `datasets` cache folder."""
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import constants
 
     if repo_type == "model":
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+        return hub_cached_model(repo_id)
     snapshots = Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}" / "snapshots"
     if snapshots.is_dir() and any(snapshots.iterdir()):
         return True
