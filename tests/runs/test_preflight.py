@@ -130,9 +130,10 @@ def test_command_line_lists_all_and_exits_2(bare_machine, capsys):
 
 
 def test_train_entry_point_stops_before_loading(bare_machine, capsys, monkeypatch):
-    import opsd.config
+    import opsd.trainer
 
-    monkeypatch.setattr(opsd.config, "load_config", lambda *a, **k: pytest.fail("load_config ran"))
+    # the name `python -m opsd train` calls (patching opsd.config's would leak into modules imported meanwhile)
+    monkeypatch.setattr(opsd.trainer, "load_config", lambda *a, **k: pytest.fail("load_config ran"))
     from opsd.__main__ import main as cli
 
     assert cli(["train", "--config", "qwen3-1.7b-4xh100"]) == 2
