@@ -21,9 +21,11 @@ from typing import Any, ClassVar
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from opsd.collapse import COLLAPSE_MODES, CollapseWatch
 from opsd.contexts import POSITION_LAYOUTS, PROMPT_PROFILES, check_teacher_wording, read_wording
 from opsd.divergence import DivergenceSpec
 from opsd.models import LORA_TARGETS, LoRASettings
+from opsd.privileged import TEACHER_CONTEXTS
 from opsd.rollout import SamplingParams
 from opsd.runs.atomic_io import write_text_atomic
 from opsd.teacher import TEACHER_MODES
@@ -125,6 +127,7 @@ class OPSDConfig(RunFields, TrainingArguments):
     teacher_think_opener: bool = field(default=False, metadata={"help": "Append '<think>\\n' to the teacher prompt (thinking teacher, non-thinking student)."})
     teacher_transition: str | None = field(default=None, metadata={"help": "The paragraph after the reference block of the paper/plain teacher prompt: the text, or file:PATH (relative to the repository root; one trailing newline dropped). None: the kit's wording (opsd.contexts.PAPER_TRANSITION)."})
     teacher_instruction: str | None = field(default=None, metadata={"help": "The closing instruction of the paper/plain teacher prompt: the text or file:PATH. None: opsd.contexts.BOXED_INSTRUCTION."})
+    teacher_context: str = field(default="reference", metadata={"help": "What the teacher reads besides the problem: reference (the row's reference solution) | none (the teacher prompt without it) | other (another training row's reference, a fixed draw from seed) | wrong (the row's reference with its final answer changed); opsd.privileged."})
     position_layout: str = field(default="kit", metadata={"help": "How [prompt][rollout] is scored: kit (left padding, positions over attended tokens) | reference (right padding per micro-batch, no position ids, as the reference trainer); opsd.contexts."})
     # rollout
     rollout_backend: str = field(default="hf", metadata={"help": "hf | vllm."})
@@ -138,6 +141,11 @@ class OPSDConfig(RunFields, TrainingArguments):
     fast_inference: bool = field(default=True, metadata={"help": "CPU: rollouts, teacher and student passes on packed oneDNN weights, top-p without a full sort (opsd.packed_linear; same results up to float rounding). False: the reference path."})
     # schedule
     lr_schedule_horizon: int | None = field(default=None, metadata={"help": "Optimizer steps over which lr_scheduler_type runs (warm-up included), while training stops at max_steps; None: max_steps. The reference decays linearly over 30 epochs: 27600 steps in its profiles."})
+    # collapse watch (opsd.collapse)
+    collapse_watch: str = field(default="off", metadata={"help": "Watch the signals that precede collapse (rollout length, boxed rate, student entropy, repetition): off | warn | stop (warn, then end training)."})
+    collapse_bounds: dict = field(default_factory=dict, metadata={"help": "Per-signal bounds overriding opsd.collapse.DEFAULT_COLLAPSE_BOUNDS, e.g. {boxed_rate: [drop, 0.2]}."})
+    collapse_baseline_steps: int = field(default=5, metadata={"help": "Steps whose median is each signal's baseline."})
+    collapse_patience: int = field(default=3, metadata={"help": "Consecutive steps outside a bound before the watch warns."})
     # logging
     log_rollouts_every: int = field(default=10, metadata={"help": "Write sample rollouts every N steps (0: never)."})
     num_logged_rollouts: int = field(default=2, metadata={"help": "Rollouts written each time rollouts are logged."})
@@ -156,6 +164,10 @@ class OPSDConfig(RunFields, TrainingArguments):
         "log_rollouts_every": Range(lambda v: v >= 0, "0 (never) or a positive integer"),
         "num_logged_rollouts": Range(lambda v: v >= 0, "0 or a positive integer"),
         "position_layout": POSITION_LAYOUTS,
+        "teacher_context": TEACHER_CONTEXTS,
+        "collapse_watch": COLLAPSE_MODES,
+        "collapse_baseline_steps": POSITIVE_INT,
+        "collapse_patience": POSITIVE_INT,
     }
 
     def __post_init__(self):
@@ -165,6 +177,10 @@ class OPSDConfig(RunFields, TrainingArguments):
             beta=self.beta, temperature=self.effective_loss_temperature, teacher_top_k=self.teacher_top_k,
             clip=self.clip, clip_mode=self.clip_mode, loss_type=self.loss_type, dtype=self.objective_dtype,
         )
+        try:
+            self.collapse_watcher()  # the bounds, checked once
+        except ValueError as err:
+            raise InputError(str(err)) from None
         self.remove_unused_columns = False
         self.dataloader_pin_memory = False  # batches are problem texts, tokenized in the step: nothing to pin
         super().__post_init__()
@@ -195,6 +211,10 @@ class OPSDConfig(RunFields, TrainingArguments):
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
             max_new_tokens=self.max_completion_length, n=self.num_generations,
         )
+
+    def collapse_watcher(self) -> CollapseWatch:
+        """A fresh `opsd.collapse.CollapseWatch` with this config's bounds, baseline and patience."""
+        return CollapseWatch(self.collapse_bounds, self.collapse_baseline_steps, self.collapse_patience)
 
     def context_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `opsd.contexts.build_dual_contexts` this config sets."""

@@ -39,11 +39,11 @@ PAPER_TRANSITION = (
 
 # The `paper` teacher's layout; {transition} and {instruction} are settings (`teacher_transition`,
 # `teacher_instruction`), by default PAPER_TRANSITION and BOXED_INSTRUCTION.
-_PAPER_TEACHER = (
-    "Problem: {problem}\n\n"
+# `teacher_context: none` (opsd.privileged) leaves out the reference block, "{reference}".
+_PAPER_TEACHER = "Problem: {problem}\n\n{reference}{transition}\n\n{instruction}"
+_PAPER_REFERENCE = (
     "Here is a reference solution to this problem:\n"
     "=== Reference Solution Begin ===\n{solution}\n=== Reference Solution End ===\n\n\n"
-    "{transition}\n\n{instruction}"
 )
 
 PROMPT_PROFILES: dict[str, dict[str, str]] = {
@@ -51,6 +51,7 @@ PROMPT_PROFILES: dict[str, dict[str, str]] = {
     "paper": {
         "student": "Problem: {problem}\n\n" + _BOXED,
         "teacher": _PAPER_TEACHER,
+        "reference": _PAPER_REFERENCE,
     },
     # The reference baseline scripts' prompt (SFT, GRPO): the problem text without the "Problem: " prefix,
     # a blank line, the instruction (the same form as the evaluation prompt). The teacher is `paper`'s;
@@ -58,14 +59,16 @@ PROMPT_PROFILES: dict[str, dict[str, str]] = {
     "plain": {
         "student": "{problem}\n\n" + _BOXED,
         "teacher": _PAPER_TEACHER,
+        "reference": _PAPER_REFERENCE,
     },
     # Figure-2 style of the paper: problem, reference solution, a one-line instruction.
     "simple": {
         "student": "Problem: {problem}\n\n" + _BOXED,
         "teacher": (
-            "Problem: {problem}\n\nReference solution: {solution}\n\n"
+            "Problem: {problem}\n\n{reference}"
             "Now solve the problem yourself, step by step, and put your final answer within \\boxed{{}}."
         ),
+        "reference": "Reference solution: {solution}\n\n",
     },
 }
 
@@ -86,17 +89,19 @@ def build_student_messages(problem: str, profile: str = "paper") -> list[dict[st
     return [{"role": "user", "content": template.format(problem=problem)}]
 
 
-def build_teacher_messages(problem: str, solution: str, profile: str = "paper", *, transition: str | None = None,
-                           instruction: str | None = None) -> list[dict[str, str]]:
-    """The teacher's chat: the student's problem plus the privileged reference solution.
+def build_teacher_messages(problem: str, solution: str | None, profile: str = "paper", *,
+                           transition: str | None = None, instruction: str | None = None) -> list[dict[str, str]]:
+    """The teacher's chat: the student's problem plus the privileged reference solution (None: the same
+    prompt without its reference block, `teacher_context: none`).
 
     `transition`, `instruction`: the paragraph after the reference block and the closing instruction of
     the profiles with the reference layout (`paper`, `plain`); None: `PAPER_TRANSITION`, `BOXED_INSTRUCTION`.
     """
-    template = _check_profile(profile)["teacher"]
+    parts = _check_profile(profile)
     check_teacher_wording(profile, transition, instruction)
-    return [{"role": "user", "content": template.format(
-        problem=problem, solution=solution, transition=PAPER_TRANSITION if transition is None else transition,
+    reference = "" if solution is None else parts["reference"].format(solution=solution)
+    return [{"role": "user", "content": parts["teacher"].format(
+        problem=problem, reference=reference, transition=PAPER_TRANSITION if transition is None else transition,
         instruction=BOXED_INSTRUCTION if instruction is None else instruction,
     )}]
 

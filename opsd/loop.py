@@ -23,6 +23,7 @@ from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.data import load_problems
 from opsd.models import load_model_and_tokenizer
 from opsd.packed_linear import packed_forwards
+from opsd.privileged import with_teacher_context
 from opsd.rollout import HFRollout
 from opsd.step import LossPath, StepResult, opsd_loss
 from opsd.teacher import EMATeacher
@@ -70,6 +71,7 @@ def train_plain(config: OPSDConfig, *, model=None, tokenizer=None, dataset=None,
 
         dataset = load_problems(config.dataset, config.dataset_split, n=config.dataset_size, seed=config.seed,
                                 require=("problem", "solution"), on_invalid=config.on_invalid_row)
+    dataset = with_teacher_context(dataset, config.teacher_context, config.seed)  # what the teacher reads
     steps, accumulate = config.max_steps, config.gradient_accumulation_steps
 
     # 2. optimizer: AdamW (weight decay on matrices, not on biases / norms) and the learning-rate schedule ---

@@ -27,6 +27,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
+from opsd.collapse import CollapseWatchCallback, mean_entropy, rollout_signals
 from opsd.config import DEFAULT_PROFILE, OPSDConfig, command_parser, load_config, parse_overrides
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.data import load_problems, require_columns
@@ -34,6 +35,7 @@ from opsd.diagnostics import divergence_diagnostics
 from opsd.divergence_chunked import suggest_chunk_size
 from opsd.models import load_model_and_tokenizer
 from opsd.packed_linear import packed_forwards
+from opsd.privileged import with_teacher_context
 from opsd.rollout import make_rollout_backend
 from opsd.runs.atomic_io import append_jsonl
 from opsd.runs.checkpoints import checkpoint_dir, finished_step, last_checkpoint, resume_point
@@ -110,17 +112,20 @@ class OPSDTrainer(Trainer):
         require_columns(train_dataset, ["problem", "solution"], args.dataset)
         if "row_id" not in train_dataset.column_names:
             train_dataset = train_dataset.add_column("row_id", list(range(len(train_dataset))))
+        train_dataset = with_teacher_context(train_dataset, args.teacher_context, args.seed)  # what the teacher reads
         # Fail before training, not at step 1, when the teacher mode does not fit the model.
         self.ema = EMATeacher(model, decay=args.ema_decay) if args.teacher_mode == "ema" else None
         with teacher_context(model, args.teacher_mode, self.ema):
             pass
+        collapse_watch = [CollapseWatchCallback(args.collapse_watcher(), args.collapse_watch)] \
+            if args.collapse_watch != "off" else []
         super().__init__(
             model=model,
             args=args,
             train_dataset=train_dataset,
             data_collator=collate_rows,
             processing_class=processing_class,
-            callbacks=[RunDirectoryCallback(extra={"run_kind": "opsd"})] + list(callbacks or []),
+            callbacks=[RunDirectoryCallback(extra={"run_kind": "opsd"}), *collapse_watch] + list(callbacks or []),
         )
         self.add_callback(_EMAUpdateCallback(self))
         self.model_accepts_loss_kwargs = False  # the loss is a per-batch mean: Trainer divides by grad-accum
@@ -241,9 +246,14 @@ class OPSDTrainer(Trainer):
         eos = torch.tensor(self.rollout_backend.eos_ids, device=mask.device)
         truncated = mask[:, -1] & ~torch.isin(batch.completion_ids[:, -1], eos)
         self._metrics["truncated_fraction"].append(truncated.float().mean().item())
+        texts = self.tokenizer.batch_decode([ids[m].tolist() for ids, m in zip(batch.completion_ids, mask)],
+                                            skip_special_tokens=True)
+        for key, value in rollout_signals(batch.completion_ids, mask, texts).items():  # opsd.collapse
+            self._metrics[key].append(value)
         # No copy of the loss here: the Trainer logs it as `loss` (see `log` for the one key per quantity).
         if fused:
             return  # full logits never exist on this path; diagnostics come from the divergence module alone
+        self._metrics["student_entropy"].append(mean_entropy(student_logits, mask, args.objective.temperature))
         parts = []
         with torch.no_grad():
             for row in range(mask.shape[0]):

@@ -52,7 +52,7 @@ def test_two_steps_write_a_complete_run_directory(tmp_path):
     for m in metrics:
         for key in ["loss", "divergence_mean", "clipped_fraction", "negative_token_fraction", "rollout_length_mean",
                     "tokens_generated", "time_rollout_s", "time_teacher_s", "time_student_s", "grad_norm",
-                    "learning_rate", "zero_grad_fraction"]:
+                    "learning_rate", "zero_grad_fraction", "boxed_rate", "student_entropy", "repetition"]:
             assert key in m, key
         assert m["loss"] > 0 and abs(m["loss"] - m["divergence_mean"]) < 1e-4  # clip off: loss = mean D_n
     assert metrics[1]["tokens_generated"] > metrics[0]["tokens_generated"] > 0
@@ -278,3 +278,18 @@ def test_config_builds_the_objective_once_from_its_fields(tmp_path):
                        ({"loss_temperature": -1.0}, r"temperature=-1.0 is out of range.*loss_temperature")):
         with pytest.raises(InputError, match=match):
             OPSDConfig(output_dir=str(tmp_path), **bad)
+
+
+def test_teacher_context_reaches_the_teacher_prompt_and_the_watch_stops_the_run(tmp_path):
+    """`teacher_context: none` trains with a teacher prompt without reference block (logged rollouts);
+    a watch with bounds nothing meets (boxed rate must not drop at all) stops at baseline + patience."""
+    data = synthetic_math(16)
+    trainer = make_trainer(tmp_path, data=data, teacher_context="none", max_steps=4, collapse_watch="stop",
+                           collapse_bounds={"student_entropy": ["factor", 1.0000001]}, collapse_baseline_steps=1,
+                           collapse_patience=1)
+    trainer.train()
+    rollouts = read_jsonl(tmp_path / "rollouts.jsonl")
+    assert rollouts and all("Reference Solution" not in r["teacher_prompt"] for r in rollouts)
+    assert all(r["teacher_prompt"] != r["prompt"] for r in rollouts)   # the reworded teacher prompt remains
+    watch = read_jsonl(tmp_path / "collapse_watch.jsonl")
+    assert watch and watch[0]["step"] == 2 and watch[0]["action"] == "stop" and trainer.state.global_step == 2

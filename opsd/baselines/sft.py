@@ -11,6 +11,8 @@ is `loss_tokens`:
 
 Rows longer than `max_length` tokens raise, are dropped or (`on_overflow: truncate`, the reference's
 behaviour: TRL cuts at its max_length) are cut to their first `max_length` tokens; each is counted first.
+`teacher_context` (opsd.privileged) replaces the imitated solution as it replaces what OPSD's teacher reads:
+`other` (another row's) or `wrong` (its final answer changed); `none` does not apply (nothing to imitate).
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from opsd.baselines.common import (
 from opsd.config import RunFields
 from opsd.contexts import build_student_messages
 from opsd.data import require_columns
+from opsd.privileged import TEACHER_CONTEXTS, with_teacher_context
 from opsd.runs.runlog import RunDirectoryCallback
 
 SFT_OVERFLOW_POLICIES = ("error", "drop", "truncate")
+SFT_TEACHER_CONTEXTS = tuple(c for c in TEACHER_CONTEXTS if c != "none")  # SFT needs a text to imitate
 
 
 @dataclass
@@ -49,9 +53,11 @@ class SFTRunConfig(HeldOutFields, RunFields, SFTConfig):
     FIELD_CHECKS: ClassVar[dict] = {
         "on_overflow": SFT_OVERFLOW_POLICIES,
         "loss_tokens": ("solution", "full_text"),
+        "teacher_context": SFT_TEACHER_CONTEXTS,
     }
 
     loss_tokens: str = field(default="solution", metadata={"help": "Tokens the loss covers: solution (prompt masked) | full_text (the whole chat text, as the reference SFT)."})
+    teacher_context: str = field(default="reference", metadata={"help": "The solution imitated: reference (the row's) | other (another row's, a fixed draw from seed) | wrong (the row's with its final answer changed); opsd.privileged. OPSD's none has no SFT counterpart."})
 
     def __post_init__(self):
         prepare_baseline_config(self)
@@ -112,6 +118,7 @@ def sft_dataset(ds, tokenizer=None, profile: str = "paper", *, chat_kwargs: dict
 def build_sft_trainer(config: SFTRunConfig, *, callbacks=None) -> SFTTrainer:
     """Model (LoRA via peft_config), tokenizer, training rows and held-out rows from the config -> `SFTTrainer`."""
     model, tokenizer, peft_config, ds = load_rows_and_model(config, "sft", ("problem", "solution"))
+    ds = with_teacher_context(ds, config.teacher_context, config.seed)
     train_rows, heldout_rows = split_heldout(ds, config.heldout_fraction, config.heldout_seed)
 
     def rows(part):

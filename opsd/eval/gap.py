@@ -11,9 +11,10 @@ roles (the student's: problem only; the teacher's: problem + reference solution)
 
 A large teacher - student accuracy difference (with intervals that do not overlap) and a clearly non-zero
 KL say the privileged context carries information the student lacks: the regime of the paper. Both near
-zero say OPSD has nothing to teach.
+zero say OPSD has nothing to teach. ``teacher_context`` (opsd.privileged) swaps what the teacher reads:
+``--controls reference,none,other,wrong`` measures each on the same problems and samples, one table.
 
-    python -m opsd gap --config cpu-tiny [--n 200] [key=value ...]
+    python -m opsd gap --config cpu-tiny [--n 200] [--controls reference,none,other,wrong] [key=value ...]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from opsd.divergence import token_divergence
 from opsd.eval.grading import extract_boxed, is_correct
 from opsd.eval.stats import Proportion, proportion
 from opsd.models import load_model_and_tokenizer
+from opsd.privileged import TEACHER_CONTEXTS, privileged_texts
 from opsd.rollout import HFRollout, SamplingParams
 from opsd.teacher import teacher_context
 
@@ -52,6 +54,7 @@ class GapReport:
     teacher_correct: list[bool] = field(default_factory=list)
     student_answers: list[str | None] = field(default_factory=list)  # the last \\boxed{} of each answer
     teacher_answers: list[str | None] = field(default_factory=list)
+    teacher_context: str = "reference"   # what the teacher read (opsd.privileged.TEACHER_CONTEXTS)
 
     @property
     def accuracy_gap(self) -> float:
@@ -72,7 +75,7 @@ class GapReport:
     def summary(self) -> str:
         return (f"privilege gap of {self.model or 'the model'} on {self.n} held-out problems:\n"
                 f"  student (problem only)          {self.student}\n"
-                f"  self-teacher (reference shown)  {self.teacher}\n"
+                f"  self-teacher ({self.teacher_context + ' shown':<15}) {self.teacher}\n"
                 f"  mean per-token KL(T||S) on the student's own samples: {self.mean_token_kl:.3f} "
                 f"({self.rollout_tokens} tokens)")
 
@@ -84,15 +87,16 @@ def _greedy_answers(model, tokenizer, prompts_ids, prompts_mask, max_new_tokens:
             for ids, m in zip(rollout.completion_ids, rollout.completion_mask.bool())]
 
 
-def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence[str], answers: Sequence[str], *,
+def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence[str | None], answers: Sequence[str], *,
                   prompt_profile: str = "paper", student_chat_kwargs: dict | None = None,
                   teacher_chat_kwargs: dict | None = None, teacher_mode: str = "fixed",
                   max_new_tokens: int = 96, temperature: float = 0.7, top_p: float = 0.95,
                   rollout_tokens: int = 64, batch_size: int = 32, seed: int = 0, model_name: str = "",
-                  progress=None) -> GapReport:
+                  teacher_context: str = "reference", progress=None) -> GapReport:
     """Student and self-teacher greedy accuracy (with 95% Wilson intervals) and the mean per-token
-    KL(T||S) on the student's own samples; see the module docstring. ``progress(done, total)`` is
-    called after each batch."""
+    KL(T||S) on the student's own samples; see the module docstring. ``solutions``: what the teacher
+    reads, one per problem (None: no reference block), labelled ``teacher_context`` in the report.
+    ``progress(done, total)`` is called after each batch."""
     n = len(problems)
     correct: dict[str, list[bool]] = {"student": [], "teacher": []}
     boxed: dict[str, list[str | None]] = {"student": [], "teacher": []}
@@ -134,18 +138,23 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
     return GapReport(n=n, student=proportion(sum(correct["student"]), n), teacher=proportion(sum(correct["teacher"]), n),
                      mean_token_kl=kl_sum / max(kl_count, 1), rollout_tokens=kl_count, model=model_name,
                      student_correct=correct["student"], teacher_correct=correct["teacher"],
-                     student_answers=boxed["student"], teacher_answers=boxed["teacher"])
+                     student_answers=boxed["student"], teacher_answers=boxed["teacher"],
+                     teacher_context=teacher_context)
 
 
-def gap_for_config(config, n: int = 200, *, model=None, tokenizer=None, progress=None) -> GapReport:
+def gap_for_config(config, n: int = 200, *, model=None, tokenizer=None, progress=None,
+                   teacher_context: str | None = None) -> GapReport:
     """``privilege_gap`` on ``n`` held-out problems of ``config``'s data (synthetic: the held-out split,
-    with the training set's reference style), with the config's prompts, teacher mode and sampling."""
+    with the training set's reference style), with the config's prompts, teacher mode and sampling, and
+    the teacher reading ``teacher_context`` (None: the config's; ``other`` draws among these problems)."""
     if model is None:
         model, tokenizer = load_model_and_tokenizer(config.model_name, dtype=config.torch_dtype,
                                                     lora=config.lora_settings())
+    context = config.teacher_context if teacher_context is None else teacher_context
     data = held_out_problems(config.dataset, n=n, seed=config.seed)
+    solutions = privileged_texts(data["solution"], context, answers=data["answer"], seed=config.seed)
     return privilege_gap(
-        model, tokenizer, list(data["problem"]), list(data["solution"]), list(data["answer"]),
+        model, tokenizer, list(data["problem"]), solutions, list(data["answer"]), teacher_context=context,
         prompt_profile=config.prompt_profile, student_chat_kwargs=config.student_chat_kwargs,
         teacher_chat_kwargs=config.teacher_chat_kwargs, teacher_mode=config.teacher_mode,
         temperature=config.temperature, top_p=config.top_p, rollout_tokens=config.max_completion_length,
@@ -158,15 +167,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m opsd gap", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=DEFAULT_PROFILE, help="training profile name or YAML path")
     parser.add_argument("--n", type=int, default=200, help="held-out problems (default 200)")
-    parser.add_argument("--json", default=None, help="also write the report to this JSON file")
+    parser.add_argument("--json", default=None, help="also write the report(s) to this JSON file")
+    parser.add_argument("--controls", default=None,
+                        help=f"comma-separated teacher contexts to compare on the same problems ({','.join(TEACHER_CONTEXTS)})")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the profile, e.g. model_name=...")
     ns = parser.parse_args(argv)
     if ns.n < 1:
         parser.error(f"--n must be >= 1, got {ns.n}")
     config = load_config(OPSDConfig, ns.config, parse_overrides(ns.overrides), output_dir="runs/gap", report_to="none")
-    report = gap_for_config(config, ns.n)
-    print(report.summary())
+    if ns.controls is None:
+        report = gap_for_config(config, ns.n)
+        print(report.summary())
+        out = report.as_dict()
+    else:
+        controls = [c.strip() for c in ns.controls.split(",") if c.strip()]
+        for c in controls:
+            if c not in TEACHER_CONTEXTS:
+                parser.error(f"--controls: unknown teacher context {c!r}; valid: {','.join(TEACHER_CONTEXTS)}")
+        model, tokenizer = load_model_and_tokenizer(config.model_name, dtype=config.torch_dtype,
+                                                    lora=config.lora_settings())
+        reports = {c: gap_for_config(config, ns.n, model=model, tokenizer=tokenizer, teacher_context=c)
+                   for c in controls}
+        print(controls_table(reports))
+        out = {c: r.as_dict() for c, r in reports.items()}
     if ns.json:
         with open(ns.json, "w") as f:
-            json.dump(report.as_dict(), f, indent=2)
+            json.dump(out, f, indent=2)
     return 0
+
+
+def controls_table(reports: dict[str, GapReport]) -> str:
+    """One line per teacher context: teacher accuracy with its interval, the gap to the student, the KL."""
+    first = next(iter(reports.values()))
+    lines = [f"privilege gap of {first.model or 'the model'} on {first.n} held-out problems; "
+             f"student (problem only) {first.student}",
+             f"  {'teacher reads':<14} {'teacher accuracy':<28} {'gap':>7}  {'KL(T||S)/token':>14}"]
+    for context, r in reports.items():
+        lines.append(f"  {context:<14} {str(r.teacher):<28} {100 * r.accuracy_gap:+6.1f}  {r.mean_token_kl:14.3f}")
+    return "\n".join(lines)
