@@ -38,6 +38,7 @@ def test_diagnostics_on_a_hand_made_example(chunk_size):
     assert math.isclose(got["divergence_mean"], clipped / 2, rel_tol=1e-12)
     assert math.isclose(got["divergence_unclipped_mean"], unclipped / 2, rel_tol=1e-12)
     assert got["clipped_fraction"] == pytest.approx(1 / 10)  # one summand of the ten masked-in ones
+    assert got["clipped_token_fraction"] == pytest.approx(1 / 2)  # one of the two positions has a clipped summand
     assert got["negative_token_fraction"] == pytest.approx(1 / 2)
     assert got["num_tokens"] == 2.0
     assert math.isclose(got["kl_style"], unclipped, rel_tol=1e-12)
@@ -48,7 +49,7 @@ def test_diagnostics_on_a_hand_made_example(chunk_size):
     token = divergence_diagnostics(s, t, mask, DivergenceSpec(clip=0.05, clip_mode="token"))
     assert token["clipped_fraction"] == pytest.approx(1 / 2)
     assert token["divergence_mean"] == pytest.approx(0.05 / 2)
-    assert token["negative_token_fraction"] == 0.0
+    assert token["negative_token_fraction"] == 0.0 and token["clipped_token_fraction"] == pytest.approx(1 / 2)
     none = divergence_diagnostics(s, t, mask, DivergenceSpec(clip=None))
     assert none["clipped_fraction"] == 0.0
     assert none["divergence_mean"] == pytest.approx(unclipped / 2)
@@ -121,3 +122,15 @@ def test_keyword_lists_are_documented_constants():
     } <= STYLE_WORDS
     assert all(word == word.lower() for word in STYLE_WORDS)
     assert MATH_PATTERN.fullmatch("\\sqrt") and not MATH_PATTERN.fullmatch("word")
+
+
+def test_float32_rounding_of_a_kl_is_not_a_negative_token():
+    """An unclipped forward KL of near-identical float32 distributions can round below 0 (by ~1e-6 at a
+    49,152-entry vocabulary); those positions are not negative tokens, a clipped run's are."""
+    torch.manual_seed(0)
+    s = torch.randn(1, 64, 49152)
+    t = s + 1e-4 * torch.randn_like(s)
+    mask = torch.ones(1, 64, dtype=torch.bool)
+    spec = DivergenceSpec(clip=None)
+    assert (spec.token_divergence(s, t) < 0).any()          # rounding does go below 0
+    assert divergence_diagnostics(s, t, mask, spec)["negative_token_fraction"] == 0.0

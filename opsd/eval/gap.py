@@ -36,7 +36,7 @@ from opsd.eval.stats import Proportion, proportion
 from opsd.models import load_model_and_tokenizer
 from opsd.privileged import TEACHER_CONTEXTS, privileged_texts
 from opsd.rollout import HFRollout, SamplingParams
-from opsd.teacher import teacher_context
+from opsd.teacher import teacher_context as teacher_weights  # adapters off for the fixed teacher
 
 
 @dataclass
@@ -113,7 +113,7 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
                                       teacher_chat_kwargs=teacher_chat_kwargs)
             with torch.no_grad():
                 for role, batch in (("student", ctx.student), ("teacher", ctx.teacher)):
-                    with teacher_context(model, teacher_mode) if role == "teacher" else nullcontext():
+                    with teacher_weights(model, teacher_mode) if role == "teacher" else nullcontext():
                         texts = _greedy_answers(model, tokenizer, batch.input_ids, batch.attention_mask,
                                                 max_new_tokens)
                     boxed[role] += [extract_boxed(t) for t in texts]
@@ -124,7 +124,7 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
                 width = joined.completion_length
                 student = joined.rollout_slice(model(**joined.student_inputs(), logits_to_keep=width + 1).logits,
                                                "student")
-                with teacher_context(model, teacher_mode):
+                with teacher_weights(model, teacher_mode):
                     teacher = joined.rollout_slice(
                         model(**joined.teacher_inputs(), logits_to_keep=width + 1).logits, "teacher")
                 kl = token_divergence(student.float(), teacher.float(), beta=0.0, temperature=1.0)

@@ -23,7 +23,8 @@ step 0 once, copied (marked ``copied_from``) into the other runs.
 Resume-safe: a finished run is not trained again, an interrupted one resumes from its last complete
 checkpoint (one cut by a crash is moved aside, ``<run>/incomplete/``), evaluations on disk with the same
 settings are kept. Each run directory records its campaign entry in ``campaign.json``; a changed entry is an
-error (``--fresh`` deletes and redoes those runs). Timings go to ``<root>/timings.json``.
+error (``--fresh`` deletes and redoes those runs) and the commit that trained it in ``code_version.json``
+(the campaign warns when its runs come from more than one). Timings go to ``<root>/timings.json``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import argparse
 import json
 import logging
 import shutil
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_ROOT = REPO_ROOT / "runs" / "figures"
 QUICK_ROOT = REPO_ROOT / "runs" / "figures-quick"
 CAMPAIGN_FILE = "campaign.json"
+VERSION_FILE = "code_version.json"
 TIMINGS_FILE = "timings.json"
 BENCHMARK = "synthetic"
 
@@ -66,6 +69,16 @@ STEPS, SAVE_EVERY = 12, 6
 SFT_STEPS_PER_STEP = 2
 #: Generation length of OPSD-long (cpu-tiny: 64).
 LONG_COMPLETION_LENGTH = 128
+#: The long OPSD run (collapse watch, token efficiency): steps and evaluation interval; and GRPO's longer run,
+#: given 4x the steps OPSD needs to pass 60% here (12), with its own group size (2 prompts x 4 samples).
+#: Checkpoints every 5 (GRPO: 6) steps; evaluated at LONG_EVAL_STEPS (every 25, and 5 and 10 for the start).
+LONG_STEPS, LONG_SAVE_EVERY = 150, 5
+LONG_EVAL_STEPS = (5, 10, 25, 50, 75, 100, 125, 150)
+GRPO_LONG_STEPS, GRPO_LONG_SAVE_EVERY = 48, 6
+GRPO_LONG_EVAL_STEPS = (6, 12, 24, 36, 48)
+#: The paraphrased wordings of the held-out problems (training only ever reads the standard one): the
+#: teacher-context ablation is evaluated on both.
+PARAPHRASED = "synthetic-paraphrased"
 #: Evaluation settings shared by every run (opsd.eval.evaluate.evaluate_run keyword arguments): 200 held-out
 #: problems (95% intervals of about +-7 points), greedy, 64 new tokens (a worked two-digit addition of the
 #: synthetic references is well under that), batches of 64 (faster than 32 on the packed CPU path, same
@@ -82,12 +95,12 @@ VERBOSE_DATASET = "synthetic-verbose"
 #: Wall seconds on 2 otherwise idle CPU cores with torch's default 2 threads, for the printed estimate.
 #: Measured from the starting model on the fast CPU path (fast_inference, benchmarks/step.py): an OPSD
 #: step of cpu-tiny (8 problems x <=64 tokens) ~10 s, a GRPO step of grpo-cpu-tiny ~20 s (TRL's own
-#: sampling), an SFT step of sft-cpu-tiny ~3 s, an evaluation pass of EVAL (200 problems) ~50 s. An OPSD
+#: sampling), an SFT step of sft-cpu-tiny ~3 s, an evaluation pass of EVAL (200 problems) ~35 s. An OPSD
 #: step with a longer generation length is scaled by the length (an upper bound: rollouts that end early
 #: cost less). figures/README.md has the measured campaign.
 SECONDS_PER_STEP = {"train": 10.0, "sft": 3.0, "grpo": 20.0}
 OPSD_STEP_LENGTH = 64  # the generation length SECONDS_PER_STEP["train"] was measured at
-SECONDS_PER_EVAL = 50.0
+SECONDS_PER_EVAL = 35.0  # the 2026-12-02 campaign measured 32 s per evaluation (23 in 12.2 min)
 SECONDS_PER_RUN_START = 15.0
 
 
@@ -101,6 +114,8 @@ class CampaignRun:
     profile: str
     overrides: dict = field(default_factory=dict)
     purpose: str = ""
+    benchmarks: tuple[str, ...] = (BENCHMARK,)
+    eval_steps: tuple[int, ...] | None = None   # checkpoints evaluated (None: every one), step 0 always
 
     def command(self, root: Path) -> str:
         """The equivalent command line (``python -m opsd train|sft|grpo --config ... key=value``)."""
@@ -142,9 +157,26 @@ def campaign(quick: bool = False, *, steps: int = STEPS, save_every: int = SAVE_
         sft = {**common, "max_steps": SFT_STEPS_PER_STEP * steps, "save_steps": SFT_STEPS_PER_STEP * save_every}
     terse = {"dataset": TERSE_DATASET}
     verbose = {"dataset": VERBOSE_DATASET}
+    both = (BENCHMARK, PARAPHRASED)
+    if quick:
+        long_run = {**opsd, "max_steps": 4, "save_steps": 2, "collapse_watch": "warn", "collapse_baseline_steps": 1}
+        grpo_long = {**grpo, "max_steps": 4, "save_steps": 2}
+        long_steps, grpo_long_steps = (2, 4), (2, 4)
+    else:
+        long_run = {**opsd, "max_steps": LONG_STEPS, "save_steps": LONG_SAVE_EVERY, "collapse_watch": "warn",
+                    "log_rollouts_every": LONG_SAVE_EVERY}
+        grpo_long = {**grpo, "max_steps": GRPO_LONG_STEPS, "save_steps": GRPO_LONG_SAVE_EVERY}
+        long_steps, grpo_long_steps = LONG_EVAL_STEPS, GRPO_LONG_EVAL_STEPS
+    controls = [CampaignRun(f"OPSD-context-{c}", "train", "cpu-tiny", {**opsd, "teacher_context": c},
+                            f"teacher reads {what}: teacher-context ablation", both)
+                for c, what in (("none", "no reference (the reworded prompt alone)"),
+                                ("other", "another problem's reference"),
+                                ("wrong", "its reference with the final answer changed"))]
+    clip = {"clip": 0.05, "clip_mode": "pointwise"}
     return [
-        CampaignRun("OPSD", "train", "cpu-tiny", dict(opsd), "forward KL, no clip (cpu-tiny): Fig 3, 5, Tables 2, 3, 5"),
-        CampaignRun("OPSD-clip", "train", "cpu-tiny", {**opsd, "clip": 0.05, "clip_mode": "pointwise"},
+        CampaignRun("OPSD", "train", "cpu-tiny", dict(opsd), "forward KL, no clip (cpu-tiny): Fig 3, 5, Tables 2, 3, 5, "
+                    "teacher-context ablation, layout x clip", both),
+        CampaignRun("OPSD-clip", "train", "cpu-tiny", {**opsd, **clip},
                     "the paper's point-wise clip 0.05: Fig 4"),
         CampaignRun("OPSD-reverse-KL", "train", "cpu-tiny", {**opsd, "beta": 1.0}, "reverse KL: Table 3"),
         CampaignRun("OPSD-JSD", "train", "cpu-tiny", {**opsd, "beta": 0.5}, "JSD(0.5): Table 3"),
@@ -160,6 +192,16 @@ def campaign(quick: bool = False, *, steps: int = STEPS, save_every: int = SAVE_
                     "OPSD with long-winded references (longer than the answer budget): imitation figure"),
         CampaignRun("SFT-verbose", "sft", "sft-cpu-tiny", {**sft, **verbose},
                     "SFT on the long-winded references: imitation figure"),
+        *controls,
+        CampaignRun("OPSD-layout-reference", "train", "cpu-tiny", {**opsd, "position_layout": "reference"},
+                    "the reference's position layout, no clip: layout x clip"),
+        CampaignRun("OPSD-clip-layout-reference", "train", "cpu-tiny",
+                    {**opsd, **clip, "position_layout": "reference"}, "the reference's layout and clip: layout x clip"),
+        CampaignRun("OPSD-150", "train", "cpu-tiny", long_run,
+                    "OPSD for 150 steps with the collapse watch (warn): long run, token efficiency",
+                    eval_steps=long_steps),
+        CampaignRun("GRPO-48", "grpo", "grpo-cpu-tiny", grpo_long, "GRPO for 48 steps: token efficiency",
+                    eval_steps=grpo_long_steps),
     ]
 
 
@@ -189,8 +231,9 @@ def estimate_seconds(runs: Sequence[CampaignRun], quick: bool = False) -> dict[s
     for run in runs:
         steps = int(run.overrides.get("max_steps", STEPS))
         train += SECONDS_PER_RUN_START + steps * step_seconds(run)
-        evals += steps // int(run.overrides.get("save_steps", SAVE_EVERY)) * SECONDS_PER_EVAL
-    return {"train": train, "eval": evals + SECONDS_PER_EVAL}  # + the starting model once
+        n_evals = len(run.eval_steps) if run.eval_steps else steps // int(run.overrides.get("save_steps", SAVE_EVERY))
+        evals += n_evals * SECONDS_PER_EVAL * len(run.benchmarks)
+    return {"train": train, "eval": evals + 2 * SECONDS_PER_EVAL}  # + the starting model once per benchmark
 
 
 def _finished(run_dir: Path, max_steps: int) -> bool:
@@ -227,13 +270,40 @@ def _check_campaign_entry(run: CampaignRun, run_dir: Path, fresh: bool) -> None:
     write_json_atomic(path, entry)
 
 
-def train_run(run: CampaignRun, root: Path, *, fresh: bool = False) -> str:
-    """Train one run into ``root/name`` (resuming if interrupted); returns ``trained`` or ``done``."""
+def code_version() -> str:
+    """The repository's commit (``git rev-parse HEAD``), ``+dirty`` when tracked files differ from it;
+    ``unknown`` outside a git checkout."""
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "opsd", "reproduce").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def run_versions(run_dir: Path) -> list[str]:
+    """The code versions that trained ``run_dir`` (``code_version.json``; more than one after a resume
+    under newer code)."""
+    return list((_read_json(run_dir / VERSION_FILE) or {}).get("versions", []))
+
+
+def _record_version(run_dir: Path, version: str) -> None:
+    versions = run_versions(run_dir)
+    if version not in versions:
+        write_json_atomic(run_dir / VERSION_FILE, {"versions": [*versions, version]})
+
+
+def train_run(run: CampaignRun, root: Path, *, fresh: bool = False, version: str | None = None) -> str:
+    """Train one run into ``root/name`` (resuming if interrupted); returns ``trained`` or ``done``. The
+    code version that trains it (``version``, default ``code_version()`` now) is recorded (``run_versions``)."""
     run_dir = root / run.name
     _check_campaign_entry(run, run_dir, fresh)
     config = load_run_config(run, root)
     if _finished(run_dir, config.max_steps):
         return "done"
+    _record_version(run_dir, version or code_version())
     if run.kind == "train":
         run_training(config, resume="auto")
     else:
@@ -256,8 +326,10 @@ def evaluate_campaign_run(run: CampaignRun, root: Path, eval_settings: dict, bas
     """Evaluate step 0 and every checkpoint of one run; returns the number of eval files it now has."""
     run_dir = root / run.name
     if base_source is not None and base_source != run_dir:
-        share_base_eval(base_source, run_dir)
-    results = evaluate_run(run_dir, BENCHMARK, include_base=True, progress=False, **eval_settings)
+        for benchmark in run.benchmarks:
+            share_base_eval(base_source, run_dir, benchmark)
+    results = evaluate_run(run_dir, list(run.benchmarks), include_base=True, progress=False,
+                           steps=None if run.eval_steps is None else [0, *run.eval_steps], **eval_settings)
     return len(results)
 
 
@@ -297,10 +369,11 @@ def run_campaign(root: str | Path = DEFAULT_ROOT, *, quick: bool = False, only: 
                                "threads": torch.get_num_threads(), "eval_settings": eval_settings,
                                "train": {}, "eval": {}}
     start = time.perf_counter()
+    version = code_version()  # the code this process imported, read once at the start
     for run in runs:
         t = time.perf_counter()
         print(f"[figure_runs] train {run.name}: {run.command(root)}", flush=True)
-        status = train_run(run, root, fresh=fresh)
+        status = train_run(run, root, fresh=fresh, version=version)
         timings["train"][run.name] = round(time.perf_counter() - t, 1)
         print(f"[figure_runs] train {run.name}: {status} in {_fmt_s(timings['train'][run.name])}", flush=True)
     timings["train_total_s"] = round(time.perf_counter() - start, 1)
@@ -319,6 +392,11 @@ def run_campaign(root: str | Path = DEFAULT_ROOT, *, quick: bool = False, only: 
         print(f"[figure_runs] phase 2 (evaluation) took {_fmt_s(timings['eval_total_s'])}", flush=True)
     timings["total_s"] = round(time.perf_counter() - start, 1)
     print(f"[figure_runs] total {_fmt_s(timings['total_s'])}", flush=True)
+    versions = {run.name: run_versions(root / run.name) for run in all_runs if (root / run.name).is_dir()}
+    timings["code_versions"] = sorted({v for vs in versions.values() for v in vs})
+    if len(timings["code_versions"]) > 1:
+        print(f"[figure_runs] WARNING: the runs come from {len(timings['code_versions'])} code versions "
+              f"{timings['code_versions']}; redo older ones with --fresh --only NAME", flush=True)
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / TIMINGS_FILE, {**(_read_json(root / TIMINGS_FILE) or {}), "last": timings})
     return timings
@@ -332,6 +410,8 @@ def print_plan(root: Path, quick: bool = False, *, steps: int = STEPS, save_ever
     args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items()
                     if k not in ("n_problems",)) + f" --limit {settings['n_problems']}"
     print(f"then for each run: python -m opsd eval --run {_rel(root)}/<name> --benchmarks {BENCHMARK} {args}")
+    print(f"  ({', '.join(r.name for r in runs if len(r.benchmarks) > 1)}: --benchmarks {','.join((BENCHMARK, PARAPHRASED))}; "
+          + "; ".join(f"{r.name}: --steps 0,{','.join(map(str, r.eval_steps))}" for r in runs if r.eval_steps) + ")")
     est = estimate_seconds(runs, quick)
     print(f"estimate on 2 idle CPU cores: training {_fmt_s(est['train'])}, evaluation {_fmt_s(est['eval'])}, "
           f"total {_fmt_s(sum(est.values()))}")

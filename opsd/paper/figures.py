@@ -71,6 +71,7 @@ from opsd.paper.tables import (
     CI_LO,
     TABLE3_RUNS,
     base_eval_source,
+    category_counts,
     imitation_vs_self_distillation_table,
     print_table,
     save_table,
@@ -90,7 +91,18 @@ from opsd.viz.plots import (
     use_style,  # noqa: F401  (the notebook's pf.use_style)
 )
 
-DIAGNOSTIC_KEYS = ("loss", "clipped_fraction", "negative_token_fraction", "rollout_length_mean")
+#: loss (the optimised, possibly clipped objective) beside the unclipped KL; clipped_token_fraction (positions
+#: where the clip changed a summand) is readable where the per-entry clipped_fraction (~1e-6) is not.
+DIAGNOSTIC_KEYS = ("loss", "divergence_unclipped_mean", "clipped_token_fraction", "negative_token_fraction",
+                   "rollout_length_mean", "student_entropy")
+DIAGNOSTIC_TITLES = {
+    "loss": "loss (the optimised objective, clipped if set)",
+    "divergence_unclipped_mean": "unclipped KL per token (nats)",
+    "clipped_token_fraction": "tokens where the clip bit",
+    "negative_token_fraction": "tokens with D < -1e-5 (only a clip can make D < 0)",
+    "rollout_length_mean": "rollout length (tokens)",
+    "student_entropy": "student entropy per token (nats)",
+}
 
 #: Output file stem -> what it shows (figures/README.md describes them at length).
 FIGURES: dict[str, str] = {
@@ -103,7 +115,8 @@ FIGURES: dict[str, str] = {
     "table3": "Table 3: forward KL / reverse KL / JSD(0.5) accuracy at evaluated steps, paper beside",
     "table3_objectives": "Table 3 as curves: accuracy vs step per objective (ours | paper)",
     "table5_kl_by_category": "Table 5: mean per-token divergence by token category (style / math / other)",
-    "diagnostics": "training diagnostics: loss, clipped fraction, negative-token fraction, rollout length",
+    "diagnostics": "training diagnostics: loss, unclipped KL, tokens where the clip bit, negative tokens, rollout "
+                   "length, student entropy",
     "fig_imitation_vs_self_distillation": "held-out accuracy vs training, OPSD and SFT on worked references, "
                                           "on terse references and on long-winded references, one panel each, "
                                           "95% bands, starting model",
@@ -156,16 +169,25 @@ def _accuracy_panels(what: str, records: Mapping[str, RunRecord], names: Sequenc
     rows += [(key, label) for key, label in SECONDARY_METRICS.items()
              if all(rec.curve(b, key)[0] for _, rec in lines for b in benchmarks)]
     n = len(benchmarks)
-    with _figure(_title(title, [rec for _, rec in lines]) + (f"\n{note(records)}" if note else ""), len(rows), n,
+    title = _title(title, [rec for _, rec in lines]) + (f"\n{note(records)}" if note else "")
+    if any(rec.band(b) for _, rec in lines for b in benchmarks):
+        title += "\nbands: 95% Wilson intervals"
+    with _figure(title, len(rows), n,
                  figsize=(4.6 * n if n > 1 else 6.4, 3.8 + 2.6 * (len(rows) - 1)), squeeze=False, sharex="col") as (fig, axes):
         for r, (metric, ylabel) in enumerate(rows):
             for c, (ax, b) in enumerate(zip(axes[r], benchmarks)):
-                curves = [(label, *rec.curve(b, metric), styles[i] if styles else {})
+                curves = [(label, *rec.curve(b, metric), _with_band(styles[i] if styles else {}, rec, b, metric))
                           for i, (label, rec) in enumerate(lines)]
                 plot_accuracy(ax, curves, xlabel="training step" if r == len(rows) - 1 else None, ylabel=ylabel,
                               title=bench_label(b) if r == 0 else None,
                               legend={"loc": "best"} if (r, c) == (0, 0) else None)
     return fig
+
+
+def _with_band(style: Mapping, rec: RunRecord, benchmark: str, metric: str = "avg_at_k") -> dict:
+    """``style`` plus the accuracy curve's 95% interval band (``RunRecord.band``) when it has one."""
+    band = rec.band(benchmark) if metric == "avg_at_k" else None
+    return {**style, "band": band} if band is not None else dict(style)
 
 
 def fig3_avg_vs_step(records: Mapping[str, RunRecord], benchmarks: Sequence[str]):
@@ -175,12 +197,27 @@ def fig3_avg_vs_step(records: Mapping[str, RunRecord], benchmarks: Sequence[str]
                             "Fig 3 analogue: accuracy vs training step")
 
 
+def fig4_caveat(records: Mapping[str, RunRecord], benchmarks: Sequence[str]) -> str | None:
+    """A line for the figure when the clipped run ends below the unclipped one on every benchmark: the
+    opposite of the paper's Fig 4 (on Qwen3 the clip helps)."""
+    ends = [(records["OPSD-clip"].final_accuracy(b)[1], records["OPSD"].final_accuracy(b)[1]) for b in benchmarks]
+    if ends and all(c is not None and u is not None and c < u for c, u in ends):
+        return ("caveat: here the clip ends below no clip, the opposite of the paper's Fig 4 "
+                "(Qwen3 1.7B-8B); figures/README says why")
+    return None
+
+
 def fig4_clipping(records: Mapping[str, RunRecord], benchmarks: Sequence[str]):
-    """Fig 4: accuracy vs step with the point-wise clip (OPSD-clip) and without (OPSD)."""
+    """Fig 4: accuracy vs step with the point-wise clip (OPSD-clip) and without (OPSD); a caveat line
+    when the result is the opposite of the paper's (``fig4_caveat``)."""
+    def note(r):
+        caveat = fig4_caveat(r, benchmarks)
+        return (f"{objective_label(r['OPSD'].config)}, {train_label(r['OPSD'].config, 'opsd')}"
+                + (f"\n{caveat}" if caveat else ""))
+
     return _accuracy_panels("Fig 4", records, ("OPSD-clip", "OPSD"), benchmarks,
                             lambda n, rec: f"{clip_label(rec.config)} ({n})", "Fig 4 analogue: point-wise clipping",
-                            lambda r: f"{objective_label(r['OPSD'].config)}, {train_label(r['OPSD'].config, 'opsd')}",
-                            styles=[{"color": "#1f77b4"}, {"color": "#7f7f7f", "ls": "--"}])
+                            note, styles=[{"color": "#1f77b4"}, {"color": "#7f7f7f", "ls": "--"}])
 
 
 def fig5_generation_length(records: Mapping[str, RunRecord], benchmarks: Sequence[str]):
@@ -219,7 +256,12 @@ def fig3_avg_vs_tokens(records: Mapping[str, RunRecord], benchmarks: Sequence[st
             if tokens is not None:
                 xs.append(tokens)
                 ys.append(sum(c[s] for c in by_step) / len(by_step))
-        curves.append((f"{n}: {train_label(rec.config, rec.kind)}", xs, ys, {}))
+        style = {}
+        if len(bs) == 1 and (band := rec.band(bs[0])) is not None:
+            steps = rec.curve(bs[0])[0]
+            kept = [i for i, s in enumerate(steps) if _tokens_at(rec, s) is not None]
+            style["band"] = ([band[0][i] for i in kept], [band[1][i] for i in kept])
+        curves.append((f"{n}: {train_label(rec.config, rec.kind)}", xs, ys, style))
     drawn = [records[n] for n in names]
     label = _accuracy_label(drawn)
     with _figure(_title("Fig 3 analogue: accuracy vs generated tokens", drawn), figsize=(6.4, 3.8)) as (fig, ax):
@@ -234,7 +276,8 @@ def table3_figure(records: Mapping[str, RunRecord], benchmarks: Sequence[str], p
         return None
     section = (paper if paper is not None else load_paper_results())["table3"]
     drawn = [records[n] for n in TABLE3_RUNS]
-    ours = [(f"{objective_label(rec.config)} ({n})", *rec.curve(bench), {}) for n, rec in zip(TABLE3_RUNS, drawn)]
+    ours = [(f"{objective_label(rec.config)} ({n})", *rec.curve(bench), _with_band({}, rec, bench))
+            for n, rec in zip(TABLE3_RUNS, drawn)]
     theirs = [(key, section["steps"], section[key], {"marker": "s", "ls": "--"}) for key in section if key != "steps"]
     title = (_title("Table 3 analogue: divergence objective", drawn)
              + f"\n{clip_label(records['OPSD'].config)}; left and right are not comparable in absolute value")
@@ -264,13 +307,12 @@ def imitation_vs_self_distillation(records: Mapping[str, RunRecord], benchmarks:
     drawn = [records[n] for _, pair in panels for n in pair]
     opsd, sft = (records[n] for n in panels[0][1])
     title = (_title("Imitation (SFT) vs self-distillation (OPSD)", drawn)
-             + f"\nOPSD: {train_label(opsd.config, opsd.kind)}; SFT: {train_label(sft.config, sft.kind)}"
-             + "\nbands: 95% Wilson intervals; dotted: the starting model (step 0)")
-    with _figure(title, 1, len(panels), figsize=(5.5 * len(panels), 4.4), sharey=True, squeeze=False) as (fig, axes):
+             + f"\nOPSD: {train_label(opsd.config, opsd.kind)}\nSFT: {train_label(sft.config, sft.kind)}")
+    with _figure(title, 1, len(panels), figsize=(3.6 * len(panels), 4.2), sharey=True, squeeze=False) as (fig, axes):
         shown = []
         for ax, (references, pair) in zip(axes[0], panels):
             if start is not None:
-                ax.axhline(100 * start.value, color="black", ls=":", lw=1.0, label=f"starting model: {start}")
+                ax.axhline(100 * start.value, color="black", ls=":", lw=1.0, label=f"starting model {start}")
                 ax.axhspan(100 * start.lo, 100 * start.hi, color="0.5", alpha=0.12, lw=0)
                 shown.append(100 * start.hi)
             curves = []
@@ -280,12 +322,15 @@ def imitation_vs_self_distillation(records: Mapping[str, RunRecord], benchmarks:
                 xs = part["problems seen" if by_seen else "step"].astype(float).tolist()
                 ys, lo, hi = (part[c].astype(float).tolist() for c in ("accuracy", "accuracy" + CI_LO, "accuracy" + CI_HI))
                 method = "OPSD" if rec.kind == "opsd" else rec.kind.upper()
-                curves.append((f"{method} ({name})", xs, ys, {"color": colors.get(rec.kind, f"C{i + 2}"), "band": (lo, hi)}))
-            shown += plot_accuracy(ax, curves, title=references_label(records[pair[0]].config), from_zero=False,
-                                   xlabel="training problems seen (steps x problems per step)" if by_seen else "training step",
-                                   legend={"loc": "upper center", "bbox_to_anchor": (0.5, -0.3), "ncols": 1})
+                curves.append((method, xs, ys, {"color": colors.get(rec.kind, f"C{i + 2}"), "band": (lo, hi)}))
+            shown += plot_accuracy(ax, curves, title="\n(".join(references_label(records[pair[0]].config).rsplit(" (", 1)),
+                                   from_zero=False, xlabel="problems seen" if by_seen else "training step", legend=None)
         accuracy_limits(axes[0][0], shown)
         axes[0][0].set_ylabel(_accuracy_label(drawn))
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncols=len(labels), bbox_to_anchor=(0.5, -0.08))
+        fig.text(0.5, -0.13, "bands: 95% Wilson intervals; problems seen = steps x problems per step", ha="center",
+                 fontsize="small")
     return fig
 
 
@@ -325,7 +370,7 @@ def table5_figure(records: Mapping[str, RunRecord], paper: Mapping | None = None
     rec = records[run]
     measured = df.iloc[1].to_dict()
     with styled():
-        fig = plot_kl_by_category(measured, table5_by_model(paper), measured_label=f"ours ({model_label(rec.config)}, CPU)",
+        fig = plot_kl_by_category(measured, table5_by_model(paper), measured_label=f"ours ({model_label(rec.config)}, CPU;\n{category_counts(rec)})",
                                   title=_title("Table 5 analogue: divergence by token category", [rec], with_eval=False)
                                   + f"\n{objective_label(rec.config)}, mean over training; paper: v3 Table 5")
         fig.set_size_inches(7.2, 4.0)
@@ -351,7 +396,7 @@ def diagnostics(records: Mapping[str, RunRecord], keys: Sequence[str] = DIAGNOST
     rows = math.ceil(len(keys) / 2)
     with _figure(title, rows, 2, figsize=(10.0, 3.2 * rows), squeeze=False) as (fig, axes):
         for ax, key in zip(axes.ravel(), keys):
-            plot_runs(labels, key, ax=ax, title=key)
+            plot_runs(labels, key, ax=ax, title=DIAGNOSTIC_TITLES.get(key, key))
             if ax.get_legend():
                 ax.get_legend().remove()
             # runs often coincide (clipped fraction 0, same rollout length): vary style so none hides another

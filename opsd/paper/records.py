@@ -39,7 +39,9 @@ from opsd.runs.layout import is_run_dir, read_metrics, read_run_config
 from opsd.viz.series import CATEGORIES, eval_curves, metric_series
 
 RUN_NAMES = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "SFT", "GRPO", "OPSD-terse",
-             "SFT-terse", "OPSD-verbose", "SFT-verbose", "base")
+             "SFT-terse", "OPSD-verbose", "SFT-verbose", "OPSD-context-none", "OPSD-context-other",
+             "OPSD-context-wrong", "OPSD-layout-reference", "OPSD-clip-layout-reference", "OPSD-150", "GRPO-48",
+             "base")
 OPSD_FAMILY = ("OPSD", "OPSD-clip", "OPSD-reverse-KL", "OPSD-JSD", "OPSD-long", "OPSD-terse", "OPSD-verbose")
 DEFAULT_RUNS_ROOT = REPO_ROOT / "runs" / "figures"
 #: Which checkpoint of a run a table reports. ``best``: the paper's rule, the highest accuracy over the
@@ -152,6 +154,15 @@ class RunRecord:
     def curve(self, benchmark: str, metric: str = "avg_at_k") -> tuple[list[int], list[float]]:
         """(steps, accuracy in %) of one benchmark, ascending step; ``metric`` is a key of the summary."""
         return eval_curves(self.evals, metric).get(benchmark, ([], []))
+
+    def band(self, benchmark: str) -> tuple[list[float], list[float]] | None:
+        """The 95% interval (lo, hi in %) at each step of ``curve(benchmark)`` (``eval_proportion``), or
+        None when an evaluation lacks the counts."""
+        steps, _ = self.curve(benchmark)
+        found = [self.proportion_at(benchmark, s) for s in steps]
+        if not found or any(p is None for p in found):
+            return None
+        return [100 * p.lo for p in found], [100 * p.hi for p in found]
 
     def proportion_at(self, benchmark: str, step: int | None):
         """The accuracy at ``step`` as an ``opsd.eval.stats.Proportion`` (k correct of n, 95% Wilson interval),

@@ -407,6 +407,16 @@ def _category_means(rec: RunRecord, steps: Sequence[int] | None = None) -> dict[
     return out
 
 
+def category_counts(rec: RunRecord, steps: Sequence[int] | None = None) -> str:
+    """``tokens: style 12, math 3,104, other 1,480``: the rollout tokens behind each category's mean
+    (``count_<category>`` summed over the steps); empty when the run logged no counts."""
+    counts = {c: sum(float(r.get(f"count_{c}") or 0) for r in rec.metrics if steps is None or r.get("step") in steps)
+              for c in CATEGORIES}
+    if not any(counts.values()):
+        return "token counts not logged"
+    return "tokens: " + ", ".join(f"{c} {int(n):,}" for c, n in counts.items())
+
+
 def table5(records: Mapping[str, RunRecord], paper: Mapping | None = None, run: str = "OPSD"):
     """Table 5: mean per-token divergence by token category (style / math / other).
 
@@ -426,8 +436,10 @@ def table5(records: Mapping[str, RunRecord], paper: Mapping | None = None, run: 
         return None
     model, objective = model_label(rec.config), objective_label(rec.config)
     rows = {
-        f"ours: {model}, {objective}, step {steps[0]} (base model)": _category_means(rec, [steps[0]]),
-        f"ours: {model}, {objective}, mean over steps {steps[0]}-{steps[-1]}": _category_means(rec),
+        f"ours: {model}, {objective}, step {steps[0]} (base model; {category_counts(rec, [steps[0]])})":
+            _category_means(rec, [steps[0]]),
+        f"ours: {model}, {objective}, mean over steps {steps[0]}-{steps[-1]} ({category_counts(rec)})":
+            _category_means(rec),
         **{f"paper: {m}": values for m, values in table5_by_model(paper).items()},
     }
     return _frame(rows, "source", (

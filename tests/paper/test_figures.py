@@ -123,7 +123,8 @@ def test_fig3_grpo_zero_std_plots_the_logged_fraction(full_runs):
 def test_diagnostics_overlays_opsd_runs(full_runs):
     records = pf.load_runs(str(full_runs))
     fig = pf.diagnostics(records)
-    assert _titles(fig) == list(pf.DIAGNOSTIC_KEYS)
+    assert _titles(fig) == [pf.DIAGNOSTIC_TITLES[k] for k in pf.DIAGNOSTIC_KEYS
+                            if any(records[n].metric(k)[0] for n in records)]
     assert len(fig.axes[0].get_lines()) >= 5  # one line per OPSD-family run (+ zero line)
     assert pf.diagnostics({"SFT": records["SFT"]}) is None
 
@@ -132,9 +133,9 @@ def test_imitation_figure_panels_bands_and_starting_model(full_runs):
     records = pf.load_runs(str(full_runs))
     fig = pf.imitation_vs_self_distillation(records, [BENCH])
     left, middle, right = fig.axes
-    assert _titles(fig) == ["worked references (synthetic)", "terse references (no derivation) (synthetic-terse)",
-                            "long-winded references (synthetic-verbose)"]
-    assert all(ax.get_xlabel().startswith("training problems seen") for ax in fig.axes)
+    assert _titles(fig) == ["worked references\n(synthetic)", "terse references (no derivation)\n(synthetic-terse)",
+                            "long-winded references\n(synthetic-verbose)"]
+    assert all(ax.get_xlabel() == "problems seen" for ax in fig.axes)
     # per panel: the starting model's line, then OPSD and SFT
     start, opsd, _ = left.get_lines()
     assert list(start.get_ydata()) == [25.0, 25.0]
@@ -148,19 +149,20 @@ def test_imitation_figure_panels_bands_and_starting_model(full_runs):
     for ax in fig.axes:
         assert sum(type(c).__name__ in ("PolyCollection", "FillBetweenPolyCollection") for c in ax.collections) == 2
         assert len(ax.patches) == 1
-    legend = _legend_texts(fig)
-    assert legend.count("starting model: 16/64 = 25.0% [16.0, 36.8]") == 3
-    assert legend.count("OPSD (OPSD-terse)") == 1 and legend.count("SFT (SFT)") == 1
-    assert legend.count("OPSD (OPSD-verbose)") == 1 and legend.count("SFT (SFT-verbose)") == 1
+    # one legend for the three panels, without the run names (the panel titles say which references)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["starting model 16/64 = 25.0% [16.0, 36.8]",
+                                                                  "OPSD", "SFT"]
+    assert all(ax.get_legend() is None for ax in fig.axes)
     title = fig._suptitle.get_text()
-    assert "95% Wilson" in title and "OPSD: 8 problems x <=48 tokens/step" in title and "SFT: 8 solutions/step" in title
+    assert "OPSD: 8 problems x <=48 tokens/step" in title and "SFT: 8 solutions/step" in title
+    assert any("95% Wilson" in t.get_text() for t in fig.texts)
 
 
 def test_imitation_figure_without_the_verbose_runs_draws_the_other_panels(full_runs, capsys):
     records = pf.load_runs(str(full_runs))
     partial = {n: r for n, r in records.items() if n not in ("OPSD-verbose", "SFT-verbose")}
     fig = pf.imitation_vs_self_distillation(partial, [BENCH])
-    assert _titles(fig) == ["worked references (synthetic)", "terse references (no derivation) (synthetic-terse)"]
+    assert _titles(fig) == ["worked references\n(synthetic)", "terse references (no derivation)\n(synthetic-terse)"]
     assert "verbose references left out (missing runs ['OPSD-verbose', 'SFT-verbose'])" in capsys.readouterr().out
     # one of the pair without evaluations: the panel is left out too, never drawn half
     for evaluation in records["SFT-verbose"].evals:
@@ -210,22 +212,30 @@ def test_campaign_has_every_run_the_figures_need():
     assert runs["OPSD-long"].overrides["max_completion_length"] > 64
     assert runs["OPSD-terse"].overrides["dataset"] == runs["SFT-terse"].overrides["dataset"] == "synthetic-terse"
     assert runs["OPSD-verbose"].overrides["dataset"] == runs["SFT-verbose"].overrides["dataset"] == "synthetic-verbose"
-    assert all(r.overrides["max_steps"] == figure_runs.STEPS for r in runs.values() if r.kind != "sft")
+    assert all(r.overrides["max_steps"] == figure_runs.STEPS for r in runs.values()
+               if r.kind != "sft" and r.name not in ("OPSD-150", "GRPO-48"))
+    assert runs["OPSD-150"].overrides["max_steps"] >= 150 and runs["GRPO-48"].overrides["max_steps"] == 48
     assert runs["SFT"].overrides["max_steps"] == figure_runs.SFT_STEPS_PER_STEP * figure_runs.STEPS
     # the same held-out set for every run: 200 problems of `synthetic`, greedy, 64 new tokens (batches of 64)
     assert figure_runs.BENCHMARK == "synthetic"
     assert figure_runs.EVAL == {"n_problems": 200, "k": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64,
                                 "batch_size": 64}
-    assert sum(figure_runs.estimate_seconds(figure_runs.campaign()).values()) <= 60 * 60
+    assert sum(figure_runs.estimate_seconds(figure_runs.campaign()).values()) <= 120 * 60
 
 
 @pytest.mark.parametrize("quick", [False, True])
 def test_campaign_configs_load(quick, tmp_path):
     configs = {}
+    runs_by_name = {r.name: r for r in figure_runs.campaign(quick)}
     for run in figure_runs.campaign(quick):
         config = configs[run.name] = figure_runs.load_run_config(run, tmp_path)
         assert config.output_dir == str(tmp_path / run.name)
         steps = 2 if quick else figure_runs.STEPS * (figure_runs.SFT_STEPS_PER_STEP if run.kind == "sft" else 1)
+        long = {"OPSD-150": figure_runs.LONG_STEPS, "GRPO-48": figure_runs.GRPO_LONG_STEPS}
+        if run.name in long:
+            steps = 4 if quick else long[run.name]
+            assert set(run.eval_steps) <= set(range(config.save_steps, steps + 1, config.save_steps)), run.eval_steps
+            assert run.eval_steps[-1] == steps
         assert config.max_steps == steps
         assert config.max_steps % config.save_steps == 0  # the last step is a checkpoint, so it is evaluated
         assert run.command(tmp_path).startswith(f"python -m opsd {run.kind} --config {run.profile} ")
@@ -235,6 +245,16 @@ def test_campaign_configs_load(quick, tmp_path):
     assert configs["OPSD-terse"].dataset == configs["SFT-terse"].dataset == "synthetic-terse"
     assert configs["OPSD-verbose"].dataset == configs["SFT-verbose"].dataset == "synthetic-verbose"
     assert configs["OPSD"].dataset == configs["SFT"].dataset == "synthetic"
+    # the controls and the layout x clip runs differ from OPSD in their one setting only
+    for name, setting in (("OPSD-context-none", {"teacher_context"}), ("OPSD-context-other", {"teacher_context"}),
+                          ("OPSD-context-wrong", {"teacher_context"}), ("OPSD-layout-reference", {"position_layout"}),
+                          ("OPSD-clip-layout-reference", {"position_layout", "clip"})):
+        differ = {f.name for f in dataclasses.fields(configs[name])
+                  if getattr(configs[name], f.name) != getattr(configs["OPSD"], f.name)}
+        assert differ == {"output_dir", *setting}, (name, differ)
+        assert runs_by_name[name].benchmarks == (("synthetic", "synthetic-paraphrased") if "context" in name
+                                                 else ("synthetic",))
+    assert configs["OPSD-150"].collapse_watch == "warn"
     runs = {r.name: r for r in figure_runs.campaign(quick)}
     for a, b in (("OPSD-terse", "OPSD"), ("SFT-terse", "SFT"), ("OPSD-verbose", "OPSD"), ("SFT-verbose", "SFT")):
         assert (runs[a].kind, runs[a].profile) == (runs[b].kind, runs[b].profile)
@@ -262,11 +282,16 @@ def test_estimate_counts_every_step_and_evaluation():
     est = figure_runs.estimate_seconds(runs)
     s = figure_runs.SECONDS_PER_STEP
     long = s["train"] * figure_runs.LONG_COMPLETION_LENGTH / 64
-    # 11 runs: 6 OPSD runs at the base length (OPSD, -clip, -reverse-KL, -JSD, -terse, -verbose), OPSD-long,
-    # GRPO, and 3 SFT runs (SFT, -terse, -verbose) of twice as many steps
-    train = 11 * figure_runs.SECONDS_PER_RUN_START + 4 * (6 * s["train"] + long + s["grpo"]) + 3 * 8 * s["sft"]
+    # 18 runs: 11 OPSD runs at the base length (OPSD, -clip, -reverse-KL, -JSD, -terse, -verbose, 3 controls,
+    # 2 layout runs), OPSD-long, GRPO, 3 SFT runs (SFT, -terse, -verbose) of twice as many steps, and the two
+    # long runs (their own steps and evaluated checkpoints)
+    train = (18 * figure_runs.SECONDS_PER_RUN_START + 4 * (11 * s["train"] + long + s["grpo"]) + 3 * 8 * s["sft"]
+             + figure_runs.LONG_STEPS * s["train"] + figure_runs.GRPO_LONG_STEPS * s["grpo"])
     assert est["train"] == pytest.approx(train)
-    assert est["eval"] == pytest.approx((11 * 2 + 1) * figure_runs.SECONDS_PER_EVAL)  # 2 checkpoints each + step 0
+    # 2 checkpoints each, on two benchmarks for OPSD and the 3 controls; the long runs' evaluated steps;
+    # step 0 once per benchmark
+    n_evals = 16 * 2 + 4 * 2 + len(figure_runs.LONG_EVAL_STEPS) + len(figure_runs.GRPO_LONG_EVAL_STEPS) + 2
+    assert est["eval"] == pytest.approx(n_evals * figure_runs.SECONDS_PER_EVAL)
     with pytest.raises(ValueError, match="multiple"):
         figure_runs.campaign(steps=5, save_every=2)
 
@@ -296,11 +321,11 @@ def test_plan_prints_commands(capsys, tmp_path):
     assert figure_runs.main(["--plan", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "python -m opsd train --config cpu-tiny" in out and "clip=0.05" in out and "estimate" in out
-    assert "dataset=synthetic-terse" in out and out.count("model_name=smollm2-135m-opsd-start") == 11
+    assert "dataset=synthetic-terse" in out and out.count("model_name=smollm2-135m-opsd-start") == 18
     assert out.count("dataset=synthetic-verbose") == 2
     assert "--limit 200" in out and "--max-new-tokens 64" in out
     total = float(out.split("total ")[-1].split(" min")[0])
-    assert 0 < total <= 60
+    assert 0 < total <= 120
 
 
 # ------------------------------------------------------------------------------------------ notebook

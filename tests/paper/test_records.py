@@ -59,7 +59,8 @@ def test_resolve_runs_accepts_mapping_json_string_and_directory(full_runs):
 
 def test_default_runs_are_the_campaign_directory(monkeypatch, full_runs, tmp_path, capsys):
     monkeypatch.setattr(pdata, "DEFAULT_RUNS_ROOT", full_runs)
-    assert set(pdata.resolve_runs(None)) == set(pdata.RUN_NAMES) - {"base"}
+    found = set(pdata.resolve_runs(None))
+    assert found == {p.name for p in full_runs.iterdir() if p.is_dir()} and found <= set(pdata.RUN_NAMES)
     monkeypatch.setattr(pdata, "DEFAULT_RUNS_ROOT", tmp_path / "none")
     assert pdata.resolve_runs(None) == {}
     assert "make figures" in capsys.readouterr().out
