@@ -167,8 +167,9 @@ def campaign(quick: bool = False, *, steps: int = STEPS, save_every: int = SAVE_
                     "log_rollouts_every": LONG_SAVE_EVERY}
         grpo_long = {**grpo, "max_steps": GRPO_LONG_STEPS, "save_steps": GRPO_LONG_SAVE_EVERY}
         long_steps, grpo_long_steps = LONG_EVAL_STEPS, GRPO_LONG_EVAL_STEPS
+    last = (int(opsd["max_steps"]),)   # the ablations compare the start with the last step
     controls = [CampaignRun(f"OPSD-context-{c}", "train", "cpu-tiny", {**opsd, "teacher_context": c},
-                            f"teacher reads {what}: teacher-context ablation", both)
+                            f"teacher reads {what}: teacher-context ablation", both, eval_steps=last)
                 for c, what in (("none", "no reference (the reworded prompt alone)"),
                                 ("other", "another problem's reference"),
                                 ("wrong", "its reference with the final answer changed"))]
@@ -194,9 +195,10 @@ def campaign(quick: bool = False, *, steps: int = STEPS, save_every: int = SAVE_
                     "SFT on the long-winded references: imitation figure"),
         *controls,
         CampaignRun("OPSD-layout-reference", "train", "cpu-tiny", {**opsd, "position_layout": "reference"},
-                    "the reference's position layout, no clip: layout x clip"),
+                    "the reference's position layout, no clip: layout x clip", eval_steps=last),
         CampaignRun("OPSD-clip-layout-reference", "train", "cpu-tiny",
-                    {**opsd, **clip, "position_layout": "reference"}, "the reference's layout and clip: layout x clip"),
+                    {**opsd, **clip, "position_layout": "reference"}, "the reference's layout and clip: layout x clip",
+                    eval_steps=last),
         CampaignRun("OPSD-150", "train", "cpu-tiny", long_run,
                     "OPSD for 150 steps with the collapse watch (warn): long run, token efficiency",
                     eval_steps=long_steps),

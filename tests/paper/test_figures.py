@@ -288,9 +288,10 @@ def test_estimate_counts_every_step_and_evaluation():
     train = (18 * figure_runs.SECONDS_PER_RUN_START + 4 * (11 * s["train"] + long + s["grpo"]) + 3 * 8 * s["sft"]
              + figure_runs.LONG_STEPS * s["train"] + figure_runs.GRPO_LONG_STEPS * s["grpo"])
     assert est["train"] == pytest.approx(train)
-    # 2 checkpoints each, on two benchmarks for OPSD and the 3 controls; the long runs' evaluated steps;
-    # step 0 once per benchmark
-    n_evals = 16 * 2 + 4 * 2 + len(figure_runs.LONG_EVAL_STEPS) + len(figure_runs.GRPO_LONG_EVAL_STEPS) + 2
+    # 2 checkpoints each (OPSD on two benchmarks), the last checkpoint of the 3 controls (two benchmarks) and
+    # the 2 layout runs; the long runs' evaluated steps; step 0 once per benchmark
+    # (the 3 controls and the 2 layout runs: their last checkpoint only)
+    n_evals = 11 * 2 + 2 + 3 * 2 + 2 + len(figure_runs.LONG_EVAL_STEPS) + len(figure_runs.GRPO_LONG_EVAL_STEPS) + 2
     assert est["eval"] == pytest.approx(n_evals * figure_runs.SECONDS_PER_EVAL)
     with pytest.raises(ValueError, match="multiple"):
         figure_runs.campaign(steps=5, save_every=2)
