@@ -42,6 +42,7 @@ from typing import Any
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 
+from opsd.paper.questions import build_questions
 from opsd.paper.records import (
     DEFAULT_SELECTION,
     OPSD_FAMILY,
@@ -465,6 +466,8 @@ def build_all(runs: Mapping[str, Any] | str | Path | None = None, figures_dir: s
     print_table(ti)
     fig("fig_imitation_vs_self_distillation", imitation_vs_self_distillation(records, benchmarks) if ti is not None else None)
     written["fig_imitation_vs_self_distillation"] += save_table(ti, "fig_imitation_vs_self_distillation", figures_dir)
+    written.update(build_questions(records, lambda f, name: save_figure(f, name, figures_dir),
+                                   lambda df, name: save_table(df, name, figures_dir)))
     return written
 
 
