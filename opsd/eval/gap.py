@@ -75,7 +75,7 @@ class GapReport:
     def summary(self) -> str:
         return (f"privilege gap of {self.model or 'the model'} on {self.n} held-out problems:\n"
                 f"  student (problem only)          {self.student}\n"
-                f"  self-teacher ({self.teacher_context + ' shown':<15}) {self.teacher}\n"
+                f"  {f'self-teacher ({self.teacher_context} shown)':<31} {self.teacher}\n"
                 f"  mean per-token KL(T||S) on the student's own samples: {self.mean_token_kl:.3f} "
                 f"({self.rollout_tokens} tokens)")
 

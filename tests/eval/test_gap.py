@@ -9,7 +9,7 @@ import torch
 
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.data import synthetic_math
-from opsd.eval.gap import GapReport, privilege_gap
+from opsd.eval.gap import GapReport, controls_table, main, privilege_gap
 from opsd.eval.stats import proportion
 from opsd.rollout import HFRollout, SamplingParams
 
@@ -75,3 +75,21 @@ def test_outcome_counts_is_the_per_problem_two_by_two_table():
                        teacher_correct=[True, False, True, True, False])
     assert report.outcome_counts() == {"both right": 1, "teacher only": 2, "student only": 1, "both wrong": 1}
     assert report.as_dict()["teacher_correct"] == [True, False, True, True, False]
+
+
+def test_controls_table_one_line_per_teacher_context():
+    def report(context, k, kl):
+        return GapReport(n=8, student=proportion(3, 8), teacher=proportion(k, 8), mean_token_kl=kl, rollout_tokens=40,
+                         model="m", teacher_context=context)
+    text = controls_table({"reference": report("reference", 7, 0.25), "none": report("none", 3, 0.02)})
+    lines = text.splitlines()
+    assert lines[0].startswith("privilege gap of m on 8 held-out problems; student (problem only) 3/8")
+    assert lines[2].split()[:2] == ["reference", "7/8"] and lines[2].split()[-2:] == ["+50.0", "0.250"]
+    assert lines[3].split()[:2] == ["none", "3/8"] and lines[3].split()[-2:] == ["+0.0", "0.020"]
+    assert "self-teacher (none shown)" in report("none", 3, 0.02).summary()
+
+
+def test_gap_cli_rejects_an_unknown_control_before_loading_a_model(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", "cpu-tiny", "--controls", "reference,nothing"])
+    assert exc.value.code == 2 and "unknown teacher context 'nothing'" in capsys.readouterr().err
