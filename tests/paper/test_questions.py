@@ -80,3 +80,9 @@ def test_token_efficiency_counts_tokens_to_the_target(runs):
     fig = pq.token_efficiency_figure(runs, target=0.6)
     opsd = fig.axes[0].get_lines()[0]
     assert list(opsd.get_xdata()) == [0.0, 480.0, 960.0, 1920.0]
+
+
+def test_token_efficiency_takes_the_12_step_opsd_run_without_the_long_one(runs):
+    partial = {k: v for k, v in runs.items() if k != "OPSD-150"}
+    df = pq.token_efficiency_table(partial, target=0.6)
+    assert list(df.index) == ["OPSD", "GRPO-48"] and df.loc["OPSD", "tokens by then"] == "960"
