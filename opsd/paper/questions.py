@@ -14,6 +14,7 @@ Every accuracy is Avg@1 on the campaign's held-out problems with its 95% Wilson 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from opsd.collapse import COLLAPSE_SIGNALS, WATCH_FILE
 from opsd.paper.records import RunRecord, _skip, model_label, need_runs, train_label
 from opsd.paper.tables import _frame
 from opsd.runs.atomic_io import read_jsonl
+from opsd.runs.eval_results import eval_path
 from opsd.viz.plots import integer_steps, plot_accuracy, styled
 
 TRAINING_WORDING, PARAPHRASED = "synthetic", "synthetic-paraphrased"
@@ -44,6 +46,20 @@ SIGNAL_TITLES = {"rollout_length_mean": "rollout length (tokens)", "boxed_rate":
 
 def _cell(p) -> str:
     return "--" if p is None else f"{100 * p.value:.1f} [{100 * p.lo:.1f}, {100 * p.hi:.1f}]"
+
+
+def gained_lost(rec: RunRecord, benchmark: str, step: int) -> tuple[int, int] | None:
+    """(problems right at ``step`` but wrong at step 0, right at 0 but wrong at ``step``), from the two eval
+    files' per-problem records; None when either is missing."""
+    graded = []
+    for s in (0, step):
+        path = eval_path(rec.path, benchmark, s)
+        if not path.is_file():
+            return None
+        graded.append({r["problem_id"]: bool(r["correct"]) for r in json.loads(path.read_text())["records"]})
+    start, end = graded
+    return (sum(end.get(k, False) and not v for k, v in start.items()),
+            sum(v and not end.get(k, False) for k, v in start.items()))
 
 
 def _last_step(rec: RunRecord, benchmark: str) -> int | None:
@@ -71,12 +87,15 @@ def teacher_context_table(records: Mapping[str, RunRecord]):
             row[f"{label}: step {last}" if last else f"{label}: last"] = _cell(end)
             row[f"{label}: change (points)"] = (f"{100 * (end.value - start.value):+.1f}"
                                                 if start is not None and end is not None else "--")
+            moved = gained_lost(rec, bench, last) if last else None
+            row[f"{label}: problems gained / lost"] = f"{moved[0]} / {moved[1]}" if moved else "--"
         rows[f"{context} ({rec.name})"] = row
     ref = present["reference"]
     return _frame(rows, "teacher_context", (
         f"OPSD from {model_label(ref.config)} with the teacher reading each context ({train_label(ref.config, 'opsd')}; "
         "same seed, problems and settings otherwise). Held-out Avg@1 in % with 95% Wilson intervals "
-        f"[lo, hi]: {TRAINING_WORDING} (the wording training uses) and {PARAPHRASED} (wordings training never reads)."))
+        f"[lo, hi]: {TRAINING_WORDING} (the wording training uses) and {PARAPHRASED} (wordings training never reads); "
+        "gained / lost: problems right after training and wrong at the start, and the reverse."))
 
 
 def teacher_context_figure(records: Mapping[str, RunRecord]):

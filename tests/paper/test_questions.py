@@ -41,6 +41,8 @@ def test_teacher_context_table_holds_each_runs_start_and_end(runs):
     assert ref["training wording: start"].startswith("25.0 [") and ref["training wording: step 4"].startswith("75.0 [")
     assert ref["training wording: change (points)"] == "+50.0" and ref["paraphrased: change (points)"] == "+25.0"
     assert df.loc["wrong (OPSD-context-wrong)", "training wording: change (points)"] == "-12.5"
+    # the fake eval files hold one record (problem 0, correct) at every step: nothing gained or lost
+    assert ref["training wording: problems gained / lost"] == "0 / 0"
     assert "Wilson" in df.attrs["note"]
     assert pq.teacher_context_table({"OPSD": runs["OPSD"]}) is None   # no control: skipped
 
