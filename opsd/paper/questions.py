@@ -33,6 +33,8 @@ CONTEXT_RUNS = {"reference": "OPSD", "none": "OPSD-context-none", "other": "OPSD
                 "wrong": "OPSD-context-wrong"}
 CONTEXT_LABELS = {"reference": "its reference", "none": "no reference", "other": "another problem's reference",
                   "wrong": "its reference, answer changed"}
+_TICKS = {"reference": "its\nreference", "none": "no\nreference", "other": "another\nproblem's\nreference",
+          "wrong": "its reference,\nanswer\nchanged"}
 #: (position layout, clip) -> run
 LAYOUT_CLIP_RUNS = {("kit", "no clip"): "OPSD", ("kit", "clip 0.05"): "OPSD-clip",
                     ("reference", "no clip"): "OPSD-layout-reference",
@@ -122,8 +124,7 @@ def teacher_context_figure(records: Mapping[str, RunRecord]):
                             fmt="o", color=f"C{x}", capsize=4, ms=7)
                 ax.annotate(f"{100 * p.value:.1f}", (x, 100 * p.value), textcoords="offset points", xytext=(8, -3),
                             fontsize="small")
-            ax.set_xticks(range(len(present)), [CONTEXT_LABELS[c].replace(", ", ",\n").replace("another ", "another\n")
-                                                for c in present])
+            ax.set_xticks(range(len(present)), [_TICKS[c] for c in present], fontsize="small")
             ax.set(title=title, xlim=(-0.5, len(present) - 0.5))
             ax.legend(loc="lower left", fontsize="small")
         axes[0].set_ylabel("held-out Avg@1 after training (%)")
