@@ -18,6 +18,7 @@ way) and absolute for the two rates. Setting `collapse_watch`: off (default) | w
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,7 +118,7 @@ class CollapseWatch:
         warnings = []
         for signal in self.bounds:
             value = metrics.get(signal)
-            if value is None or value != value:   # absent or NaN
+            if value is None or math.isnan(value):
                 continue
             judged = len(self.history.get(signal, [])) >= self.baseline_steps
             self.history.setdefault(signal, []).append(float(value))

@@ -199,9 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def controls_table(reports: dict[str, GapReport]) -> str:
     """One line per teacher context: teacher accuracy with its interval, the gap to the student, the KL."""
     first = next(iter(reports.values()))
-    lines = [f"privilege gap of {first.model or 'the model'} on {first.n} held-out problems; "
-             f"student (problem only) {first.student}",
+    lines = [(f"privilege gap of {first.model or 'the model'} on {first.n} held-out problems; "
+              f"student (problem only) {first.student}"),
              f"  {'teacher reads':<14} {'teacher accuracy':<28} {'gap':>7}  {'KL(T||S)/token':>14}"]
     for context, r in reports.items():
-        lines.append(f"  {context:<14} {str(r.teacher):<28} {100 * r.accuracy_gap:+6.1f}  {r.mean_token_kl:14.3f}")
+        lines.append(f"  {context:<14} {r.teacher!s:<28} {100 * r.accuracy_gap:+6.1f}  {r.mean_token_kl:14.3f}")
     return "\n".join(lines)

@@ -412,7 +412,7 @@ def print_plan(root: Path, quick: bool = False, *, steps: int = STEPS, save_ever
     args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items()
                     if k not in ("n_problems",)) + f" --limit {settings['n_problems']}"
     print(f"then for each run: python -m opsd eval --run {_rel(root)}/<name> --benchmarks {BENCHMARK} {args}")
-    print(f"  ({', '.join(r.name for r in runs if len(r.benchmarks) > 1)}: --benchmarks {','.join((BENCHMARK, PARAPHRASED))}; "
+    print(f"  ({', '.join(r.name for r in runs if len(r.benchmarks) > 1)}: --benchmarks {BENCHMARK},{PARAPHRASED}; "
           + "; ".join(f"{r.name}: --steps 0,{','.join(map(str, r.eval_steps))}" for r in runs if r.eval_steps) + ")")
     est = estimate_seconds(runs, quick)
     print(f"estimate on 2 idle CPU cores: training {_fmt_s(est['train'])}, evaluation {_fmt_s(est['eval'])}, "

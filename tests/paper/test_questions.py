@@ -8,7 +8,7 @@ import pytest
 
 from opsd.paper import questions as pq
 from opsd.paper.records import load_runs
-from tests.fake_runs import OPSD_CONFIG, GRPO_CONFIG, grpo_metrics, opsd_metrics, write_run
+from tests.fake_runs import GRPO_CONFIG, OPSD_CONFIG, grpo_metrics, opsd_metrics, write_run
 
 matplotlib.use("Agg")
 PARA = "synthetic-paraphrased"
