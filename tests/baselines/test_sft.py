@@ -162,3 +162,12 @@ def test_cpu_sft_keeps_the_kit_choices():
     config = load_baseline_config("sft", "sft-cpu-tiny")
     assert (config.loss_tokens, config.on_overflow, config.heldout_fraction, config.lora_dropout) == \
         ("solution", "error", 0.0, 0.0)
+
+
+def test_sft_teacher_context_is_the_imitated_text_and_none_has_no_counterpart():
+    from opsd.validation import InputError
+
+    config = load_baseline_config("sft", "sft-cpu-tiny", {"teacher_context": "wrong", "output_dir": "/tmp/s"})
+    assert config.teacher_context == "wrong"
+    with pytest.raises(InputError, match=r"teacher_context='none': must be one of \['reference', 'other', 'wrong'\]"):
+        load_baseline_config("sft", "sft-cpu-tiny", {"teacher_context": "none", "output_dir": "/tmp/s"})
