@@ -225,7 +225,9 @@ def long_run_figure(records: Mapping[str, RunRecord], run: str = LONG_RUN):
                 ax.axvline(w["step"], color="#d62728", lw=0.8, ls="--")
         integer_steps(axes[-1])
         axes[-1].set_xlabel("training step")
-        note = (f"collapse watch: {len(warnings)} warnings (red lines), first at step {warnings[0]['step']}"
+        note = (f"collapse watch: {len(warnings)} warning{'s' * (len(warnings) != 1)} (red lines: "
+                f"{', '.join(sorted({w['warning'].split(' = ')[0].split(': ')[-1] for w in warnings}))}), "
+                f"first at step {warnings[0]['step']}"
                 if warnings else "collapse watch: no warning")
         fig.suptitle(f"OPSD for {rec.config.get('max_steps')} steps -- {model_label(rec.config)}\n"
                      f"{train_label(rec.config, 'opsd')}\n{note}")
