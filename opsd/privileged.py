@@ -19,6 +19,8 @@ import random
 import re
 from collections.abc import Sequence
 
+from opsd.eval.grading import last_box_span
+
 TEACHER_CONTEXTS = ("reference", "none", "other", "wrong")
 
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -55,23 +57,10 @@ def wrong_answer(answer: str, rng: random.Random) -> str:
     return f"{text} + 1"
 
 
-def last_box_span(text: str) -> tuple[int, int] | None:
-    """(start, end) of the content of the last ``\\boxed{...}`` whose braces close, or None."""
-    for match in reversed(list(re.finditer(r"\\boxed\{", text))):
-        depth = 1
-        for j in range(match.end(), len(text)):
-            if text[j] == "{" and text[j - 1] != "\\":
-                depth += 1
-            elif text[j] == "}" and text[j - 1] != "\\":
-                depth -= 1
-                if depth == 0:
-                    return match.end(), j
-    return None
-
-
 def wrong_reference(solution: str, answer: str | None, rng: random.Random, row=None) -> str:
-    """`solution` with its final answer replaced by `wrong_answer` (the derivation kept): the last box's
-    content, else the last occurrence of `answer`; ValueError naming the row when it has neither."""
+    """`solution` with its final answer replaced by `wrong_answer` (the derivation kept): the content of its
+    last complete box, the one grading reads (`opsd.eval.grading.last_box_span`), else the last occurrence
+    of `answer`; ValueError naming the row when it has neither."""
     span = last_box_span(solution)
     if span is None and answer and answer.strip() and answer.strip() in solution:
         start = solution.rindex(answer.strip())

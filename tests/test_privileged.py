@@ -7,10 +7,10 @@ import datasets
 import pytest
 
 from opsd.contexts import PAPER_TRANSITION, build_teacher_messages
+from opsd.eval.grading import extract_boxed, last_box_span
 from opsd.privileged import (
     TEACHER_CONTEXTS,
     derangement,
-    last_box_span,
     privileged_texts,
     with_teacher_context,
     wrong_answer,
@@ -92,8 +92,11 @@ def test_wrong_answer_kinds():
 def test_last_box_span_nests_and_skips_unterminated_boxes():
     text = "\\boxed{1} then \\boxed{\\frac{a}{b}} and \\boxed{cut"
     start, end = last_box_span(text)
-    assert text[start:end] == "\\frac{a}{b}"
+    assert text[start:end] == "\\frac{a}{b}" == extract_boxed(text)   # the box grading reads
     assert last_box_span("no box") is None
+    text = "so \\boxed{ 73 }."
+    start, end = last_box_span(text)
+    assert text[start:end] == "73" and text[:start] == "so \\boxed{ " and text[end:] == " }."
 
 
 def test_with_teacher_context_replaces_the_solution_column_only():

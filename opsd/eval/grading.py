@@ -30,8 +30,9 @@ from opsd.eval.stats import problem_bootstrap_interval, wilson_interval
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox|framebox)(?![A-Za-z])")
 
 
-def _box_content(text: str, start: int) -> str | None:
-    """Content of the box whose command ends at ``start`` ("" for an empty box); None if unterminated."""
+def _box_span(text: str, start: int) -> tuple[int, int] | None:
+    """(first, end) of the content of the box whose command ends at ``start``, surrounding whitespace left
+    out (first == end for an empty box); None if unterminated."""
     i = start
     while i < len(text) and text[i] in " \t\n":
         i += 1
@@ -43,15 +44,27 @@ def _box_content(text: str, start: int) -> str | None:
             elif text[j] == "}" and text[j - 1] != "\\":
                 depth -= 1
                 if depth == 0:
-                    return text[i + 1 : j].strip()
+                    first, end = i + 1, j
+                    while first < end and text[first].isspace():
+                        first += 1
+                    while end > first and text[end - 1].isspace():
+                        end -= 1
+                    return first, end
         return None  # unbalanced: a completion cut inside its box
     if i == start:
         return None  # "\boxed" glued to something that is not a brace
     # "\boxed 42": one token, up to whitespace or the closing math delimiter
     match = re.match(r"[^\s$]+", text[i:])
-    if match is None:
-        return None
-    return match.group(0).rstrip(".,;") or None
+    token = match.group(0).rstrip(".,;") if match else ""
+    return (i, i + len(token)) if token else None
+
+
+def last_box_span(text: str) -> tuple[int, int] | None:
+    """(first, end) of the content of the last complete box in ``text`` (``extract_boxed``'s), or None."""
+    for match in reversed(list(_BOX_COMMAND.finditer(text))):
+        if (span := _box_span(text, match.end())) is not None:
+            return span
+    return None
 
 
 def extract_boxed(text: str | None) -> str | None:
@@ -60,13 +73,8 @@ def extract_boxed(text: str | None) -> str | None:
     Braces nest (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``); a box cut off before its closing
     brace does not count, so the previous complete box is returned. None when there is no box.
     """
-    if not text:
-        return None
-    for match in reversed(list(_BOX_COMMAND.finditer(text))):
-        content = _box_content(text, match.end())
-        if content is not None:
-            return content
-    return None
+    span = last_box_span(text) if text else None
+    return None if span is None else text[span[0] : span[1]]
 
 
 def normalize_answer(s: str) -> str:

@@ -239,15 +239,9 @@ def long_run_figure(records: Mapping[str, RunRecord], run: str = LONG_RUN):
 
 
 def _accuracy_by_tokens(rec: RunRecord, bench: str = TRAINING_WORDING) -> list[tuple[int, float, object]]:
-    """(step, cumulative generated tokens, Proportion) per evaluated step (step 0: 0 tokens)."""
-    steps, tokens = rec.metric("tokens_generated")
-    at = dict(zip(steps, tokens))
-    out = []
-    for s in rec.curve(bench)[0]:
-        t = 0.0 if s == 0 else at.get(s)
-        if t is not None:
-            out.append((s, t, rec.proportion_at(bench, s)))
-    return out
+    """(step, cumulative generated tokens, Proportion) per evaluated step (``RunRecord.tokens_at``)."""
+    points = [(s, rec.tokens_at(s)) for s in rec.curve(bench)[0]]
+    return [(s, t, rec.proportion_at(bench, s)) for s, t in points if t is not None]
 
 
 def _opsd_run(records: Mapping[str, RunRecord]) -> str:
