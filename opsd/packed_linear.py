@@ -13,6 +13,12 @@ involves a trainable tensor (the LoRA factors) is rebuilt at every ``packed_line
 change weights in place (fused AdamW without even moving the version counters); copies of frozen weights
 are cached on the layer and rebuilt when the tensor object or its version changes (``load_state_dict``).
 
+Whether packing pays depends on the machine: the torch wheel's MKL takes a generic code path on CPUs it
+does not recognise as Intel's (the kit's AMD machines), where oneDNN's own AVX2 kernels win 2-3x; on
+Intel AVX-512 machines MKL is fast already. So each weight shape and call kind goes packed only where
+``kernel_plan`` measured the packed kernel faster on this machine (once per process and set of shapes,
+about a second; ``OPSD_KERNEL_PLAN=packed|standard`` forces one side everywhere).
+
 Same computation, other rounding (the sum is blocked differently): log-probabilities differ from the
 standard path by ~1e-6 (``tests/test_packed_linear.py``).
 """
@@ -20,12 +26,107 @@ standard path by ~1e-6 (``tests/test_packed_linear.py``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 
 #: Rows per call the packed layout is tuned for (decoding a batch of 8); any row count is computed.
 PACK_ROWS_HINT = 8
+#: No-grad calls with at most this many rows count as decoding (one new token per sequence).
+DECODE_ROWS = 64
+#: Call kinds: no-grad decoding, no-grad scoring (prompts, the teacher pass), gradient-recording (student).
+KINDS = ("decode", "score", "train")
+#: Rows the plan times each kind at (a decoding batch of 8; a scoring / training block).
+PLAN_ROWS = {"decode": 8, "score": 256, "train": 256}
+#: Output features the plan times at most: a wider layer (the output projection) is timed on a slice.
+PLAN_MAX_OUT = 8192
+PLAN_ENV = "OPSD_KERNEL_PLAN"
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Where the packed kernel runs: ``packed[(kind, out, in)]`` True where it beat ``F.linear`` on this
+    machine; ``seconds[(kind, out, in)] = (standard, packed)``, median seconds per call (the ``train`` kind:
+    forward + the input gradient)."""
+
+    packed: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    default: bool = True  # for shapes the plan has not timed
+
+    def use(self, kind: str, shape: tuple[int, int]) -> bool:
+        return self.packed.get((kind, *shape), self.default)
+
+    def table(self) -> list[str]:
+        """One line per (kind, shape): the two timings and the choice."""
+        return [f"{kind:6s} [{o}, {i}] x {PLAN_ROWS[kind]} rows: standard {std * 1e3:7.3f} ms, packed "
+                f"{new * 1e3:7.3f} ms -> {'packed' if self.packed[(kind, o, i)] else 'standard'}"
+                for (kind, o, i), (std, new) in sorted(self.seconds.items())]
+
+
+def median_seconds(fn: Callable[[], object], calls: int) -> float:
+    """Seconds per call of ``fn``, timed over ``calls`` calls."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def measure_plan(shapes, reps: int = 5, budget_s: float = 0.01) -> KernelPlan:
+    """Time ``F.linear`` against the packed kernel for each (kind, [out, in] shape) on random weights
+    (time does not depend on values; layers wider than ``PLAN_MAX_OUT`` on a slice of that width),
+    interleaved, ``reps`` repetitions of about ``budget_s`` seconds each; packed where its median is lower."""
+    packed, seconds = {}, {}
+    for out_f, in_f in sorted(set(shapes)):
+        weight = torch.randn(min(out_f, PLAN_MAX_OUT), in_f)
+        pw = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS_HINT)
+        pt = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), PACK_ROWS_HINT)
+        for kind in KINDS:
+            x, dy = torch.randn(PLAN_ROWS[kind], in_f), torch.randn(PLAN_ROWS[kind], weight.shape[0])
+            if kind == "train":  # forward, then dx = dy W, as autograd's mm and _FrozenPackedLinear do
+                paths = (lambda: (torch.nn.functional.linear(x, weight), dy @ weight),
+                         lambda: (torch.ops.mkldnn._linear_pointwise(x, pw, None, "none", [], ""),
+                                  torch.ops.mkldnn._linear_pointwise(dy, pt, None, "none", [], "")))
+            else:
+                paths = (lambda: torch.nn.functional.linear(x, weight),
+                         lambda: torch.ops.mkldnn._linear_pointwise(x, pw, None, "none", [], ""))
+            once = [median_seconds(fn, 1) for fn in paths]  # warm-up, and the calls one repetition needs
+            calls = max(1, int(budget_s / max(min(once), 1e-6)))
+            times: list[list[float]] = [[], []]
+            for rep in range(reps):
+                for i in ((0, 1) if rep % 2 == 0 else (1, 0)):
+                    times[i].append(median_seconds(paths[i], calls))
+            std, new = statistics.median(times[0]), statistics.median(times[1])
+            packed[(kind, out_f, in_f)] = new < std
+            seconds[(kind, out_f, in_f)] = (std, new)
+    return KernelPlan(packed, seconds)
+
+
+_PLANS: dict = {}
+
+
+def kernel_plan(model: torch.nn.Module) -> KernelPlan:
+    """The plan for ``model``'s linear shapes on this machine: measured once per process, set of shapes and
+    thread count (``measure_plan``); ``OPSD_KERNEL_PLAN=packed`` / ``standard`` skips the measurement and
+    puts every call on that side."""
+    forced = os.environ.get(PLAN_ENV, "measured")
+    if forced not in ("measured", "packed", "standard"):
+        raise ValueError(f"{PLAN_ENV}={forced!r}: expected measured, packed or standard")
+    if forced != "measured":
+        return KernelPlan(default=forced == "packed")
+    shapes = tuple(sorted({_weight_shape(m) for m in _linear_layers(model)}))
+    key = (shapes, torch.get_num_threads())
+    if key not in _PLANS:
+        _PLANS[key] = measure_plan(shapes)
+    return _PLANS[key]
+
+
+def _weight_shape(module) -> tuple[int, int]:
+    weight = module.base_layer.weight if _is_lora(module) else module.weight
+    return tuple(weight.shape)
 
 
 def available(model: torch.nn.Module) -> bool:
@@ -125,21 +226,25 @@ def _transposed(module) -> torch.Tensor:
     return hit[1]
 
 
-def _packed_forward(module, original):
+def _packed_forward(module, original, plan: KernelPlan):
     """The layer's forward for one ``packed_linears`` block: each adapter state (enabled / disabled) is
     checked against the weights once, at its first call in the block; later calls go straight to the kernel.
 
     No-grad calls: LoRA layers merged, plain layers as they are. Gradient-recording calls: a LoRA layer runs
     peft's forward (its base layer is patched too); a plain layer with a frozen weight runs
-    ``_FrozenPackedLinear``; one with a trainable weight its own forward."""
+    ``_FrozenPackedLinear``; one with a trainable weight its own forward. Calls of a kind ``plan`` keeps on
+    the standard kernel for this layer's shape run the layer's own forward."""
     lora = _is_lora(module)
     ready: dict = {}
+    use = {kind: plan.use(kind, _weight_shape(module)) for kind in KINDS}
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if args or kwargs or x.dtype != torch.float32:
             return original(x, *args, **kwargs)
         grad = torch.is_grad_enabled()
         if grad and (lora or module.weight.requires_grad or (module.bias is not None and module.bias.requires_grad)):
+            return original(x, *args, **kwargs)
+        if not use["train" if grad else "decode" if x.numel() <= DECODE_ROWS * x.shape[-1] else "score"]:
             return original(x, *args, **kwargs)
         disabled = module.disable_adapters if lora else False
         hit = ready.get(disabled)
@@ -170,14 +275,16 @@ def packed_linears(model: torch.nn.Module, enabled: bool = True):
     or with ``enabled=False``, nothing changes): no-grad calls with LoRA merged; gradient-recording calls
     for the frozen weights only (LoRA's own factors, and any trainable layer, keep the standard path; the
     backward pass may run after the block). The weights are read at each adapter state's first call in
-    the block: do not change them (an optimizer step) inside it."""
+    the block: do not change them (an optimizer step) inside it. Each (call kind, weight shape) goes packed
+    only where ``kernel_plan(model)`` found it faster on this machine."""
     if not enabled or not available(model):
         yield model
         return
+    plan = kernel_plan(model)
     patched = []
     for module in _linear_layers(model):
         patched.append((module, module.__dict__.get("forward")))
-        module.forward = _packed_forward(module, module.forward)
+        module.forward = _packed_forward(module, module.forward, plan)
     try:
         yield model
     finally:

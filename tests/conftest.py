@@ -9,6 +9,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# The suite checks the packed CPU path everywhere it can apply, instead of where this machine's kernel
+# timings would put it (opsd.packed_linear.kernel_plan; tests/test_packed_linear.py tests the measured plan).
+os.environ.setdefault("OPSD_KERNEL_PLAN", "packed")
 
 import pytest
 import torch

@@ -12,7 +12,8 @@ import torch
 from opsd.contexts import build_dual_contexts
 from opsd.data import synthetic_math
 from opsd.models import LoRASettings, apply_lora, tiny_qwen3
-from opsd.packed_linear import available, clear_packed, packed_linears
+from opsd.packed_linear import (KINDS, KernelPlan, available, clear_packed, kernel_plan, measure_plan,
+                                packed_linears)
 from opsd.rollout import HFRollout, SamplingParams, SamplingWarper
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (torch CPU build)")
@@ -63,6 +64,45 @@ def test_no_grad_logits_match_with_adapters_on_and_off_and_weights_stay_bitwise(
     after = snapshot(model)
     assert all(torch.equal(before[k], after[k]) for k in before)  # no merge/unmerge round trip on the model
     assert not any("forward" in m.__dict__ for m in model.modules())  # nothing left patched
+
+
+def test_measured_plan_times_every_kind_and_shape_and_picks_the_faster_kernel():
+    plan = measure_plan([(32, 16), (8, 16), (32, 16)], reps=3, budget_s=0.001)
+    assert set(plan.packed) == {(kind, o, i) for kind in KINDS for o, i in ((32, 16), (8, 16))}
+    for key, (standard, packed) in plan.seconds.items():
+        assert standard > 0 and packed > 0
+        assert plan.packed[key] == (packed < standard)
+        assert plan.use(key[0], key[1:]) == plan.packed[key]
+    assert plan.use("decode", (5, 5)) is True  # untimed shapes: the plan's default
+    assert len(plan.table()) == len(plan.seconds)
+
+
+def test_kernel_plan_env_forces_one_side_and_rejects_other_values(monkeypatch):
+    model = lora_model()
+    monkeypatch.setenv("OPSD_KERNEL_PLAN", "standard")
+    assert kernel_plan(model) == KernelPlan(default=False)
+    monkeypatch.setenv("OPSD_KERNEL_PLAN", "fast")
+    with pytest.raises(ValueError, match="OPSD_KERNEL_PLAN='fast': expected measured, packed or standard"):
+        kernel_plan(model)
+    monkeypatch.setenv("OPSD_KERNEL_PLAN", "measured")
+    plan = kernel_plan(model)
+    shapes = {tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert {key[1:] for key in plan.packed} == shapes and {key[0] for key in plan.packed} == set(KINDS)
+    assert kernel_plan(model) is plan  # measured once per process and set of shapes
+
+
+def test_a_plan_that_keeps_the_standard_kernel_computes_bitwise_the_standard_path(monkeypatch):
+    model, x = lora_model().eval(), inputs()
+    with torch.no_grad():
+        ref = model(**x).logits
+        monkeypatch.setenv("OPSD_KERNEL_PLAN", "standard")
+        with packed_linears(model):
+            kept = model(**x).logits
+        monkeypatch.setenv("OPSD_KERNEL_PLAN", "packed")
+        with packed_linears(model):
+            fast = model(**x).logits
+    assert torch.equal(kept, ref)
+    assert not torch.equal(fast, ref) and torch.allclose(fast, ref, atol=1e-5)
 
 
 def test_packed_copy_follows_an_in_place_weight_update():
