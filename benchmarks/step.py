@@ -73,12 +73,12 @@ def cpu_report() -> list[str]:
             key, _, value = line.partition(":")
             info.setdefault(key.strip(), value.strip())
     flags = set(info.get("flags", "").split())
-    lines = [f"cpu: {info.get('vendor_id', '?')} {info.get('model name', platform.processor() or platform.machine())} "
-             f"(family {info.get('cpu family', '?')}, model {info.get('model', '?')}), {os.cpu_count()} logical CPUs; "
-             f"flags: {', '.join(f for f in ISA_FLAGS if f in flags) or 'none of ' + ', '.join(ISA_FLAGS)}",
-             f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-             f"MKL takes its Intel code path: {mkl_sees_intel()}"]
-    return lines
+    model = info.get("model name", platform.processor() or platform.machine())
+    isa = ", ".join(f for f in ISA_FLAGS if f in flags) or "none of " + ", ".join(ISA_FLAGS)
+    return [(f"cpu: {info.get('vendor_id', '?')} {model} (family {info.get('cpu family', '?')}, model "
+             f"{info.get('model', '?')}), {os.cpu_count()} logical CPUs; flags: {isa}"),
+            (f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+             f"MKL takes its Intel code path: {mkl_sees_intel()}")]
 
 
 def mkl_sees_intel() -> str:
@@ -106,8 +106,8 @@ def thread_report() -> list[str]:
             if seconds > 0.01:
                 placed.append(f"{tid} on CPU {fields[36]} ({seconds:.2f} s)")
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    return [f"threads: {torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op; "
-            f"allowed CPUs {affinity}; env {env or 'none set'}; load average {os.getloadavg()[0]:.2f}",
+    return [(f"threads: {torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op; "
+             f"allowed CPUs {affinity}; env {env or 'none set'}; load average {os.getloadavg()[0]:.2f}"),
             f"threads that worked (tid, last CPU, CPU time): {'; '.join(placed) or '?'}"]
 
 

@@ -86,13 +86,7 @@ def measure_plan(shapes, reps: int = 5, budget_s: float = 0.01) -> KernelPlan:
         pt = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), PACK_ROWS_HINT)
         for kind in KINDS:
             x, dy = torch.randn(PLAN_ROWS[kind], in_f), torch.randn(PLAN_ROWS[kind], weight.shape[0])
-            if kind == "train":  # forward, then dx = dy W, as autograd's mm and _FrozenPackedLinear do
-                paths = (lambda: (torch.nn.functional.linear(x, weight), dy @ weight),
-                         lambda: (torch.ops.mkldnn._linear_pointwise(x, pw, None, "none", [], ""),
-                                  torch.ops.mkldnn._linear_pointwise(dy, pt, None, "none", [], "")))
-            else:
-                paths = (lambda: torch.nn.functional.linear(x, weight),
-                         lambda: torch.ops.mkldnn._linear_pointwise(x, pw, None, "none", [], ""))
+            paths = _timed_calls(kind, x, dy, weight, pw, pt)
             once = [median_seconds(fn, 1) for fn in paths]  # warm-up, and the calls one repetition needs
             calls = max(1, int(budget_s / max(min(once), 1e-6)))
             times: list[list[float]] = [[], []]
@@ -103,6 +97,17 @@ def measure_plan(shapes, reps: int = 5, budget_s: float = 0.01) -> KernelPlan:
             packed[(kind, out_f, in_f)] = new < std
             seconds[(kind, out_f, in_f)] = (std, new)
     return KernelPlan(packed, seconds)
+
+
+def _timed_calls(kind, x, dy, weight, pw, pt) -> tuple[Callable, Callable]:
+    """The standard and the packed call of one kind; ``train``: forward, then dx = dy W (as autograd's mm
+    and ``_FrozenPackedLinear`` compute it)."""
+    def packed(rows, w):
+        return torch.ops.mkldnn._linear_pointwise(rows, w, None, "none", [], "")
+    if kind == "train":
+        return (lambda: (torch.nn.functional.linear(x, weight), dy @ weight),
+                lambda: (packed(x, pw), packed(dy, pt)))
+    return lambda: torch.nn.functional.linear(x, weight), lambda: packed(x, pw)
 
 
 _PLANS: dict = {}

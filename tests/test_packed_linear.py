@@ -12,8 +12,15 @@ import torch
 from opsd.contexts import build_dual_contexts
 from opsd.data import synthetic_math
 from opsd.models import LoRASettings, apply_lora, tiny_qwen3
-from opsd.packed_linear import (KINDS, KernelPlan, available, clear_packed, kernel_plan, measure_plan,
-                                packed_linears)
+from opsd.packed_linear import (
+    KINDS,
+    KernelPlan,
+    available,
+    clear_packed,
+    kernel_plan,
+    measure_plan,
+    packed_linears,
+)
 from opsd.rollout import HFRollout, SamplingParams, SamplingWarper
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (torch CPU build)")
