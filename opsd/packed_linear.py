@@ -16,8 +16,9 @@ are cached on the layer and rebuilt when the tensor object or its version change
 Whether packing pays depends on the machine: the torch wheel's MKL takes a generic code path on CPUs it
 does not recognise as Intel's (the kit's AMD machines), where oneDNN's own AVX2 kernels win 2-3x; on
 Intel AVX-512 machines MKL is fast already. So each weight shape and call kind goes packed only where
-``kernel_plan`` measured the packed kernel faster on this machine (once per process and set of shapes,
-about a second; ``OPSD_KERNEL_PLAN=packed|standard`` forces one side everywhere).
+``kernel_plan`` measured the packed kernel faster on this machine (a few seconds, once per machine and
+set of shapes, then read from ``~/.cache/opsd-kit``; ``OPSD_KERNEL_PLAN=packed|standard`` forces one
+side everywhere).
 
 Same computation, other rounding (the sum is blocked differently): log-probabilities differ from the
 standard path by ~1e-6 (``tests/test_packed_linear.py``).
@@ -26,11 +27,15 @@ standard path by ~1e-6 (``tests/test_packed_linear.py``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -113,10 +118,33 @@ def _timed_calls(kind, x, dy, weight, pw, pt) -> tuple[Callable, Callable]:
 _PLANS: dict = {}
 
 
+def plan_cache_path(shapes, threads: int) -> Path:
+    """Where the plan for ``shapes`` at ``threads`` threads on this machine is kept: one file per CPU model,
+    ISA, torch version, thread count and set of shapes, under ``$OPSD_CACHE`` (default ~/.cache/opsd-kit)."""
+    info = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        info = "".join(line for line in f.read().split("\n\n")[0].splitlines(True)
+                       if line.startswith(("vendor_id", "model name", "flags")))
+    key = repr((info or platform.processor(), torch.__version__, threads, tuple(shapes)))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    root = Path(os.environ.get("OPSD_CACHE", Path.home() / ".cache" / "opsd-kit"))
+    return root / f"kernel-plan-{digest}.json"
+
+
+def _saved_plan(path: Path) -> KernelPlan | None:
+    try:
+        rows = json.loads(path.read_text())["plan"]
+        return KernelPlan({(k, o, i): bool(p) for k, o, i, p, _, _ in rows},
+                          {(k, o, i): (float(a), float(b)) for k, o, i, _, a, b in rows})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or unreadable: measured again and rewritten
+
+
 def kernel_plan(model: torch.nn.Module) -> KernelPlan:
-    """The plan for ``model``'s linear shapes on this machine: measured once per process, set of shapes and
-    thread count (``measure_plan``); ``OPSD_KERNEL_PLAN=packed`` / ``standard`` skips the measurement and
-    puts every call on that side."""
+    """The plan for ``model``'s linear shapes on this machine (``measure_plan``): measured once per machine,
+    set of shapes and thread count and kept on disk (``plan_cache_path``), so that every run on a machine
+    computes with the same kernels; delete the file to measure again. ``OPSD_KERNEL_PLAN=packed`` /
+    ``standard`` skips the measurement and puts every call on that side."""
     forced = os.environ.get(PLAN_ENV, "measured")
     if forced not in ("measured", "packed", "standard"):
         raise ValueError(f"{PLAN_ENV}={forced!r}: expected measured, packed or standard")
@@ -125,7 +153,17 @@ def kernel_plan(model: torch.nn.Module) -> KernelPlan:
     shapes = tuple(sorted({_weight_shape(m) for m in _linear_layers(model)}))
     key = (shapes, torch.get_num_threads())
     if key not in _PLANS:
-        _PLANS[key] = measure_plan(shapes)
+        path = plan_cache_path(*key)
+        plan = _saved_plan(path)
+        if plan is None:
+            plan = measure_plan(shapes)
+            rows = [[k, o, i, plan.packed[(k, o, i)], *plan.seconds[(k, o, i)]] for k, o, i in sorted(plan.packed)]
+            with contextlib.suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"plan": rows}, indent=0))
+                tmp.replace(path)
+        _PLANS[key] = plan
     return _PLANS[key]
 
 

@@ -6,9 +6,12 @@ the sampled and the greedy tokens are checked equal, the model's own weights bit
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from opsd import packed_linear
 from opsd.contexts import build_dual_contexts
 from opsd.data import synthetic_math
 from opsd.models import LoRASettings, apply_lora, tiny_qwen3
@@ -84,7 +87,8 @@ def test_measured_plan_times_every_kind_and_shape_and_picks_the_faster_kernel():
     assert len(plan.table()) == len(plan.seconds)
 
 
-def test_kernel_plan_env_forces_one_side_and_rejects_other_values(monkeypatch):
+def test_kernel_plan_env_forces_one_side_and_rejects_other_values(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPSD_CACHE", str(tmp_path))
     model = lora_model()
     monkeypatch.setenv("OPSD_KERNEL_PLAN", "standard")
     assert kernel_plan(model) == KernelPlan(default=False)
@@ -96,6 +100,14 @@ def test_kernel_plan_env_forces_one_side_and_rejects_other_values(monkeypatch):
     shapes = {tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)}
     assert {key[1:] for key in plan.packed} == shapes and {key[0] for key in plan.packed} == set(KINDS)
     assert kernel_plan(model) is plan  # measured once per process and set of shapes
+    saved = list(tmp_path.glob("kernel-plan-*.json"))
+    assert len(saved) == 1
+    packed_linear._PLANS.clear()  # a new process on the same machine reads the same plan from disk
+    assert kernel_plan(model) == plan
+    saved[0].write_text("{broken")
+    packed_linear._PLANS.clear()
+    assert set(kernel_plan(model).packed) == set(plan.packed)  # unreadable: measured again
+    assert json.loads(saved[0].read_text())["plan"]
 
 
 def test_a_plan_that_keeps_the_standard_kernel_computes_bitwise_the_standard_path(monkeypatch):
