@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
@@ -88,19 +88,29 @@ def _greedy_answers(model, tokenizer, prompts_ids, prompts_mask, max_new_tokens:
 
 
 def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence[str | None], answers: Sequence[str], *,
-                  prompt_profile: str = "paper", student_chat_kwargs: dict | None = None,
-                  teacher_chat_kwargs: dict | None = None, teacher_mode: str = "fixed",
-                  max_new_tokens: int = 96, temperature: float = 0.7, top_p: float = 0.95,
-                  rollout_tokens: int = 64, batch_size: int = 32, seed: int = 0, model_name: str = "",
-                  teacher_context: str = "reference", progress=None) -> GapReport:
+                  teacher_context: str = "reference", **kwargs) -> GapReport:
     """Student and self-teacher greedy accuracy (with 95% Wilson intervals) and the mean per-token
     KL(T||S) on the student's own samples; see the module docstring. ``solutions``: what the teacher
-    reads, one per problem (None: no reference block), labelled ``teacher_context`` in the report.
+    reads, one per problem (None: no reference block), labelled ``teacher_context`` in the report; the
+    other keywords as ``privilege_gaps``."""
+    return privilege_gaps(model, tokenizer, problems, {teacher_context: solutions}, answers, **kwargs)[teacher_context]
+
+
+def privilege_gaps(model, tokenizer, problems: Sequence[str], solutions: Mapping[str, Sequence[str | None]],
+                   answers: Sequence[str], *, prompt_profile: str = "paper", student_chat_kwargs: dict | None = None,
+                   teacher_chat_kwargs: dict | None = None, teacher_mode: str = "fixed",
+                   max_new_tokens: int = 96, temperature: float = 0.7, top_p: float = 0.95,
+                   rollout_tokens: int = 64, batch_size: int = 32, seed: int = 0, model_name: str = "",
+                   progress=None) -> dict[str, GapReport]:
+    """``privilege_gap`` for each teacher context in ``solutions`` ({context: one text per problem}), on the
+    same problems: the student's part (greedy answers, sampled rollouts, scores) is computed once and
+    shared, so each report equals the one ``privilege_gap`` gives for that context alone.
     ``progress(done, total)`` is called after each batch."""
     n = len(problems)
-    correct: dict[str, list[bool]] = {"student": [], "teacher": []}
-    boxed: dict[str, list[str | None]] = {"student": [], "teacher": []}
-    kl_sum, kl_count = 0.0, 0
+    contexts = list(solutions)
+    correct = {c: [] for c in ["student", *contexts]}
+    boxed: dict[str, list[str | None]] = {c: [] for c in ["student", *contexts]}
+    kl_sum, kl_count = dict.fromkeys(contexts, 0.0), 0
     sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=rollout_tokens)
     was_training = model.training
     model.eval()
@@ -108,38 +118,41 @@ def privilege_gap(model, tokenizer, problems: Sequence[str], solutions: Sequence
     try:
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
-            ctx = build_dual_contexts(tokenizer, problems[sl], solutions[sl], profile=prompt_profile,
-                                      student_chat_kwargs=student_chat_kwargs,
-                                      teacher_chat_kwargs=teacher_chat_kwargs)
+            ctx = {c: build_dual_contexts(tokenizer, problems[sl], solutions[c][sl], profile=prompt_profile,
+                                          student_chat_kwargs=student_chat_kwargs,
+                                          teacher_chat_kwargs=teacher_chat_kwargs) for c in contexts}
+            first = ctx[contexts[0]]
             with torch.no_grad():
-                for role, batch in (("student", ctx.student), ("teacher", ctx.teacher)):
-                    with teacher_weights(model, teacher_mode) if role == "teacher" else nullcontext():
+                for role, batch in [("student", first.student)] + [(c, ctx[c].teacher) for c in contexts]:
+                    with teacher_weights(model, teacher_mode) if role != "student" else nullcontext():
                         texts = _greedy_answers(model, tokenizer, batch.input_ids, batch.attention_mask,
                                                 max_new_tokens)
                     boxed[role] += [extract_boxed(t) for t in texts]
                     correct[role] += [bool(is_correct(b, a)) for b, a in zip(boxed[role][start:], answers[sl])]
-                rollout = HFRollout(model, tokenizer).generate(ctx.student.input_ids, ctx.student.attention_mask,
+                rollout = HFRollout(model, tokenizer).generate(first.student.input_ids, first.student.attention_mask,
                                                                sampling)
-                joined = join_rollout(ctx, rollout.completion_ids, rollout.completion_mask)
-                width = joined.completion_length
-                student = joined.rollout_slice(model(**joined.student_inputs(), logits_to_keep=width + 1).logits,
-                                               "student")
-                with teacher_weights(model, teacher_mode):
-                    teacher = joined.rollout_slice(
-                        model(**joined.teacher_inputs(), logits_to_keep=width + 1).logits, "teacher")
-                kl = token_divergence(student.float(), teacher.float(), beta=0.0, temperature=1.0)
-                mask = joined.loss_mask.bool()
-                kl_sum += float(kl[mask].sum())
+                joined = {c: join_rollout(ctx[c], rollout.completion_ids, rollout.completion_mask) for c in contexts}
+                width = joined[contexts[0]].completion_length
+                student = joined[contexts[0]].rollout_slice(
+                    model(**joined[contexts[0]].student_inputs(), logits_to_keep=width + 1).logits, "student")
+                mask = joined[contexts[0]].loss_mask.bool()
+                for c in contexts:
+                    with teacher_weights(model, teacher_mode):
+                        teacher = joined[c].rollout_slice(
+                            model(**joined[c].teacher_inputs(), logits_to_keep=width + 1).logits, "teacher")
+                    kl = token_divergence(student.float(), teacher.float(), beta=0.0, temperature=1.0)
+                    kl_sum[c] += float(kl[mask].sum())
                 kl_count += int(mask.sum())
             if progress is not None:
                 progress(min(start + batch_size, n), n)
     finally:
         model.train(was_training)
-    return GapReport(n=n, student=proportion(sum(correct["student"]), n), teacher=proportion(sum(correct["teacher"]), n),
-                     mean_token_kl=kl_sum / max(kl_count, 1), rollout_tokens=kl_count, model=model_name,
-                     student_correct=correct["student"], teacher_correct=correct["teacher"],
-                     student_answers=boxed["student"], teacher_answers=boxed["teacher"],
-                     teacher_context=teacher_context)
+    student_accuracy = proportion(sum(correct["student"]), n)
+    return {c: GapReport(n=n, student=student_accuracy, teacher=proportion(sum(correct[c]), n),
+                         mean_token_kl=kl_sum[c] / max(kl_count, 1), rollout_tokens=kl_count, model=model_name,
+                         student_correct=correct["student"], teacher_correct=correct[c],
+                         student_answers=boxed["student"], teacher_answers=boxed[c], teacher_context=c)
+            for c in contexts}
 
 
 def gap_for_config(config, n: int = 200, *, model=None, tokenizer=None, progress=None,
@@ -147,14 +160,21 @@ def gap_for_config(config, n: int = 200, *, model=None, tokenizer=None, progress
     """``privilege_gap`` on ``n`` held-out problems of ``config``'s data (synthetic: the held-out split,
     with the training set's reference style), with the config's prompts, teacher mode and sampling, and
     the teacher reading ``teacher_context`` (None: the config's; ``other`` draws among these problems)."""
+    context = config.teacher_context if teacher_context is None else teacher_context
+    return controls_for_config(config, n, [context], model=model, tokenizer=tokenizer, progress=progress)[context]
+
+
+def controls_for_config(config, n: int = 200, contexts: Sequence[str] = TEACHER_CONTEXTS, *, model=None,
+                        tokenizer=None, progress=None) -> dict[str, GapReport]:
+    """``gap_for_config`` for each teacher context in ``contexts``, the student's part computed once
+    (``privilege_gaps``): {context: report}, on the same problems, rollouts and seed."""
     if model is None:
         model, tokenizer = load_model_and_tokenizer(config.model_name, dtype=config.torch_dtype,
                                                     lora=config.lora_settings())
-    context = config.teacher_context if teacher_context is None else teacher_context
     data = held_out_problems(config.dataset, n=n, seed=config.seed)
-    solutions = privileged_texts(data["solution"], context, answers=data["answer"], seed=config.seed)
-    return privilege_gap(
-        model, tokenizer, list(data["problem"]), solutions, list(data["answer"]), teacher_context=context,
+    solutions = {c: privileged_texts(data["solution"], c, answers=data["answer"], seed=config.seed) for c in contexts}
+    return privilege_gaps(
+        model, tokenizer, list(data["problem"]), solutions, list(data["answer"]),
         prompt_profile=config.prompt_profile, student_chat_kwargs=config.student_chat_kwargs,
         teacher_chat_kwargs=config.teacher_chat_kwargs, teacher_mode=config.teacher_mode,
         temperature=config.temperature, top_p=config.top_p, rollout_tokens=config.max_completion_length,
@@ -184,10 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for c in controls:
             if c not in TEACHER_CONTEXTS:
                 parser.error(f"--controls: unknown teacher context {c!r}; valid: {','.join(TEACHER_CONTEXTS)}")
-        model, tokenizer = load_model_and_tokenizer(config.model_name, dtype=config.torch_dtype,
-                                                    lora=config.lora_settings())
-        reports = {c: gap_for_config(config, ns.n, model=model, tokenizer=tokenizer, teacher_context=c)
-                   for c in controls}
+        reports = controls_for_config(config, ns.n, controls)
         print(controls_table(reports))
         out = {c: r.as_dict() for c, r in reports.items()}
     if ns.json:

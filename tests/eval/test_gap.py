@@ -9,7 +9,7 @@ import torch
 
 from opsd.contexts import build_dual_contexts, join_rollout
 from opsd.data import synthetic_math
-from opsd.eval.gap import GapReport, controls_table, main, privilege_gap
+from opsd.eval.gap import GapReport, controls_table, main, privilege_gap, privilege_gaps
 from opsd.eval.stats import proportion
 from opsd.rollout import HFRollout, SamplingParams
 
@@ -55,6 +55,16 @@ def test_privilege_gap_on_the_embedded_model():
     assert report.mean_token_kl == pytest.approx(kl, rel=1e-4, abs=1e-6)
     assert report.mean_token_kl > 0
     assert "self-teacher (reference shown)" in report.summary()
+
+    # several teacher contexts at once share the student's part and give each context's own report
+    kwargs = {"prompt_profile": "simple", "max_new_tokens": 24, "rollout_tokens": 12, "batch_size": 4, "seed": 3}
+    both = privilege_gaps(model, tokenizer, data["problem"], {"reference": data["solution"], "none": [None] * 4},
+                          data["answer"], **kwargs)
+    assert both["reference"] == report
+    alone = privilege_gap(model, tokenizer, data["problem"], [None] * 4, data["answer"], teacher_context="none",
+                          **kwargs)
+    assert both["none"] == alone and both["none"].teacher_context == "none"
+    assert both["none"].mean_token_kl != report.mean_token_kl
 
 
 def test_gap_cli_writes_json(tmp_path):
