@@ -94,7 +94,7 @@ def divergence_diagnostics(
     clipped_fraction (pointwise: fraction of (position, entry) summands above c; token: fraction of
     positions whose sum is above c; 0 without clipping), clipped_token_fraction (fraction of positions
     where the clip changed at least one summand), negative_token_fraction (fraction of positions with
-    D[n] < -NEGATIVE_TOLERANCE), num_tokens. With token_strings (decoded tokens, rows aligned with the mask's [B, T]):
+    D[n] < -NEGATIVE_TOLERANCE), num_tokens (masked-in positions). With token_strings (decoded tokens, rows aligned with the mask's [B, T]):
     kl_style / kl_math / kl_other (mean unclipped D by `token_category`, NaN when empty) and
     count_style / count_math / count_other. No masked-in position -> NaN means and fractions.
     """

@@ -48,6 +48,8 @@ from opsd.teacher import EMATeacher, teacher_context
 logger = logging.get_logger(__name__)
 
 LARGE_VOCAB = 65_536
+#: Rollout positions the per-step diagnostics take at a time (bounds their memory at [64, V] per tensor).
+DIAGNOSTIC_CHUNK = 64
 OPSD_STATE_FILE = "opsd_state.pt"
 
 
@@ -71,29 +73,6 @@ def resolve_chunk_size(config: OPSDConfig, vocab_size: int, device=None) -> int 
     if config.divergence_chunk_size is not None:
         return config.divergence_chunk_size
     return suggest_chunk_size(vocab_size, device=device) if vocab_size > LARGE_VOCAB else None
-
-
-def combine_diagnostics(parts: list[tuple[dict, int]]) -> dict[str, float]:
-    """Token-weighted average of per-row diagnostics; category means weighted by category counts."""
-    out: dict[str, float] = {}
-    total = sum(n for _, n in parts)
-    if total == 0:
-        return out
-    keys = {k for d, _ in parts for k in d}
-    for key in keys:
-        if key.startswith("count_"):
-            out[key] = float(sum(d.get(key, 0) for d, _ in parts))
-            continue
-        if key.startswith("kl_"):
-            cat = key[3:]
-            pairs = [(d[key], d.get(f"count_{cat}", 0)) for d, _ in parts if key in d]
-            weight = sum(c for _, c in pairs)
-            out[key] = sum(v * c for v, c in pairs if c) / weight if weight else float("nan")
-            continue
-        pairs = [(d[key], n) for d, n in parts if key in d and d[key] is not None]
-        if pairs:
-            out[key] = sum(v * n for v, n in pairs) / max(1, sum(n for _, n in pairs))
-    return out
 
 
 class _EMAUpdateCallback(TrainerCallback):
@@ -254,20 +233,11 @@ class OPSDTrainer(Trainer):
         if fused:
             return  # full logits never exist on this path; diagnostics come from the divergence module alone
         self._metrics["student_entropy"].append(mean_entropy(student_logits, mask, args.objective.temperature))
-        parts = []
-        with torch.no_grad():
-            for row in range(mask.shape[0]):
-                count = int(mask[row].sum())
-                if count == 0:
-                    continue
-                tokens = [self.tokenizer.decode([t]) for t in batch.completion_ids[row].tolist()]
-                diag = divergence_diagnostics(
-                    student_logits[row : row + 1], teacher_logits[row : row + 1], mask[row : row + 1],
-                    args.objective, token_strings=[tokens],
-                )
-                parts.append((diag, count))
-        for key, value in combine_diagnostics(parts).items():
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+        tokens = [self.tokenizer.batch_decode([[t] for t in row]) for row in batch.completion_ids.tolist()]
+        diagnostics = divergence_diagnostics(student_logits, teacher_logits, mask, args.objective,
+                                             token_strings=tokens, chunk_size=DIAGNOSTIC_CHUNK)
+        for key, value in diagnostics.items():
+            if not math.isnan(value):  # NaN: no such position in this micro-batch (e.g. no style token)
                 self._metrics[key].append(float(value))
         if (args.log_rollouts_every and step % args.log_rollouts_every == 0 and self.accelerator.is_main_process
                 and step not in self._rollouts_logged):

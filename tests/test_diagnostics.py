@@ -14,6 +14,30 @@ from opsd.divergence import DivergenceSpec
 # --------------------------------------------------------------------------------------------------
 
 
+def test_batch_diagnostics_are_the_token_weighted_means_of_the_rows():
+    """The trainer takes the diagnostics of a whole micro-batch in one chunked call; that equals the rows'
+    diagnostics weighted by their masked-in positions (categories by their own counts)."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(3, 6, 11, generator=g, dtype=torch.float64), torch.randn(3, 6, 11, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    words = ["\u0120Wait", "\u01202", "\u0120the", "\u0120Hmm", "+", "\u0120cat"]
+    tokens = [words[i:] + words[:i] for i in range(3)]
+    spec = DivergenceSpec(clip=0.05, clip_mode="pointwise")
+    whole = divergence_diagnostics(s, t, mask, spec, token_strings=tokens, chunk_size=4)
+    rows = [(divergence_diagnostics(s[i:i + 1], t[i:i + 1], mask[i:i + 1], spec, token_strings=[tokens[i]]),
+             int(mask[i].sum())) for i in range(3)]
+    assert whole["num_tokens"] == 11.0
+    for key in ("divergence_mean", "divergence_unclipped_mean", "clipped_fraction", "clipped_token_fraction",
+                "negative_token_fraction"):
+        assert whole[key] == pytest.approx(sum(d[key] * n for d, n in rows) / 11, rel=1e-12), key
+    for category in ("style", "math", "other"):
+        counts = [d[f"count_{category}"] for d, _ in rows]
+        assert whole[f"count_{category}"] == sum(counts)
+        assert sum(counts) > 0, category  # every category occurs, so every mean is compared
+        total = sum(d[f"kl_{category}"] * c for (d, _), c in zip(rows, counts) if c)
+        assert whole[f"kl_{category}"] == pytest.approx(total / sum(counts), rel=1e-12), category
+
+
 def diagnostics_example():
     """Position 0: the negative case of test_divergence.py; 1: identical distributions (D = 0); 2: masked out."""
     pt = torch.tensor([0.9, 0.025, 0.025, 0.025, 0.025], dtype=torch.float64).log()
