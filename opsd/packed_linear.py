@@ -14,11 +14,12 @@ change weights in place (fused AdamW without even moving the version counters); 
 are cached on the layer and rebuilt when the tensor object or its version changes (``load_state_dict``).
 
 Whether packing pays depends on the machine: the torch wheel's MKL takes a generic code path on CPUs it
-does not recognise as Intel's (the kit's AMD machines), where oneDNN's own AVX2 kernels win 2-3x; on
-Intel AVX-512 machines MKL is fast already. So each weight shape and call kind goes packed only where
-``kernel_plan`` did not measure the standard kernel clearly faster on this machine (a few seconds, once per machine and
-set of shapes, then read from ``~/.cache/opsd-kit``; ``OPSD_KERNEL_PLAN=packed|standard`` forces one
-side everywhere).
+does not recognise as Intel's (``mkl_serv_intel_cpu_true()`` is 0 on the kit's AMD machines), where
+oneDNN's own AVX2 kernels win 2-3x; on an Intel AVX-512 + AMX machine the packed teacher pass was seen no
+faster and the student pass slower (``benchmarks/README.md``). So each weight shape and call kind goes
+packed unless ``kernel_plan`` measured the standard kernel clearly faster on this machine (a few seconds,
+once per machine and set of shapes, then read from ``~/.cache/opsd-kit``; ``OPSD_KERNEL_PLAN=packed`` or
+``standard`` forces one side everywhere).
 
 Same computation, other rounding (the sum is blocked differently): log-probabilities differ from the
 standard path by ~1e-6 (``tests/test_packed_linear.py``).
