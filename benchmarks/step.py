@@ -1,7 +1,7 @@
 """One OPSD step and one held-out evaluation on the default CPU profile: reference path against fast path.
 
     python -m benchmarks.step                 # cpu-tiny, 5 interleaved repetitions (make benchmark-step)
-    python -m benchmarks.step --reps 7 --eval-problems 200
+    python -m benchmarks.step --reps 7 --eval-problems 200 --kernel-plan measured
 
 Both paths compute the same thing (tests/test_packed_linear.py):
 
@@ -262,12 +262,16 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default="cpu-tiny")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--eval-problems", type=int, default=128)
+    p.add_argument("--kernel-plan", choices=("packed", "measured", "standard"), default=None,
+                   help="the fast path's kernels (OPSD_KERNEL_PLAN; default: its value, else packed)")
     args = p.parse_args(argv)
+    if args.kernel_plan:
+        os.environ["OPSD_KERNEL_PLAN"] = args.kernel_plan
     if args.reps < 1 or args.eval_problems < 1:
         p.error("--reps and --eval-problems must be >= 1")
 
     from opsd.data import load_benchmark
-    from opsd.packed_linear import available, kernel_plan
+    from opsd.packed_linear import DEFAULT_PLAN, available, kernel_plan
 
     for line in cpu_report() + thread_report():
         print(line)
@@ -281,7 +285,8 @@ def main(argv=None) -> int:
         print(line)
     seconds = time.perf_counter()
     plan = kernel_plan(model)
-    print(f"kernel plan ({os.environ.get('OPSD_KERNEL_PLAN', 'measured')}, {time.perf_counter() - seconds:.1f} s):")
+    print(f"kernel plan: {os.environ.get('OPSD_KERNEL_PLAN', DEFAULT_PLAN)} ({time.perf_counter() - seconds:.1f} s)"
+          + ("" if plan.seconds else f", every call {'packed' if plan.default else 'standard'}"))
     for line in plan.table():
         print("  " + line)
     dataset = load_benchmark("synthetic", n=args.eval_problems)

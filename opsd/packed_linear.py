@@ -13,13 +13,13 @@ involves a trainable tensor (the LoRA factors) is rebuilt at every ``packed_line
 change weights in place (fused AdamW without even moving the version counters); copies of frozen weights
 are cached on the layer and rebuilt when the tensor object or its version changes (``load_state_dict``).
 
-Whether packing pays depends on the machine: the torch wheel's MKL takes a generic code path on CPUs it
-does not recognise as Intel's (``mkl_serv_intel_cpu_true()`` is 0 on the kit's AMD machines), where
-oneDNN's own AVX2 kernels win 2-3x; on an Intel AVX-512 + AMX machine the packed teacher pass was seen no
-faster and the student pass slower (``benchmarks/README.md``). So each weight shape and call kind goes
-packed unless ``kernel_plan`` measured the standard kernel clearly faster on this machine (a few seconds,
-once per machine and set of shapes, then read from ``~/.cache/opsd-kit``; ``OPSD_KERNEL_PLAN=packed`` or
-``standard`` forces one side everywhere).
+Whether packing pays depends on the machine and its load (``benchmarks/README.md``): on the kit's idle
+AMD machine MKL matches oneDNN at most of this model's shapes and only the output projection gains
+(1.4-2.5x); on a loaded machine MKL slows down 3-4x where oneDNN barely moves. ``OPSD_KERNEL_PLAN=measured``
+puts each weight shape and call kind on the packed kernel unless ``kernel_plan`` measured the standard
+kernel clearly faster on this machine (a few seconds, once per machine and set of shapes, then read
+from ``~/.cache/opsd-kit``); ``packed`` (the default, what every committed run computed with) and
+``standard`` put every call on one side.
 
 Same computation, other rounding (the sum is blocked differently): log-probabilities differ from the
 standard path by ~1e-6 (``tests/test_packed_linear.py``).
@@ -55,6 +55,9 @@ PLAN_MAX_OUT = 8192
 #: measurements on one machine.
 PLAN_MARGIN = 0.05
 PLAN_ENV = "OPSD_KERNEL_PLAN"
+#: ``packed`` until the committed results are re-measured with the measured plan (benchmarks/README.md):
+#: every committed run computed with packed kernels everywhere, and the plan changes the float rounding.
+DEFAULT_PLAN = "packed"
 
 
 @dataclass(frozen=True)
@@ -147,11 +150,11 @@ def _saved_plan(path: Path) -> KernelPlan | None:
 
 
 def kernel_plan(model: torch.nn.Module) -> KernelPlan:
-    """The plan for ``model``'s linear shapes on this machine (``measure_plan``): measured once per machine,
-    set of shapes and thread count and kept on disk (``plan_cache_path``), so that every run on a machine
-    computes with the same kernels; delete the file to measure again. ``OPSD_KERNEL_PLAN=packed`` /
-    ``standard`` skips the measurement and puts every call on that side."""
-    forced = os.environ.get(PLAN_ENV, "measured")
+    """The kernels ``packed_linears`` uses for ``model``. ``OPSD_KERNEL_PLAN=measured``: measured
+    (``measure_plan``) once per machine, set of shapes and thread count and kept on disk
+    (``plan_cache_path``), so that every run on a machine computes with the same kernels (delete the file
+    to measure again); ``packed`` (``DEFAULT_PLAN``) / ``standard``: every call on that side, nothing measured."""
+    forced = os.environ.get(PLAN_ENV, DEFAULT_PLAN)
     if forced not in ("measured", "packed", "standard"):
         raise ValueError(f"{PLAN_ENV}={forced!r}: expected measured, packed or standard")
     if forced != "measured":
