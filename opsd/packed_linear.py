@@ -14,8 +14,9 @@ change weights in place (fused AdamW without even moving the version counters); 
 are cached on the layer and rebuilt when the tensor object or its version changes (``load_state_dict``).
 
 Whether packing pays depends on the machine and its load (``benchmarks/README.md``): on the kit's idle
-AMD machine MKL matches oneDNN at most of this model's shapes and only the output projection gains
-(1.4-2.5x); on a loaded machine MKL slows down 3-4x where oneDNN barely moves. ``OPSD_KERNEL_PLAN=measured``
+AMD machine the packed kernel wins 1.3-2.9x at decoding's 8 rows but is within 10% of MKL at the 256+ rows
+of the teacher and student passes (the output projection aside); beside one busy process MKL's 8-row
+multiplies slow down 6-21x, oneDNN's about 3x. ``OPSD_KERNEL_PLAN=measured``
 puts each weight shape and call kind on the packed kernel unless ``kernel_plan`` measured the standard
 kernel clearly faster on this machine (a few seconds, once per machine and set of shapes, then read
 from ``~/.cache/opsd-kit``); ``packed`` (the default, what every committed run computed with) and
