@@ -10,9 +10,9 @@ Both paths compute the same thing (tests/test_packed_linear.py):
              setting before the fast path).
   fast       ``fast_inference=True`` (the default): no-grad linear layers on packed oneDNN weights with
              LoRA merged into the packed copy, top-p from the top 1,024 candidates, a static KV cache
-             (``opsd.packed_linear``, ``opsd.rollout``); evaluation in batches of 64. Each linear layer's
-             shape and call kind goes packed only where ``opsd.packed_linear.kernel_plan`` timed the
-             packed kernel faster on this machine (the plan is printed).
+             (``opsd.packed_linear``, ``opsd.rollout``); evaluation in batches of 64. Every linear layer
+             packed (``--kernel-plan measured``: per shape and call kind, whichever kernel
+             ``opsd.packed_linear.kernel_plan`` times faster here; the plan is printed).
 
 One step is ``OPSDTrainer.training_step`` on 8 training problems of ``cpu-tiny`` (rollout <= 64 tokens,
 teacher pass, student forward + backward, the trainer's per-step metrics), then AdamW; every repetition
