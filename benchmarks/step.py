@@ -67,11 +67,9 @@ def read_bandwidth_gbs(mib: int = 512) -> float:
 
 def cpu_report() -> list[str]:
     """CPU vendor and model, the ISA flags that decide the kernels, and what torch's libraries make of them."""
-    info: dict[str, str] = {}
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
+    from opsd.packed_linear import cpu_info
+
+    info = cpu_info()
     flags = set(info.get("flags", "").split())
     model = info.get("model name", platform.processor() or platform.machine())
     isa = ", ".join(f for f in ISA_FLAGS if f in flags) or "none of " + ", ".join(ISA_FLAGS)

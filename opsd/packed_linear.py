@@ -13,12 +13,12 @@ involves a trainable tensor (the LoRA factors) is rebuilt at every ``packed_line
 change weights in place (fused AdamW without even moving the version counters); copies of frozen weights
 are cached on the layer and rebuilt when the tensor object or its version changes (``load_state_dict``).
 
-Whether packing pays depends on the machine and its load (``benchmarks/README.md``): on the kit's idle
-AMD machine the packed kernel wins 1.3-2.9x at decoding's 8 rows but is within 10% of MKL at the 256+ rows
-of the teacher and student passes (the output projection aside); beside one busy process MKL's 8-row
-multiplies slow down 6-21x, oneDNN's about 3x. ``OPSD_KERNEL_PLAN=measured``
-puts each weight shape and call kind on the packed kernel unless ``kernel_plan`` measured the standard
-kernel clearly faster on this machine (a few seconds, once per machine and set of shapes, then read
+Whether packing pays depends on the machine and its load (``python -m benchmarks.kernels``,
+``benchmarks/README.md``): on the kit's idle AMD machine the packed kernel wins 1.3-2.9x at decoding's
+8 rows, while at the 256 rows of the teacher and student passes the two are close (0.9-1.3x, the winner
+changing between runs); beside busy processes both slow down 2-21x, unevenly.
+``OPSD_KERNEL_PLAN=measured`` puts each weight shape and call kind on the packed kernel unless
+``kernel_plan`` measured the standard kernel clearly faster on this machine (a few seconds, once per machine and set of shapes, then read
 from ``~/.cache/opsd-kit``); ``packed`` (the default, what every committed run computed with) and
 ``standard`` put every call on one side.
 
@@ -64,8 +64,8 @@ DEFAULT_PLAN = "packed"
 @dataclass(frozen=True)
 class KernelPlan:
     """Where the packed kernel runs: ``packed[(kind, out, in)]`` False where ``F.linear`` beat it on this
-    machine by more than ``PLAN_MARGIN``; ``seconds[(kind, out, in)] = (standard, packed)``, median seconds per call (the ``train`` kind:
-    forward + the input gradient)."""
+    machine by more than ``PLAN_MARGIN``; ``seconds[(kind, out, in)] = (standard, packed)``, the median
+    over repetitions of seconds per call (the ``train`` kind: forward + the input gradient)."""
 
     packed: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
@@ -81,7 +81,7 @@ class KernelPlan:
                 for (kind, o, i), (std, new) in sorted(self.seconds.items())]
 
 
-def median_seconds(fn: Callable[[], object], calls: int) -> float:
+def seconds_per_call(fn: Callable[[], object], calls: int) -> float:
     """Seconds per call of ``fn``, timed over ``calls`` calls."""
     start = time.perf_counter()
     for _ in range(calls):
@@ -102,12 +102,12 @@ def measure_plan(shapes, reps: int = 5, budget_s: float = 0.01) -> KernelPlan:
         for kind in KINDS:
             x, dy = torch.randn(PLAN_ROWS[kind], in_f), torch.randn(PLAN_ROWS[kind], weight.shape[0])
             paths = _timed_calls(kind, x, dy, weight, pw, pt)
-            once = [median_seconds(fn, 1) for fn in paths]  # warm-up, and the calls one repetition needs
+            once = [seconds_per_call(fn, 1) for fn in paths]  # warm-up, and the calls one repetition needs
             calls = max(1, int(budget_s / max(min(once), 1e-6)))
             times: list[list[float]] = [[], []]
             for rep in range(reps):
                 for i in ((0, 1) if rep % 2 == 0 else (1, 0)):
-                    times[i].append(median_seconds(paths[i], calls))
+                    times[i].append(seconds_per_call(paths[i], calls))
             std, new = statistics.median(times[0]), statistics.median(times[1])
             packed[(kind, out_f, in_f)] = std >= new * (1 - PLAN_MARGIN)
             seconds[(kind, out_f, in_f)] = (std, new)
@@ -131,14 +131,23 @@ _PLANS: dict = {}
 def plan_cache_path(shapes, threads: int) -> Path:
     """Where the plan for ``shapes`` at ``threads`` threads on this machine is kept: one file per CPU model,
     ISA, torch version, thread count and set of shapes, under ``$OPSD_CACHE`` (default ~/.cache/opsd-kit)."""
-    info = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        info = "".join(line for line in f.read().split("\n\n")[0].splitlines(True)
-                       if line.startswith(("vendor_id", "model name", "flags")))
-    key = repr((info or platform.processor(), torch.__version__, threads, tuple(shapes)))
+    info = cpu_info()
+    key = repr(([info.get(k) for k in ("vendor_id", "model name", "flags")] if info else platform.processor(),
+                torch.__version__, threads, tuple(shapes)))
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     root = Path(os.environ.get("OPSD_CACHE", Path.home() / ".cache" / "opsd-kit"))
     return root / f"kernel-plan-{digest}.json"
+
+
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (``vendor_id``, ``model name``, ``flags``, ...); {} where
+    there is none."""
+    info: dict[str, str] = {}
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f.read().split("\n\n")[0].splitlines():
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+    return info
 
 
 def _saved_plan(path: Path) -> KernelPlan | None:
@@ -328,8 +337,8 @@ def packed_linears(model: torch.nn.Module, enabled: bool = True):
     or with ``enabled=False``, nothing changes): no-grad calls with LoRA merged; gradient-recording calls
     for the frozen weights only (LoRA's own factors, and any trainable layer, keep the standard path; the
     backward pass may run after the block). The weights are read at each adapter state's first call in
-    the block: do not change them (an optimizer step) inside it. Each (call kind, weight shape) goes packed
-    only where ``kernel_plan(model)`` found it faster on this machine."""
+    the block: do not change them (an optimizer step) inside it. Which calls go packed: ``kernel_plan(model)``
+    (by default every one)."""
     if not enabled or not available(model):
         yield model
         return

@@ -132,10 +132,11 @@ def privilege_gaps(model, tokenizer, problems: Sequence[str], solutions: Mapping
                 rollout = HFRollout(model, tokenizer).generate(first.student.input_ids, first.student.attention_mask,
                                                                sampling)
                 joined = {c: join_rollout(ctx[c], rollout.completion_ids, rollout.completion_mask) for c in contexts}
-                width = joined[contexts[0]].completion_length
-                student = joined[contexts[0]].rollout_slice(
-                    model(**joined[contexts[0]].student_inputs(), logits_to_keep=width + 1).logits, "student")
-                mask = joined[contexts[0]].loss_mask.bool()
+                base = joined[contexts[0]]  # the student's columns are the same in every context's batch
+                width = base.completion_length
+                student = base.rollout_slice(model(**base.student_inputs(), logits_to_keep=width + 1).logits,
+                                             "student")
+                mask = base.loss_mask.bool()
                 for c in contexts:
                     with teacher_weights(model, teacher_mode):
                         teacher = joined[c].rollout_slice(
