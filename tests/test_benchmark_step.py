@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from benchmarks import kernels
 from benchmarks.step import Clock, cpu_report, onednn_kernels, thread_report
 
 
@@ -42,3 +43,13 @@ def test_clock_sums_calls_per_component_and_counts_nested_parts_once():
     assert "student" not in clock.wall
     clock.reset()
     assert clock.wall == {} and clock.cpu == {}
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (torch CPU build)")
+def test_kernel_timings_print_both_kernels_for_every_shape_and_kind(capsys):
+    assert kernels.main(["--busy", "0", "--reps", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "--- 0 busy process(es) beside"
+    assert len(lines) == 1 + 3 * len(kernels.SHAPES)
+    assert all("standard" in line and "packed" in line and line.endswith(("-> packed", "-> standard"))
+               for line in lines[1:])
