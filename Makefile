@@ -32,11 +32,12 @@ demo: setup
 	mkdir -p runs
 	$(PY) -m papermill reproduce/train.ipynb runs/train-demo.ipynb -k opsd-kit --log-output --no-progress-bar
 
+# One xdist worker per core (tests/conftest.py gives each one thread); the 15 slowest tests are listed.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --durations=15
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not notebook"
+	$(PY) -m pytest -q -n auto -m "not slow and not notebook"
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=.

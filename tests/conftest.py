@@ -12,9 +12,26 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 # The suite checks the packed CPU path everywhere it can apply, instead of where this machine's kernel
 # timings would put it (opsd.packed_linear.kernel_plan; tests/test_packed_linear.py tests the measured plan).
 os.environ.setdefault("OPSD_KERNEL_PLAN", "packed")
+# `make test` runs the suite in one pytest-xdist worker per core: one thread each, for torch here and for
+# what a test starts (notebook kernels, training subprocesses), so that workers do not oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    """Longest first: notebook executions, then the other `slow` tests, then the rest (collection order
+    within each), so that xdist's workers start on the long tests together instead of ending on one."""
+    def rank(item):
+        return 0 if item.get_closest_marker("notebook") else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")

@@ -53,3 +53,28 @@ def test_kernel_timings_print_both_kernels_for_every_shape_and_kind(capsys):
     assert len(lines) == 1 + 3 * len(kernels.SHAPES)
     assert all("standard" in line and "packed" in line and line.endswith(("-> packed", "-> standard"))
                for line in lines[1:])
+
+
+def test_decode_profile_puts_every_operator_in_one_category_and_the_rest_outside():
+    from benchmarks.decode_profile import OTHER, OUTSIDE, categorize
+
+    self_seconds = {"mkldnn::_linear_pointwise": 0.5, "aten::exponential_": 0.1, "aten::topk": 0.05,
+                    "aten::mul": 0.02, "aten::index_copy_": 0.01}
+    calls = {"mkldnn::_linear_pointwise": 210, "aten::exponential_": 1, "aten::topk": 1, "aten::mul": 280,
+             "aten::index_copy_": 60}
+    out = categorize(self_seconds, calls, wall=1.0)
+    assert out["linear layers"] == (0.5, 210)
+    assert out["sampling (full vocabulary)"] == (pytest.approx(0.15), 2)
+    assert out["KV cache writes"] == (0.01, 60) and out[OTHER] == (0.02, 280)
+    assert out[OUTSIDE] == (pytest.approx(0.32), 0)
+    assert sum(s for s, _ in out.values()) == pytest.approx(1.0)  # every second counted once
+
+
+def test_decode_profile_reads_self_times_and_calls_from_the_profiler():
+    from benchmarks.decode_profile import profiled
+
+    a = torch.randn(64, 64)
+    result, wall, self_seconds, calls = profiled(lambda: torch.topk(a @ a, 3).values.sum())
+    assert isinstance(result, torch.Tensor) and wall > 0
+    assert calls["aten::topk"] == 1 and calls["aten::mm"] == 1
+    assert 0 < sum(self_seconds.values()) <= wall * 1.5
