@@ -5,7 +5,8 @@ machine multiplies the small matrices of decoding at a fraction of the memory ba
 [576, 1536]`` takes 364 us, against 153 us with oneDNN on a weight packed in its blocked layout
 (``benchmarks/README.md``). ``packed_linears(model)`` routes every linear layer of ``model`` through
 ``torch.ops.mkldnn._linear_pointwise`` (the kernel ``torch.compile`` uses for frozen CPU linears) while no
-gradient is recorded: rollouts, the teacher pass and evaluation. The training pass keeps the standard path.
+gradient is recorded (rollouts, the teacher pass, evaluation) and for the frozen weights of the student
+pass; LoRA's own factors keep the standard path.
 
 A peft LoRA layer is packed merged, ``W + scaling * B @ A`` (``W`` alone when its adapters are disabled:
 the fixed teacher), into the packed copy only: the model's own tensors are never written. A copy that
@@ -19,7 +20,7 @@ Whether packing pays depends on the machine and its load (``python -m benchmarks
 changing between runs); beside busy processes both slow down 2-21x, unevenly.
 ``OPSD_KERNEL_PLAN=measured`` puts each weight shape and call kind on the packed kernel unless
 ``kernel_plan`` measured the standard kernel clearly faster on this machine (a few seconds, once per machine and set of shapes, then read
-from ``~/.cache/opsd-kit``); ``packed`` (the default, what every committed run computed with) and
+from the kit's cache folder, ``$OPSD_CACHE``); ``packed`` (the default, what every committed run computed with) and
 ``standard`` put every call on one side.
 
 Same computation, other rounding (the sum is blocked differently): log-probabilities differ from the
@@ -40,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from opsd.models import cache_root
 
 #: Rows per call the packed layout is tuned for (decoding a batch of 8); any row count is computed.
 PACK_ROWS_HINT = 8
@@ -130,13 +133,12 @@ _PLANS: dict = {}
 
 def plan_cache_path(shapes, threads: int) -> Path:
     """Where the plan for ``shapes`` at ``threads`` threads on this machine is kept: one file per CPU model,
-    ISA, torch version, thread count and set of shapes, under ``$OPSD_CACHE`` (default ~/.cache/opsd-kit)."""
+    ISA, torch version, thread count and set of shapes, in the kit's cache folder (``cache_root()``)."""
     info = cpu_info()
     key = repr(([info.get(k) for k in ("vendor_id", "model name", "flags")] if info else platform.processor(),
                 torch.__version__, threads, tuple(shapes)))
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    root = Path(os.environ.get("OPSD_CACHE", Path.home() / ".cache" / "opsd-kit"))
-    return root / f"kernel-plan-{digest}.json"
+    return cache_root() / f"kernel-plan-{digest}.json"
 
 
 def cpu_info() -> dict[str, str]:

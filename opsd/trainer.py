@@ -1,4 +1,4 @@
-"""`OPSDConfig` and `OPSDTrainer`: on-policy self-distillation on `transformers.Trainer`.
+"""`OPSDTrainer`: on-policy self-distillation on `transformers.Trainer` (its configuration: `opsd.config.OPSDConfig`).
 
 One training step (per micro-batch of problems):
 
@@ -256,7 +256,7 @@ class OPSDTrainer(Trainer):
                     "prompt": contexts.student.texts[row],
                     "teacher_prompt": contexts.teacher.texts[row],
                     "completion": self.tokenizer.decode(ids),
-                    "tokens": [self.tokenizer.decode([t]) for t in ids],
+                    "tokens": self.tokenizer.batch_decode([[t] for t in ids]),
                     "divergence": [round(float(d), 6) for d in div.tolist()],
                 })
 

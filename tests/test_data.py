@@ -229,7 +229,7 @@ def test_load_benchmark_prefers_local_copy(tmp_path, monkeypatch):
     assert asked == [("yentinglin/aime_2025", "train")]  # no local copy -> the Hub id
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="no ../shared/data on this machine")
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="no local copies of AIME24/25 and HMMT25 beside the repository")
 @pytest.mark.parametrize("name", ["aime24", "aime25", "hmmt25"])
 def test_shared_eval_copies_load(name):
     ds = load_benchmark(name, local_dir=SHARED_DATA)

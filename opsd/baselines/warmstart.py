@@ -2,7 +2,8 @@
 
 Why: the paper starts OPSD from models that already reason (Qwen3) and whose self-teacher, reference
 solution in view, does clearly better than the student. The raw 135M model is not in that regime on the
-synthetic additions (it is almost never correct, as student or as teacher), so there is nothing to distil.
+synthetic additions (almost never correct as a student, right on about a third with the reference in view), so its rollouts
+give the teacher no correct answer to line up with.
 A few supervised steps on worked solutions of a *separate* slice of problems (split ``"warmup"`` of
 ``opsd.data.synthetic_math``: disjoint from OPSD's training problems and from the held-out ones) give a
 model that solves part of the task alone and much more with the reference in view: the analogue of
