@@ -59,6 +59,10 @@ PLAN_MAX_OUT = 8192
 #: measurements on one machine.
 PLAN_MARGIN = 0.05
 PLAN_ENV = "OPSD_KERNEL_PLAN"
+#: Sibling layers of one module that read the same input (attention's q, k, v; the MLP's gate and up): their
+#: no-grad packed calls are one multiply by the weights packed side by side, which sums every output column
+#: exactly as the separate calls do (bitwise the same outputs, tests/test_packed_linear.py).
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 #: ``packed`` until the committed results are re-measured with the measured plan (benchmarks/README.md):
 #: every committed run computed with packed kernels everywhere, and the plan changes the float rounding.
 DEFAULT_PLAN = "packed"
@@ -290,7 +294,75 @@ def _transposed(module) -> torch.Tensor:
     return hit[1]
 
 
-def _packed_forward(module, original, plan: KernelPlan):
+class _Siblings:
+    """One ``SIBLINGS`` group of a module inside one ``packed_linears`` block: the first no-grad call of a
+    member multiplies its input by the group's packed weights and keeps the others' outputs for their
+    calls with that very tensor (``is``: the module passes one hidden-state tensor to each)."""
+
+    def __init__(self, members: list[torch.nn.Module]):
+        self.members = members
+        self.sizes = [_weight_shape(m)[0] for m in members]
+        self.ready: dict = {}   # adapters disabled? -> (packed [sum(out), in], bias), read once per block
+        self.kept: tuple | None = None  # (input, adapters disabled?, {member index: output})
+
+    def output(self, index: int, x: torch.Tensor, rows: torch.Tensor, disabled: bool) -> torch.Tensor:
+        """Member ``index``'s output [rows, out] for input ``x`` (``rows``: x as [rows, in])."""
+        kept = self.kept
+        if kept is not None and kept[0] is x and kept[1] == disabled and index in kept[2]:
+            out = kept[2].pop(index)
+            if not kept[2]:
+                self.kept = None
+            return out
+        hit = self.ready.get(disabled)
+        if hit is None:
+            hit = self.ready[disabled] = _packed_siblings(self.members)
+        parts = torch.ops.mkldnn._linear_pointwise(rows, hit[0], hit[1], "none", [], "").split(self.sizes, -1)
+        parts = [part.contiguous() for part in parts]
+        self.kept = (x, disabled, {i: part for i, part in enumerate(parts) if i != index})
+        return parts[index]
+
+
+def _packed_siblings(members) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The members' effective weights packed as one [sum(out), in] weight, and their biases (zeros where a
+    member has none); cached on the first member like ``_packed`` while every tensor involved is frozen."""
+    states = [_state(m) for m in members]
+    if any(t.requires_grad for state in states for t, _ in state[1]):
+        return _pack_siblings(members)
+    cache: dict = members[0].__dict__.setdefault("_opsd_packed", {})
+    key = ("siblings", tuple(state[0] for state in states))
+    hit = cache.get(key)
+    if hit is None or not all(_same_state(a, b) for a, b in zip(hit[0], states)):
+        hit = cache[key] = (states, *_pack_siblings(members))
+    return hit[1], hit[2]
+
+
+def _pack_siblings(members) -> tuple[torch.Tensor, torch.Tensor | None]:
+    pairs = [_effective_weight(m) for m in members]
+    weight = torch.cat([w for w, _ in pairs])
+    biases = [b for _, b in pairs]
+    bias = None if all(b is None for b in biases) else torch.cat(
+        [b.detach() if b is not None else w.new_zeros(w.shape[0]) for w, b in pairs])
+    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_ROWS_HINT), bias
+
+
+def _siblings(model: torch.nn.Module, patched: set[int], plan: KernelPlan) -> dict[int, tuple[_Siblings, int]]:
+    """{id(layer): (its group, its index)} for every ``SIBLINGS`` group of ``model`` whose members are all
+    patched, read the same input width and go packed for both no-grad kinds in ``plan``."""
+    out = {}
+    for module in model.modules():
+        for names in SIBLINGS:
+            members = [getattr(module, name, None) for name in names]
+            if not all(isinstance(m, torch.nn.Module) and id(m) in patched for m in members):
+                continue
+            shapes = [_weight_shape(m) for m in members]
+            if len({i for _, i in shapes}) != 1 or not all(plan.use(k, sh) for k in ("decode", "score") for sh in shapes):
+                continue
+            group = _Siblings(members)
+            out.update({id(m): (group, i) for i, m in enumerate(members)})
+    return out
+
+
+def _packed_forward(module, original, plan: KernelPlan, siblings: tuple[_Siblings, int] | None = None):
     """The layer's forward for one ``packed_linears`` block: each adapter state (enabled / disabled) is
     checked against the weights once, at its first call in the block; later calls go straight to the kernel.
 
@@ -311,10 +383,13 @@ def _packed_forward(module, original, plan: KernelPlan):
         if not use["train" if grad else "decode" if x.numel() <= DECODE_ROWS * x.shape[-1] else "score"]:
             return original(x, *args, **kwargs)
         disabled = module.disable_adapters if lora else False
+        rows = x.reshape(-1, x.shape[-1])
+        if siblings is not None and not grad:
+            out = siblings[0].output(siblings[1], x, rows, disabled)
+            return out.reshape(*x.shape[:-1], out.shape[-1])
         hit = ready.get(disabled)
         if hit is None:
             hit = ready[disabled] = _packed(module)
-        rows = x.reshape(-1, x.shape[-1])
         if grad:
             if "T" not in ready:
                 ready["T"] = _transposed(module)
@@ -340,15 +415,17 @@ def packed_linears(model: torch.nn.Module, enabled: bool = True):
     for the frozen weights only (LoRA's own factors, and any trainable layer, keep the standard path; the
     backward pass may run after the block). The weights are read at each adapter state's first call in
     the block: do not change them (an optimizer step) inside it. Which calls go packed: ``kernel_plan(model)``
-    (by default every one)."""
+    (by default every one); no-grad calls of ``SIBLINGS`` layers go as one multiply per group."""
     if not enabled or not available(model):
         yield model
         return
     plan = kernel_plan(model)
+    layers = list(_linear_layers(model))
+    groups = _siblings(model, {id(m) for m in layers}, plan)
     patched = []
-    for module in _linear_layers(model):
+    for module in layers:
         patched.append((module, module.__dict__.get("forward")))
-        module.forward = _packed_forward(module, module.forward, plan)
+        module.forward = _packed_forward(module, module.forward, plan, groups.get(id(module)))
     try:
         yield model
     finally:

@@ -245,3 +245,51 @@ def test_greedy_evaluation_answers_are_identical_across_paths_and_batch_sizes(st
     runs = [evaluate(model, tok, data, k=1, temperature=0.0, max_new_tokens=40, batch_size=batch, progress=False,
                      fast=fast)[0] for fast, batch in ((False, 4), (True, 8))]
     assert [r["completion"] for r in runs[0]] == [r["completion"] for r in runs[1]]
+
+
+def test_sibling_layers_multiplied_together_give_bitwise_the_separate_outputs(monkeypatch):
+    """q, k, v and gate, up as one packed multiply per group (SIBLINGS): the same logits, bit for bit, as
+    one call per layer, with the adapters on and off, at decoding and at scoring sizes."""
+    model = lora_model().eval()
+    calls = []
+    original = torch.ops.mkldnn._linear_pointwise
+
+    def counting(*args):
+        calls.append(args[1].shape)
+        return original(*args)
+
+    def logits(x):
+        with torch.no_grad(), packed_linears(model):
+            on = model(**x).logits
+            with model.disable_adapter():
+                off = model(**x).logits
+        return on, off
+
+    for x in (inputs(), inputs(rows=8, cols=1), inputs(rows=4, cols=40)):
+        monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", counting)
+        together = logits(x)
+        n_together = len(calls)
+        calls.clear()
+        monkeypatch.setattr(packed_linear, "SIBLINGS", ())
+        separate = logits(x)
+        monkeypatch.undo()
+        n_separate = len(calls)
+        calls.clear()
+        assert all(torch.equal(a, b) for a, b in zip(together, separate))
+        # 2 layers x (7 -> 4 multiplies) + the output projection, per forward pass, two passes
+        assert (n_separate, n_together) == (2 * (2 * 7 + 1), 2 * (2 * 4 + 1))
+
+
+def test_a_sibling_called_with_another_tensor_computes_its_own_output():
+    """The group keeps the others' outputs only for the very tensor it multiplied."""
+    model = lora_model().eval()
+    attn = model.base_model.model.model.layers[0].self_attn
+    x, y = torch.randn(2, 3, 64), torch.randn(2, 3, 64)
+    with torch.no_grad():
+        want = attn.k_proj(y)
+        with packed_linears(model):
+            attn.q_proj(x)          # keeps k(x), v(x)
+            got = attn.k_proj(y)    # another tensor: not the kept k(x)
+            kx = attn.k_proj(x)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        torch.testing.assert_close(kx, attn.k_proj(x), rtol=0, atol=1e-5)
